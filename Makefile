@@ -1,0 +1,37 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both create .venv and
+# install torch==2.13.0 (the local CPU build) *before* the package, so nothing pulls CUDA.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deepedge-installed
+
+.PHONY: install demo demo-quick test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/deepedge demo --out demo-out
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/deepedge demo --quick --out demo-out
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+bench: $(STAMP)
+	$(PY) bench/uneven_split.py
+
+clean:
+	rm -rf $(VENV) demo-out runs .pytest_cache .ruff_cache

@@ -1,0 +1,366 @@
+"""Open-loop Poisson load generator for the LC inference servers.
+
+Open loop means each request is sent at a time drawn in advance from exponential gaps,
+whether or not earlier requests have completed, and its latency is measured from that
+*scheduled* time. A closed-loop client (send, wait, send) would slow down exactly when the
+server does and hide the queueing delay re-training causes ("coordinated omission").
+
+The generator runs in a child process (``python -m deepedge.apps.loadgen``) so it never
+competes for the caller's GIL; the child keeps a pool of persistent connections per app,
+opening more when all are busy, so a slow server cannot throttle the send schedule.
+Every request becomes a :class:`RequestRecord` (failures too, never dropped). The child
+stops when told to, when its stdin hits EOF, when its parent process changes (the parent
+died), or on SIGTERM; it then writes all records to a compact ``.npz`` file that
+:meth:`LoadGenerator.stop` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from array import array
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from deepedge.apps.server import HEADER, REPLY, request_bytes
+from deepedge.apps.stats import RequestRecord, load_records, save_records
+from deepedge.errors import ClusterError
+
+if TYPE_CHECKING:
+    from deepedge.spec import AppSpec
+
+__all__ = ["LoadGenerator", "LoadTarget", "RequestRecord", "main"]
+
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+_TMP_PREFIX = "deepedge-loadgen-"
+
+
+@dataclass(frozen=True)
+class LoadTarget:
+    """One app to load: where its server listens and the mean request rate."""
+
+    app: str
+    host: str
+    port: int
+    rate_rps: float
+    image_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not (self.rate_rps > 0 and math.isfinite(self.rate_rps)):
+            raise ValueError(f"rate_rps must be positive and finite, got {self.rate_rps}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.image_size < 4:
+            raise ValueError(f"image_size must be >= 4, got {self.image_size}")
+
+    @classmethod
+    def from_app(cls, app: AppSpec, port: int, *, host: str = "127.0.0.1",
+                 image_size: int = 32) -> LoadTarget:
+        """The target for an :class:`~deepedge.spec.AppSpec` whose server listens on ``port``."""
+        return cls(app.name, host, port, app.rate_rps, image_size)
+
+
+class LoadGenerator:
+    """Drives ``targets`` with Poisson traffic from a child process; see the module doc.
+
+    ``timeout_s`` bounds each request; ``max_connections`` caps the pool per app (beyond
+    it requests wait for a free connection, still timed from their scheduled time);
+    ``duration_s``, if given, makes the child stop sending on its own after that long.
+    """
+
+    def __init__(self, targets: list[LoadTarget], *, seed: int = 0, timeout_s: float = 10.0,
+                 max_connections: int = 32, duration_s: float | None = None,
+                 python: str = sys.executable) -> None:
+        if not targets:
+            raise ValueError("LoadGenerator needs at least one target")
+        if len({t.app for t in targets}) != len(targets):
+            raise ValueError("target app names must be unique")
+        if timeout_s <= 0 or max_connections < 1:
+            raise ValueError("need timeout_s > 0 and max_connections >= 1")
+        self.targets = list(targets)
+        self.seed = seed
+        self.timeout_s = timeout_s
+        self.max_connections = max_connections
+        self.duration_s = duration_s
+        self.python = python
+        self.started_at: float | None = None
+        """Wall-clock time the schedule starts from (set by :meth:`start`)."""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: Path | None = None
+        self._records: list[RequestRecord] | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid while started (for checks that it is gone after :meth:`stop`)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, *, timeout_s: float = 30.0) -> None:
+        """Launch the child and return once its schedule has started."""
+        if self._proc is not None:
+            raise ClusterError("load generator already started", hint="use a new LoadGenerator")
+        self._dir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX))
+        config = {"targets": [asdict(t) for t in self.targets], "seed": self.seed,
+                  "timeout_s": self.timeout_s, "max_connections": self.max_connections,
+                  "duration_s": self.duration_s}
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[2])  # so the child imports this deepedge
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        with open(self._dir / "stderr.txt", "wb") as err:
+            self._proc = subprocess.Popen(
+                [self.python, "-m", "deepedge.apps.loadgen", "--config", json.dumps(config),
+                 "--out", str(self._dir / "records.npz")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env)
+        self._finalizer = weakref.finalize(self, _cleanup, self._proc, self._dir)
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
+        line = self._proc.stdout.readline() if ready else b""
+        if not line:
+            self._proc.kill()
+            self._proc.wait()
+            tail = self._stderr_tail()
+            self._finalizer()
+            raise ClusterError(f"load generator did not start within {timeout_s:g}s: {tail}",
+                               hint="is deepedge (and numpy) importable by the child python?")
+        self.started_at = float(json.loads(line)["t0"])
+
+    def stop(self, *, timeout_s: float | None = None) -> list[RequestRecord]:
+        """Stop sending, wait for in-flight requests (up to the request timeout) and return
+        every record, sorted by scheduled time. Calling it again returns the same list."""
+        if self._records is not None:
+            return self._records
+        proc = self._proc
+        if proc is None or self._dir is None:
+            raise ClusterError("load generator was never started", hint="call start() first")
+        wait_s = timeout_s if timeout_s is not None else self.timeout_s + 15.0
+        with contextlib.suppress(OSError):  # already gone: EOF/parent checks did the job
+            assert proc.stdin is not None
+            proc.stdin.write(b"stop\n")
+            proc.stdin.close()
+        out = self._dir / "records.npz"
+        try:
+            try:
+                proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                raise ClusterError(f"load generator did not stop within {wait_s:g}s",
+                                   hint="records are lost; raise stop(timeout_s=...)") from None
+            if not out.exists():
+                raise ClusterError(f"load generator exited with code {proc.returncode} "
+                                   f"without writing records: {self._stderr_tail()}")
+            self._records = load_records(out)
+        finally:
+            if self._finalizer is not None:
+                self._finalizer()
+        return self._records
+
+    def _stderr_tail(self) -> str:
+        assert self._dir is not None
+        with contextlib.suppress(OSError):
+            text = (self._dir / "stderr.txt").read_text(errors="replace").strip()
+            return text[-800:].replace("\n", " | ") or "(empty stderr)"
+        return "(no stderr)"
+
+    def __enter__(self) -> LoadGenerator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self._records is None:
+            with contextlib.suppress(ClusterError):
+                self.stop()
+
+
+def _cleanup(proc: subprocess.Popen[bytes], directory: Path) -> None:
+    """Kill the child if still running and remove its files (also runs at GC/exit)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- child process side
+
+
+class _Pool:
+    """Persistent connections to one server; opens another when all are busy.
+
+    The semaphore counts connections in use, and one is opened only when none is idle,
+    so at most ``limit`` are ever open; beyond that a request waits for one.
+    """
+
+    def __init__(self, host: str, port: int, limit: int) -> None:
+        self.host, self.port = host, port
+        self.idle: list[_Conn] = []
+        self.busy = asyncio.Semaphore(limit)
+
+    async def acquire(self) -> _Conn:
+        await self.busy.acquire()
+        if self.idle:
+            return self.idle.pop()
+        try:
+            return await asyncio.open_connection(self.host, self.port)
+        except BaseException:
+            self.busy.release()
+            raise
+
+    def release(self, conn: _Conn) -> None:
+        self.idle.append(conn)
+        self.busy.release()
+
+    def discard(self, conn: _Conn) -> None:
+        conn[1].close()
+        self.busy.release()
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop()[1].close()
+
+
+class _Run:
+    """The child's state: schedules, in-flight requests and the records collected so far."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.targets = [LoadTarget(**t) for t in cfg["targets"]]
+        self.seed = int(cfg["seed"])
+        self.timeout_s = float(cfg["timeout_s"])
+        self.duration_s = cfg.get("duration_s")
+        self.pools = [_Pool(t.host, t.port, int(cfg["max_connections"])) for t in self.targets]
+        rng = np.random.default_rng([self.seed, 1 << 20])
+        self.messages = [HEADER.pack(request_bytes(t.image_size))
+                         + rng.integers(0, 256, request_bytes(t.image_size), np.uint8).tobytes()
+                         for t in self.targets]
+        self.inflight: set[asyncio.Task[None]] = set()
+        # Flat rows of (app, scheduled, sent, done, service_ms, error index or -1): 48 bytes
+        # a request, so hours of load stay small.
+        self.rows = array("d")
+        self.errors: dict[str, int] = {}
+        self.t0_wall = time.time()
+        self.t0_mono = time.monotonic()
+
+    def wall(self, mono: float) -> float:
+        # One clock pair for the whole run: immune to wall-clock steps mid-run.
+        return self.t0_wall + (mono - self.t0_mono)
+
+    async def schedule(self, i: int) -> None:
+        rng = np.random.default_rng([self.seed, i])
+        end = self.t0_mono + self.duration_s if self.duration_s else math.inf
+        t = self.t0_mono
+        while True:
+            for gap in rng.exponential(1.0 / self.targets[i].rate_rps, 256).tolist():
+                t += gap
+                if t >= end:
+                    return
+                delay = t - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(self.request(i, t))
+                self.inflight.add(task)
+                task.add_done_callback(self.inflight.discard)
+
+    async def request(self, i: int, scheduled: float) -> None:
+        pool, sent, svc, err, conn = self.pools[i], math.nan, math.nan, None, None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                conn = await pool.acquire()
+                sent = time.monotonic()
+                conn[1].write(self.messages[i])
+                await conn[1].drain()
+                reply = await conn[0].readexactly(REPLY.size)
+            svc = REPLY.unpack(reply)[1] / 1000.0
+            pool.release(conn)
+            conn = None
+        except asyncio.CancelledError:
+            err = "stopped before reply"
+            raise
+        except Exception as e:  # refused, reset, closed, TimeoutError...: a failed request
+            err = type(e).__name__
+        finally:
+            if conn is not None:
+                pool.discard(conn)
+            code = -1 if err is None else self.errors.setdefault(err, len(self.errors))
+            self.rows.extend((i, self.wall(scheduled), self.wall(sent),
+                              self.wall(time.monotonic()), svc, code))
+
+    async def run(self, out: Path) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        parent, orphaned = os.getppid(), threading.Event()
+
+        def read_stdin() -> None:  # a line means stop; EOF without one: the parent died
+            # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader can
+            # abort interpreter shutdown when the parent vanished without closing the pipe.
+            chunk = b""
+            with contextlib.suppress(OSError):
+                while (chunk := os.read(0, 64)) and b"\n" not in chunk:
+                    pass
+            if not chunk:
+                orphaned.set()
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=read_stdin, daemon=True).start()
+        schedulers = [asyncio.create_task(self.schedule(i)) for i in range(len(self.targets))]
+        print(json.dumps({"t0": self.t0_wall, "pid": os.getpid()}), flush=True)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                if os.getppid() != parent:  # re-parented: the parent died without EOF
+                    orphaned.set()
+                    break
+                if self.duration_s and all(s.done() for s in schedulers) and not self.inflight:
+                    break
+        finally:
+            for s in schedulers:
+                s.cancel()
+            if self.inflight:
+                _, pending = await asyncio.wait(set(self.inflight), timeout=self.timeout_s + 1)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            for pool in self.pools:
+                pool.close()
+            if not orphaned.is_set():
+                save_records(out, [t.app for t in self.targets], list(self.errors), self.rows)
+            elif out.parent.name.startswith(_TMP_PREFIX):  # nobody will read it: clean up
+                shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child entry point (internal): ``--config JSON --out PATH``.
+
+    stdin must be a pipe from the parent: a line on it means "stop and save"; EOF without
+    one means the parent died, so the child exits without saving.
+    """
+    p = argparse.ArgumentParser(prog="python -m deepedge.apps.loadgen")
+    p.add_argument("--config", required=True, help="JSON: targets, seed, timeout_s, ...")
+    p.add_argument("--out", required=True, help="where to write the records (.npz)")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    asyncio.run(_Run(json.loads(args.config)).run(Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The cluster backend interface: what the trainer and the demo need from "devices".
+
+Backends (local cgroups now; Ray nodes and the simulator next) differ in how a device is
+fenced and reached, not in what the control loop asks of them: start processes on a
+device, list and measure them, stop everything leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+from deepedge.spec import DeviceSpec
+
+__all__ = ["ClusterBackend", "DeviceHandle", "DeviceUsage", "EmulationMode"]
+
+
+class EmulationMode(str, Enum):
+    CGROUP_V1 = "cgroup-v1"
+    CGROUP_V2 = "cgroup-v2"
+    DUTY_CYCLE = "duty-cycle-fallback"
+
+
+@dataclass(frozen=True)
+class DeviceUsage:
+    cpu_seconds: float
+    memory_bytes: int | None
+    throttled_periods: int | None
+
+
+class DeviceHandle(Protocol):
+    """One device: a fence around processes with the device's CPU and memory capacity."""
+
+    @property
+    def spec(self) -> DeviceSpec: ...
+
+    @property
+    def address(self) -> str:
+        """Host address at which the device's servers are reachable (a netns later)."""
+        ...
+
+    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              log_path: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start a process that belongs to this device from its first instruction."""
+        ...
+
+    def pids(self) -> set[int]: ...
+
+    def usage(self) -> DeviceUsage: ...
+
+    def set_cpu_limit(self, cores: float | None) -> None:
+        """Change the CPU capacity (None = unlimited, used only while devices boot)."""
+        ...
+
+
+class ClusterBackend(Protocol):
+    mode: EmulationMode
+
+    @property
+    def devices(self) -> Mapping[str, DeviceHandle]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None:
+        """Kill every process of every device and remove every fence. Idempotent."""
+        ...

@@ -1,0 +1,275 @@
+"""The local emulated cluster: each device is a cgroup on this machine.
+
+Processes enter their device's cgroup in the child *before* ``exec`` (``preexec_fn``), so not
+one instruction runs outside the fence, and they get ``PR_SET_PDEATHSIG`` so they die with
+the coordinator even after a SIGKILL. Cgroups left behind by a coordinator that was killed
+are reaped the next time a cluster starts (or by ``deepedge cluster cleanup``).
+
+Without writable cgroups the backend says so once and falls back to duty-cycle throttling
+(SIGSTOP/SIGCONT) of each device's processes: CPU speed is emulated coarsely and memory
+limits are not enforced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from deepedge.catalog import resolve_device
+from deepedge.cluster.api import DeviceUsage, EmulationMode
+from deepedge.cluster.cgroups import PARENT, CgroupDriver, detect_cgroups, owner_tag
+from deepedge.errors import ClusterError
+from deepedge.spec import ClusterSpec, DeviceSpec
+
+__all__ = ["LocalCluster", "LocalDevice", "cleanup_stale"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class LocalDevice:
+    """A device fenced by a cgroup, or by duty-cycle throttling in the fallback."""
+
+    def __init__(self, spec: DeviceSpec, *, driver: CgroupDriver | None, group: str,
+                 period_us: int) -> None:
+        self._spec = spec
+        self._driver = driver
+        self._group = group
+        self._period_us = period_us
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._cpu_limit: float | None = spec.cpu_cores
+
+    @property
+    def spec(self) -> DeviceSpec:
+        return self._spec
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    @property
+    def address(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def cpu_limit(self) -> float | None:
+        return self._cpu_limit
+
+    def _memory_bytes(self) -> int | None:
+        return self._spec.memory_mb * 2**20 if self._spec.memory_mb else None
+
+    def create(self) -> None:
+        if self._driver:
+            self._driver.create(self._group, cpu_cores=self._cpu_limit, period_us=self._period_us,
+                                memory_bytes=self._memory_bytes())
+
+    def set_cpu_limit(self, cores: float | None) -> None:
+        self._cpu_limit = cores
+        if self._driver:
+            self._driver.set_limits(self._group, cpu_cores=cores, period_us=self._period_us,
+                                    memory_bytes=self._memory_bytes())
+
+    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              log_path: Path | None = None) -> subprocess.Popen[bytes]:
+        procs_files = [str(f) for f in self._driver.procs_files(self._group)] if self._driver else []
+
+        def enter_device() -> None:  # runs in the child between fork and exec
+            _die_with_parent()
+            pid = str(os.getpid())
+            for f in procs_files:
+                with open(f, "w") as fh:
+                    fh.write(pid)
+
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                list(argv), env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=enter_device,
+                start_new_session=True,
+            )
+        except (OSError, subprocess.SubprocessError) as err:
+            raise ClusterError(f"cannot start {argv[0]} on device {self.name!r}: {err}") from None
+        finally:
+            if log_path:
+                out.close()  # type: ignore[union-attr]
+        self._procs.append(proc)
+        return proc
+
+    def pids(self) -> set[int]:
+        if self._driver:
+            return self._driver.pids(self._group)
+        pids: set[int] = set()
+        for p in self._procs:
+            if p.poll() is None:
+                pids.add(p.pid)
+                with contextlib.suppress(psutil.Error):
+                    pids.update(c.pid for c in psutil.Process(p.pid).children(recursive=True))
+        return pids
+
+    def usage(self) -> DeviceUsage:
+        if self._driver:
+            return DeviceUsage(
+                cpu_seconds=self._driver.cpu_usage_ns(self._group) / 1e9,
+                memory_bytes=self._driver.memory_usage_bytes(self._group),
+                throttled_periods=self._driver.cpu_throttled(self._group)[0],
+            )
+        cpu, rss = 0.0, 0
+        for pid in self.pids():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                t = proc.cpu_times()
+                cpu += t.user + t.system
+                rss += proc.memory_info().rss
+        return DeviceUsage(cpu_seconds=cpu, memory_bytes=rss, throttled_periods=None)
+
+    def stop(self) -> None:
+        for p in self._procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGCONT)
+                os.killpg(p.pid, signal.SIGKILL)
+        if self._driver:
+            self._driver.remove(self._group)
+        for p in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+        self._procs.clear()
+
+
+class _DutyCycleThrottler(threading.Thread):
+    """Fallback CPU fence: lets each device's processes run ``cores × period`` per period."""
+
+    def __init__(self, devices: Sequence[LocalDevice], period_s: float = 0.1) -> None:
+        super().__init__(name="deepedge-duty-cycle", daemon=True)
+        self._devices = devices
+        self._period_s = period_s
+        self._stop_event = threading.Event()
+
+    def _signal(self, device: LocalDevice, sig: signal.Signals) -> None:
+        for pid in device.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            duties = {d.name: min(1.0, d.cpu_limit or 1.0) for d in self._devices}
+            for d in self._devices:
+                self._signal(d, signal.SIGCONT)
+            elapsed = 0.0
+            for d in sorted(self._devices, key=lambda d: duties[d.name]):
+                wait = duties[d.name] * self._period_s - elapsed
+                if wait > 0 and self._stop_event.wait(wait):
+                    break
+                elapsed += max(wait, 0.0)
+                if duties[d.name] < 1.0:
+                    self._signal(d, signal.SIGSTOP)
+            self._stop_event.wait(max(self._period_s - elapsed, 0.0))
+        for d in self._devices:
+            self._signal(d, signal.SIGCONT)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=2)
+
+
+class LocalCluster:
+    """Emulated heterogeneous cluster on this machine. Use as a context manager.
+
+    ``stop()`` (also on Ctrl-C or an exception inside the ``with``) kills every process of
+    every device and removes every cgroup.
+    """
+
+    def __init__(self, spec: ClusterSpec, *, force_fallback: bool = False) -> None:
+        self.spec = spec.model_copy(update={"devices": [resolve_device(d) for d in spec.devices]})
+        driver, reason = (None, "fallback forced") if force_fallback else detect_cgroups()
+        self.driver = driver
+        self.fence_reason = reason
+        if driver is None:
+            self.mode = EmulationMode.DUTY_CYCLE
+        else:
+            self.mode = EmulationMode.CGROUP_V1 if driver.version == 1 else EmulationMode.CGROUP_V2
+        self._session = f"{PARENT}/{owner_tag()}"
+        self._devices = {
+            d.name: LocalDevice(d, driver=driver, group=f"{self._session}/{d.name}",
+                                period_us=spec.cpu_period_us)
+            for d in self.spec.devices
+        }
+        self._throttler: _DutyCycleThrottler | None = None
+        self._started = False
+
+    @property
+    def devices(self) -> Mapping[str, LocalDevice]:
+        return self._devices
+
+    @property
+    def fallback_warning(self) -> str | None:
+        if self.mode is not EmulationMode.DUTY_CYCLE:
+            return None
+        return (f"WARNING: no writable cgroups ({self.fence_reason}); emulating devices with "
+                "SIGSTOP/SIGCONT duty cycles: CPU speed is approximate and memory limits are "
+                "NOT enforced")
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self.driver is None:
+            log.warning(self.fallback_warning)
+        else:
+            cleanup_stale(self.driver)
+        try:
+            for d in self._devices.values():
+                d.create()
+        except BaseException:
+            self.stop()
+            raise
+        if self.driver is None:
+            self._throttler = _DutyCycleThrottler(list(self._devices.values()))
+            self._throttler.start()
+
+    def stop(self) -> None:
+        if self._throttler:
+            self._throttler.stop()
+            self._throttler = None
+        errors = []
+        for d in self._devices.values():
+            try:
+                d.stop()
+            except ClusterError as err:
+                errors.append(err)
+        if self.driver:
+            self.driver.remove_if_empty(self._session)
+            self.driver.remove_if_empty(PARENT)
+        self._started = False
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def cleanup_stale(driver: CgroupDriver | None = None) -> list[str]:
+    """Reap device cgroups left by coordinators that died without cleaning up."""
+    if driver is None:
+        driver, _ = detect_cgroups()
+        if driver is None:
+            return []
+    return driver.reap_stale()

@@ -1,0 +1,200 @@
+"""`deepedge demo`: the case study end to end on the embedded emulated cluster.
+
+A classifier trained on the source domain loses accuracy when the camera images drift; a
+5-device heterogeneous cluster whose LC apps are under load re-trains it on drifted data,
+once with the throughput-proportional plan and once with the equal split (plain DDP), from
+the same weights. The report compares accuracy, wall time against the lower bound, and every
+LC app's latency against its deadline during each phase.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deepedge.apps import summarize_apps
+from deepedge.data import build_dataset
+from deepedge.models import build_model
+from deepedge.report import plot_lc_latency, plot_step_timeline
+from deepedge.retrain import Retraining
+from deepedge.session import EdgeSession
+from deepedge.spec import ClusterSpec, JobSpec, load_spec
+from deepedge.train import TrainRun, evaluate, load_checkpoint, train_local
+
+__all__ = ["DemoOptions", "default_specs", "run_demo"]
+
+IDLE_S = 4.0  # LC load alone, before any training: each app's unloaded latency
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: Path
+    quick: bool = False
+    cluster_path: Path | None = None
+    job_path: Path | None = None
+    force_fallback: bool = False
+    base_epochs: int = 4
+
+
+def default_specs() -> tuple[ClusterSpec, JobSpec]:
+    examples = resources.files("deepedge") / "examples"
+    with resources.as_file(examples / "demo-cluster.yaml") as c, \
+            resources.as_file(examples / "demo-job.yaml") as j:
+        return load_spec(ClusterSpec, c), load_spec(JobSpec, j)
+
+
+def _quick(job: JobSpec) -> JobSpec:
+    """A smaller job with the same shape, for `--quick` (under 90 s on 2 cores)."""
+    ds = job.dataset.model_copy(update={"train_size": min(job.dataset.train_size, 1024),
+                                        "test_size": min(job.dataset.test_size, 500)})
+    return job.model_copy(update={"dataset": ds, "epochs": min(job.epochs, 2)})
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def _final_accuracy(run: TrainRun, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    ckpts = sorted(run.checkpoint_dir.glob("*.ckpt"))
+    state = load_checkpoint(ckpts[-1])
+    model.load_state_dict(state["model"])
+    return evaluate(model, x, y)
+
+
+def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
+    cluster, job = default_specs()
+    if opts.cluster_path:
+        cluster = load_spec(ClusterSpec, opts.cluster_path)
+    if opts.job_path:
+        job = load_spec(JobSpec, opts.job_path)
+    base_epochs = opts.base_epochs
+    if opts.quick:
+        job, base_epochs = _quick(job), min(base_epochs, 3)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    t_demo = time.time()
+
+    console.print(f"[bold]1/4 data[/]: {job.dataset.kind} data set, {job.dataset.train_size} "
+                  f"training images, drift {job.dataset.drift.model_dump(exclude_defaults=True)}")
+    source_train = build_dataset(job.dataset, "train", drifted=False)
+    source_test = build_dataset(job.dataset, "test", drifted=False)
+    drift_train = build_dataset(job.dataset, "train", drifted=True)
+    drift_test = build_dataset(job.dataset, "test", drifted=True)
+    xs, ys = source_train.to_tensors()
+
+    torch.manual_seed(job.seed)
+    model = build_model(job.model, in_channels=xs.shape[1], num_classes=source_train.num_classes,
+                        image_size=xs.shape[2])
+    steps = base_epochs * math.ceil(len(xs) / job.global_batch)
+    with _progress(console) as prog:
+        task = prog.add_task("2/4 base model on the source domain", total=steps)
+        train_local(model, xs, ys, job, epochs=base_epochs, on_step=lambda: prog.advance(task))
+    acc_source = evaluate(model, *source_test.to_tensors())
+    xd, yd = drift_test.to_tensors()
+    acc_before = evaluate(model, xd, yd)
+    console.print(f"    accuracy on source test {acc_source:.3f}, on drifted test {acc_before:.3f}")
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    session = EdgeSession(cluster, opts.out / "run", status=lambda m: console.print(f"    {m}"))
+    console.print(f"[bold]3/4 cluster[/]: starting {len(cluster.devices)} devices with "
+                  f"{len(cluster.apps)} LC apps under load")
+    runs: dict[str, TrainRun] = {}
+    with session:
+        idle_start = time.time()
+        retrain = Retraining(session, job, drift_train, base_state)
+        time.sleep(max(0.0, IDLE_S - (time.time() - idle_start)))
+        session.mark("idle", idle_start)
+        probe_start = time.time()
+        planning = retrain.plan(("proportional", "equal"))
+        session.mark("probe", probe_start)
+        for e in planning.excluded:
+            console.print(f"    excluded {e.device}: {e.reason}")
+        for note in planning.plans["proportional"].notes:
+            console.print(f"    {note}")
+        console.print(f"[bold]4/4 re-training[/] {job.epochs} epochs × "
+                      f"{math.ceil(len(drift_train) / job.global_batch)} steps per policy")
+        for policy in ("proportional", "equal"):
+            plan = planning.plans[policy]
+            with _progress(console) as prog:
+                total = job.epochs * math.ceil(len(drift_train) / job.global_batch)
+                task = prog.add_task(f"    {policy} {dict(plan.local_batches)}", total=total)
+                runs[policy] = retrain.run(plan, on_step=lambda e, s, t=task: prog.advance(t))
+    report = _report(job, cluster, session, planning, runs, model, xd, yd,
+                     acc_source=acc_source, acc_before=acc_before)
+    report["demo_wall_s"] = time.time() - t_demo
+    report["emulation"] = session.cluster.mode.value
+    report["plots"] = {
+        "step_timeline": str(plot_step_timeline(runs, opts.out / "step_timeline.png")),
+        "lc_latency": str(plot_lc_latency(session.records, session.spec.apps, session.phases,
+                                          opts.out / "lc_latency.png")),
+    }
+    (opts.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    console.print(render_tables(report))
+    console.print(f"report: {opts.out / 'report.json'}; plots: {', '.join(report['plots'].values())}")
+    return report
+
+
+def _report(job: JobSpec, cluster: ClusterSpec, session: EdgeSession, planning: Any,
+            runs: dict[str, TrainRun], model: torch.nn.Module, xd: torch.Tensor, yd: torch.Tensor,
+            *, acc_source: float, acc_before: float) -> dict[str, Any]:
+    accuracy_after = {p: _final_accuracy(r, model, xd, yd) for p, r in runs.items()}
+    deadlines = {a.name: a.deadline_ms for a in cluster.apps}
+    apps: dict[str, Any] = {a.name: {"device": a.device, "deadline_ms": a.deadline_ms,
+                                     "rate_rps": a.rate_rps, "phases": {}} for a in cluster.apps}
+    for ph in session.phases:
+        for name, st in summarize_apps(session.records, deadlines, start_s=ph.start,
+                                       end_s=ph.end).items():
+            apps[name]["phases"][ph.label] = st.to_dict()
+    for a in apps.values():  # headline numbers: during the planned re-training
+        planned = a["phases"].get("proportional", {})
+        a.update({k: planned.get(k) for k in ("p95_ms", "miss_rate", "slo_window_violations")})
+    return {
+        "job": job.model_dump(mode="json"),
+        "accuracy_source": acc_source,
+        "accuracy_before": acc_before,
+        "accuracy_after": accuracy_after["proportional"],
+        "accuracy_after_by_policy": accuracy_after,
+        "makespan_s": {p: r.wall_s for p, r in runs.items()},
+        "lower_bound_s": planning.lower_bound_s,
+        "throughput_samples_per_s": planning.throughput,
+        "plans": {p: pl.model_dump(mode="json") for p, pl in planning.plans.items()},
+        "excluded": [e.model_dump() for e in planning.excluded],
+        "apps": apps,
+    }
+
+
+def render_tables(report: dict[str, Any]) -> Table:
+    """The demo's summary as one rich table (also used by `deepedge report`)."""
+    table = Table(title="deepedge demo", show_lines=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_column("note")
+    table.add_row("accuracy before (drifted test)", f"{report['accuracy_before']:.3f}",
+                  f"source-domain accuracy {report['accuracy_source']:.3f}")
+    for p, acc in report["accuracy_after_by_policy"].items():
+        table.add_row(f"accuracy after ({p})", f"{acc:.3f}", "")
+    lb = report["lower_bound_s"]
+    table.add_row("lower bound T_min", f"{lb:.1f} s", "total work / Σ device throughput")
+    for p, s in report["makespan_s"].items():
+        table.add_row(f"re-training wall time ({p})", f"{s:.1f} s", f"{s / lb:.2f} × T_min")
+    for name, a in report["apps"].items():
+        for phase, st in a["phases"].items():
+            if phase == "probe":
+                continue
+            ok = st["requests"] and st["p95_ms"] <= a["deadline_ms"]
+            colour = "green" if ok else "red"
+            table.add_row(
+                f"{name} p95 [{phase}]", f"[{colour}]{st['p95_ms']:.0f} ms[/]",
+                f"deadline {a['deadline_ms']:g} ms, misses {100 * (st['miss_rate'] or 0):.1f}%, "
+                f"{st['slo_window_violations']}/{st['windows']} SLO windows violated")
+    return table

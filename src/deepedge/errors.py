@@ -1,0 +1,54 @@
+"""One error root for the whole project.
+
+Every error a user can cause or meet derives from :class:`DeepEdgeError`; the CLI prints
+it as one line plus its hint and exits non-zero. Anything else is a bug and shows a
+traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ClusterError",
+    "DataError",
+    "DeepEdgeError",
+    "PlanInfeasible",
+    "SpecError",
+    "TrainingError",
+]
+
+
+class DeepEdgeError(Exception):
+    """Root of all expected deepedge errors. ``hint`` says what the user can do about it."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = str(self).replace("\n", " ")
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+
+class SpecError(DeepEdgeError):
+    """A cluster, device, app, job or plan spec is malformed or contradictory."""
+
+
+class ClusterError(DeepEdgeError):
+    """An emulated or real device could not be started, reached or stopped."""
+
+
+class DataError(DeepEdgeError):
+    """A data set could not be found, read or generated."""
+
+
+class PlanInfeasible(DeepEdgeError):
+    """No device can take part in training under the given constraints."""
+
+
+class CheckpointError(DeepEdgeError):
+    """A checkpoint could not be written or failed verification on load."""
+
+
+class TrainingError(DeepEdgeError):
+    """A training run failed: a worker died, diverged or timed out."""

@@ -1,0 +1,116 @@
+"""An edge session: the emulated cluster up, its LC apps serving under load, agents ready.
+
+Start-up order matters for honest numbers. Devices boot with their CPU limit lifted (the
+torch import of a dozen processes would otherwise take minutes under small quotas, and
+boot time is not what deepedge measures); the limits are applied before the load generator
+starts, so every latency and training number is taken on fenced devices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deepedge.apps import LoadGenerator, LoadTarget, RequestRecord, server_command, wait_ready
+from deepedge.cluster.local import LocalCluster
+from deepedge.errors import ClusterError
+from deepedge.spec import ClusterSpec
+from deepedge.train.pool import AgentPool
+
+__all__ = ["EdgeSession", "Phase"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A labelled wall-clock interval (e.g. one training run) for slicing LC latencies."""
+
+    label: str
+    start: float
+    end: float
+
+
+@dataclass
+class EdgeSession:
+    """Context manager: ``with EdgeSession(spec, workdir) as s: s.agents.train(...)``."""
+
+    spec: ClusterSpec
+    workdir: Path
+    force_fallback: bool = False
+    seed: int = 0
+    status: Callable[[str], None] = lambda msg: None
+    cluster: LocalCluster = field(init=False)
+    agents: AgentPool = field(init=False)
+    phases: list[Phase] = field(default_factory=list)
+    records: list[RequestRecord] = field(default_factory=list)
+    _loadgen: LoadGenerator | None = None
+
+    def __post_init__(self) -> None:
+        self.cluster = LocalCluster(self.spec, force_fallback=self.force_fallback)
+        self.spec = self.cluster.spec  # with catalog defaults filled in
+        self.agents = AgentPool(self.cluster.devices, self.workdir / "logs")
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        self.cluster.start()
+        if self.cluster.fallback_warning:
+            self.status(self.cluster.fallback_warning)
+        try:
+            for dev in self.cluster.devices.values():
+                dev.set_cpu_limit(None)
+            self.status(f"booting {len(self.spec.devices)} devices ({self.cluster.mode.value})")
+            servers = {}
+            for app in self.spec.apps:
+                ready = logs / f"app-{app.name}.ready"
+                ready.unlink(missing_ok=True)
+                proc = self.cluster.devices[app.device].spawn(
+                    server_command(app, ready, seed=self.seed, parent_pid=os.getpid()),
+                    log_path=logs / f"app-{app.name}.log")
+                servers[app.name] = (proc, ready)
+            self.agents.start()
+            ports = {name: wait_ready(ready, proc, timeout_s=120) for name, (proc, ready) in servers.items()}
+            for dev in self.cluster.devices.values():
+                dev.set_cpu_limit(dev.spec.cpu_cores)
+            if self.spec.apps:
+                self._loadgen = LoadGenerator(
+                    [LoadTarget.from_app(a, ports[a.name]) for a in self.spec.apps], seed=self.seed)
+                self._loadgen.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def mark(self, label: str, start: float, end: float | None = None) -> Phase:
+        phase = Phase(label, start, end if end is not None else time.time())
+        self.phases.append(phase)
+        return phase
+
+    def stop(self) -> None:
+        """Stop the load (keeping every record), the agents and the devices. Idempotent."""
+        errors: list[BaseException] = []
+        if self._loadgen is not None:
+            try:
+                self.records.extend(self._loadgen.stop())
+            except Exception as err:
+                errors.append(err)
+            self._loadgen = None
+        self.agents.close()
+        try:
+            self.cluster.stop()
+        except ClusterError as err:
+            errors.append(err)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> EdgeSession:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

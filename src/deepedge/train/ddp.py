@@ -1,0 +1,140 @@
+"""Worker-side DDP training on uneven local batches, equal to single-process SGD.
+
+Rank r takes b_r samples of each global step of size B_step (Σ b_r = B_step). Each rank's
+loss is the *sum* of its per-sample losses divided by B_step, and the DDP communication hook
+all-reduces with SUM (no division by world size). The synchronised gradient is therefore
+
+    Σ_r Σ_{j ∈ rank r} ∇ℓ_j / B_step  =  ∇ (mean loss over the global batch),
+
+exactly the gradient of one process on the whole batch, whatever the split. The hook also
+timestamps when a rank's local backward finished, which separates each rank's compute
+from its wait for the slowest rank in the step timeline.
+"""
+
+# No `from __future__ import annotations`: DDP inspects the comm hook's annotations at runtime.
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from deepedge.spec import OptimizerSpec
+from deepedge.train.sampler import UnevenBatchSampler
+
+__all__ = [
+    "StepRecord",
+    "build_optimizer",
+    "global_batch_loss",
+    "run_epochs",
+    "wrap_ddp",
+]
+
+
+@dataclass
+class _HookClock:
+    local_done: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One rank's view of one step, wall-clock seconds (comparable across processes)."""
+
+    epoch: int
+    step: int
+    batch: int
+    start: float
+    local_done: float  # local forward+backward done; the rest until ``synced`` is waiting
+    synced: float  # gradients all-reduced
+    end: float  # optimiser step done
+    loss: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sum_allreduce_hook(
+    clock: _HookClock, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
+    clock.local_done = time.time()
+    fut = dist.all_reduce(bucket.buffer(), op=dist.ReduceOp.SUM, async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+@dataclass
+class DdpModel:
+    module: DDP
+    clock: _HookClock = field(default_factory=_HookClock)
+
+
+def wrap_ddp(model: nn.Module) -> DdpModel:
+    """Wrap ``model`` in DDP with the SUM all-reduce hook (needs an initialised group)."""
+    ddp = DDP(model)
+    wrapped = DdpModel(ddp)
+    ddp.register_comm_hook(wrapped.clock, _sum_allreduce_hook)
+    return wrapped
+
+
+def global_batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      global_size: int) -> torch.Tensor:
+    """This rank's share of the mean loss over a global batch of ``global_size`` samples."""
+    return F.cross_entropy(model(x), y, reduction="sum") / global_size
+
+
+def _empty_rank_loss(model: nn.Module, x_like: torch.Tensor) -> torch.Tensor:
+    """A rank with no samples in a (last, partial) step still runs a forward pass, so DDP's
+    reducer sees every parameter, with a zero-weighted loss."""
+    return model(x_like[:1]).sum() * 0.0
+
+
+def build_optimizer(params: Any, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                           weight_decay=spec.weight_decay)
+
+
+def run_epochs(
+    wrapped: DdpModel,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    rank: int,
+    local_batches: Sequence[int],
+    seed: int,
+    epochs: range,
+    on_step: Callable[[StepRecord], None] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> list[StepRecord]:
+    """Train ``epochs`` on this rank's share of every global step; returns its step log."""
+    sampler = UnevenBatchSampler(len(images), list(local_batches), seed=seed)
+    model, clock = wrapped.module, wrapped.clock
+    model.train()
+    records: list[StepRecord] = []
+    for epoch in epochs:
+        sizes = sampler.step_sizes(epoch)
+        for step, idx in enumerate(sampler.rank_steps(epoch, rank)):
+            start = time.time()
+            optimizer.zero_grad(set_to_none=True)
+            if len(idx):
+                index = torch.from_numpy(idx)
+                loss = global_batch_loss(model, images[index], labels[index], sizes[step])
+            else:
+                loss = _empty_rank_loss(model, images)
+            loss.backward()
+            synced = time.time()
+            optimizer.step()
+            rec = StepRecord(epoch, step, len(idx), start, min(clock.local_done, synced) or synced,
+                             synced, time.time(), float(loss.detach()))
+            records.append(rec)
+            if on_step:
+                on_step(rec)
+        if on_epoch_end:
+            on_epoch_end(epoch)
+    return records

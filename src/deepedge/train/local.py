@@ -1,0 +1,43 @@
+"""Single-process training and evaluation on the coordinator (base model, accuracy)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepedge.spec import JobSpec
+from deepedge.train.ddp import build_optimizer
+
+__all__ = ["evaluate", "train_local"]
+
+
+def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, job: JobSpec, *,
+                epochs: int, on_step: Callable[[], None] | None = None) -> nn.Module:
+    """Plain minibatch SGD over ``epochs`` with the job's batch and optimiser."""
+    optimizer = build_optimizer(model.parameters(), job.optimizer)
+    gen = torch.Generator().manual_seed(job.seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=gen)
+        for lo in range(0, len(images), job.global_batch):
+            idx = order[lo:lo + job.global_batch]
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images[idx]), labels[idx]).backward()
+            optimizer.step()
+            if on_step:
+                on_step()
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch: int = 512) -> float:
+    """Top-1 accuracy."""
+    model.eval()
+    correct = 0
+    for lo in range(0, len(images), batch):
+        correct += int((model(images[lo:lo + batch]).argmax(1) == labels[lo:lo + batch]).sum())
+    return correct / len(images)

@@ -1,0 +1,217 @@
+"""Coordinator side of the training agents: start one per device, probe, run DDP jobs.
+
+The coordinator hosts the torch.distributed TCPStore, so the rendezvous outlives any one
+worker (the fault-tolerance work builds on this), and watches every agent process while it
+waits: a worker that dies turns into a :class:`TrainingError` naming its device, never a
+hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import queue
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, Listener, wait
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from deepedge.cluster.api import DeviceHandle
+from deepedge.errors import ClusterError, TrainingError
+from deepedge.spec import JobSpec, Plan
+from deepedge.train.ddp import StepRecord
+
+__all__ = ["AgentPool", "ProbeResult", "TrainRun"]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    device: str
+    batch: int
+    median_step_s: float
+    step_times: list[float]
+    peak_rss_mb: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch / self.median_step_s
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    plan: Plan
+    started: float
+    finished: float
+    steps: dict[str, list[StepRecord]]  # per device
+    checkpoint_dir: Path
+
+    @property
+    def wall_s(self) -> float:
+        return self.finished - self.started
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class AgentPool:
+    """One training agent per device, reached over authenticated loopback sockets."""
+
+    def __init__(self, devices: Mapping[str, DeviceHandle], log_dir: Path) -> None:
+        self._devices = devices
+        self._log_dir = log_dir
+        self._conns: dict[str, Connection] = {}
+        self._procs: dict[str, Any] = {}
+        self._store: dist.TCPStore | None = None
+        self.runtime_mb: dict[str, float] = {}
+        """Each agent's resident memory once torch is imported: the per-worker runtime cost."""
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(16)
+        listener = Listener(("127.0.0.1", 0), authkey=key)
+        accepted: queue.Queue[Connection | BaseException] = queue.Queue()
+
+        def accept_all() -> None:
+            for _ in self._devices:
+                try:
+                    accepted.put(listener.accept())
+                except BaseException as err:  # closed listener or failed handshake
+                    accepted.put(err)
+                    return
+
+        threading.Thread(target=accept_all, daemon=True, name="deepedge-accept").start()
+        host, port = listener.address
+        for name, dev in self._devices.items():
+            argv = [sys.executable, "-m", "deepedge.train.agent", "--address", f"{host}:{port}",
+                    "--device", name, "--cpu-cores", str(dev.spec.cpu_cores or 1.0)]
+            self._procs[name] = dev.spawn(argv, env={"DEEPEDGE_AGENT_KEY": key.hex()},
+                                          log_path=self._log_dir / f"agent-{name}.log")
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(self._conns) < len(self._devices):
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    missing = sorted(set(self._devices) - set(self._conns))
+                    raise ClusterError(f"training agents on {missing} did not start in {timeout_s:.0f} s",
+                                       hint=f"see {self._log_dir}")
+                try:
+                    item = accepted.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if isinstance(item, BaseException):
+                    raise ClusterError(f"agent handshake failed: {item}")
+                hello = item.recv()
+                self._conns[hello["device"]] = item
+                self.runtime_mb[hello["device"]] = hello["rss_mb"]
+        finally:
+            listener.close()
+        self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                                    timeout=datetime.timedelta(seconds=60))
+
+    def _check_alive(self, names: list[str] | None = None) -> None:
+        for name in names or list(self._procs):
+            code = self._procs[name].poll()
+            if code is not None:
+                log = self._log_dir / f"agent-{name}.log"
+                raise TrainingError(
+                    f"worker on device {name!r} died (exit code {code}): {_tail(log, 2)}",
+                    hint=f"full log: {log}; a negative code is the signal that killed it",
+                )
+
+    def _request(self, messages: dict[str, dict[str, Any]], *, timeout_s: float,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict]:
+        """Send one message per device, wait for every 'done' reply, watching liveness."""
+        for name, msg in messages.items():
+            self._conns[name].send(msg)
+        pending = {self._conns[n]: n for n in messages}
+        results: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            for conn in wait(list(pending), timeout=0.5):
+                name = pending[conn]
+                try:
+                    reply = conn.recv()
+                except (EOFError, ConnectionResetError):
+                    self._check_alive([name])
+                    raise TrainingError(f"lost the connection to the worker on {name!r}") from None
+                if reply.get("event") != "done":
+                    if on_event:
+                        on_event(name, reply)
+                    continue
+                if not reply["ok"]:
+                    raise TrainingError(f"worker on {name!r} failed: {reply['error']}",
+                                        hint=f"see {self._log_dir / f'agent-{name}.log'}")
+                results[name] = reply
+                del pending[conn]
+            self._check_alive(list(pending.values()))
+            if time.monotonic() > deadline:
+                raise TrainingError(f"workers {sorted(pending.values())} did not finish in "
+                                    f"{timeout_s:.0f} s")
+        return results
+
+    def probe(self, job: JobSpec, data_path: Path, batches: Mapping[str, int], *,
+              steps: int = 4, warmup: int = 1, state: Path | None = None,
+              timeout_s: float = 300.0) -> dict[str, ProbeResult]:
+        """Time training steps on every named device at once, each at its own batch size."""
+        msgs = {name: {"op": "probe", "job": job.model_dump(mode="json"), "data": str(data_path),
+                       "batch": b, "steps": steps, "warmup": warmup,
+                       "state": str(state) if state else None}
+                for name, b in batches.items()}
+        replies = self._request(msgs, timeout_s=timeout_s)
+        return {n: ProbeResult(n, r["batch"], r["median_step_s"], r["step_times"], r["peak_rss_mb"])
+                for n, r in replies.items()}
+
+    def train(self, job: JobSpec, data_path: Path, plan: Plan, *, checkpoint_dir: Path,
+              state: Path | None = None, timeout_s: float = 3600.0,
+              on_step: Callable[[int, int], None] | None = None) -> TrainRun:
+        """Run a DDP job on the plan's devices with their local batches; rank = plan order."""
+        assert self._store is not None, "start() first"
+        names = plan.devices
+        batches = [plan.local_batches[n] for n in names]
+        run_id = uuid.uuid4().hex[:12]
+        base = {"op": "train", "job": job.model_dump(mode="json"), "data": str(data_path),
+                "world": len(names), "local_batches": batches, "store_host": "127.0.0.1",
+                "store_port": self._store.port, "run_id": run_id,
+                "checkpoint_dir": str(checkpoint_dir), "state": str(state) if state else None}
+        msgs = {n: {**base, "rank": r} for r, n in enumerate(names)}
+
+        def forward(_: str, event: dict[str, Any]) -> None:
+            if on_step and event.get("event") == "step":
+                on_step(event["epoch"], event["step"])
+
+        started = time.time()
+        replies = self._request(msgs, timeout_s=timeout_s, on_event=forward)
+        finished = time.time()
+        steps = {n: [StepRecord(**s) for s in replies[n]["steps"]] for n in names}
+        return TrainRun(plan, started, finished, steps, checkpoint_dir)
+
+    def close(self, grace_s: float = 2.0) -> None:
+        """Ask agents to exit; kill those still busy after ``grace_s`` (e.g. on Ctrl-C)."""
+        for conn in self._conns.values():
+            try:
+                conn.send({"op": "shutdown"})
+                conn.close()
+            except OSError:
+                pass
+        self._conns.clear()
+        deadline = time.monotonic() + grace_s
+        for proc in self._procs.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        self._store = None

@@ -1,0 +1,151 @@
+"""The local backend with real cgroups and real processes: fences, limits, clean teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from deepedge.cluster import EmulationMode, LocalCluster, cleanup_stale, detect_cgroups
+from tests.conftest import needs_cgroups
+
+pytestmark = pytest.mark.root
+
+BUSY = [sys.executable, "-c", "while True: pass"]
+SLEEP_WITH_CHILD = [sys.executable, "-c",
+                    "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"]
+
+
+def _wait_for(cond, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def _alive(pids) -> list[int]:
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+@needs_cgroups
+def test_devices_are_cgroups_with_the_catalog_limits(two_device_spec):
+    with LocalCluster(two_device_spec) as cluster:
+        assert cluster.mode in (EmulationMode.CGROUP_V1, EmulationMode.CGROUP_V2)
+        driver = cluster.driver
+        fast = cluster.devices["fast"]
+        proc = fast.spawn(SLEEP_WITH_CHILD)
+        _wait_for(lambda: len(fast.pids()) == 2)  # the child's child is fenced too
+        assert proc.pid in fast.pids()
+        group = fast._group
+        if driver.version == 1:
+            quota = int((driver.cpu_root / group / "cpu.cfs_quota_us").read_text())
+            limit = int((driver.memory_root / group / "memory.limit_in_bytes").read_text())
+        else:
+            quota = int((driver.root / group / "cpu.max").read_text().split()[0])
+            limit = int((driver.root / group / "memory.max").read_text())
+        assert quota == int(fast.spec.cpu_cores * two_device_spec.cpu_period_us)
+        assert limit == fast.spec.memory_mb * 2**20
+        pids = fast.pids()
+        dirs = driver.dirs(group)
+    assert not _alive(pids)
+    assert not any(d.exists() for d in dirs)
+
+
+@needs_cgroups
+def test_cpu_quota_limits_a_busy_process(two_device_spec):
+    with LocalCluster(two_device_spec) as cluster:
+        slow = cluster.devices["slow"]
+        slow.spawn(BUSY)
+        before = slow.usage().cpu_seconds
+        time.sleep(1.0)
+        used = slow.usage().cpu_seconds - before
+        assert used < 3 * slow.spec.cpu_cores, f"{used:.2f} s of CPU in 1 s under a {slow.spec.cpu_cores} quota"
+        assert slow.usage().throttled_periods > 0
+
+
+def _coordinator_script(tmp_path: Path) -> Path:
+    script = tmp_path / "coord.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, time
+        from deepedge.cluster import LocalCluster
+        from deepedge.spec import ClusterSpec
+        spec = ClusterSpec.model_validate({{"devices": [{{"name": "a", "kind": "rpi4"}},
+                                                         {{"name": "b", "kind": "jetson-nano"}}]}})
+        cluster = LocalCluster(spec)
+        try:
+            cluster.start()
+            for d in cluster.devices.values():
+                d.spawn({SLEEP_WITH_CHILD!r})
+            time.sleep(1.0)
+            info = {{"pids": sorted(p for d in cluster.devices.values() for p in d.pids()),
+                     "dirs": [str(x) for d in cluster.devices.values()
+                              for x in cluster.driver.dirs(d._group)]}}
+            (__import__("pathlib").Path({str(tmp_path / "info.json")!r})).write_text(json.dumps(info))
+            time.sleep(300)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            cluster.stop()
+    """))
+    return script
+
+
+def _start_coordinator(tmp_path: Path) -> tuple[subprocess.Popen, dict]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd() / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(_coordinator_script(tmp_path))], env=env)
+    info_file = tmp_path / "info.json"
+    _wait_for(lambda: info_file.exists() or proc.poll() is not None, 60)
+    assert proc.poll() is None, "coordinator died during start"
+    return proc, json.loads(info_file.read_text())
+
+
+@needs_cgroups
+def test_ctrl_c_tears_everything_down(tmp_path):
+    proc, info = _start_coordinator(tmp_path)
+    assert len(info["pids"]) == 4
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    assert not _alive(info["pids"])
+    assert not any(Path(d).exists() for d in info["dirs"])
+
+
+@needs_cgroups
+def test_crashed_coordinator_leaves_nothing_running_and_groups_are_reaped(tmp_path):
+    proc, info = _start_coordinator(tmp_path)
+    proc.kill()  # no finally, no atexit: only PDEATHSIG and the reaper can clean up
+    proc.wait(timeout=10)
+    # Direct children die with the coordinator (PDEATHSIG); grandchildren are re-parented
+    # and stay fenced in the orphaned groups until the reaper kills them.
+    _wait_for(lambda: len(_alive(info["pids"])) <= len(info["pids"]) // 2, 10)
+    reaped = cleanup_stale()
+    assert reaped, "the dead session's groups should have been found"
+    assert not _alive(info["pids"])
+    assert not any(Path(d).exists() for d in info["dirs"])
+
+
+def test_fallback_says_so_and_still_throttles(two_device_spec):
+    with LocalCluster(two_device_spec, force_fallback=True) as cluster:
+        assert cluster.mode is EmulationMode.DUTY_CYCLE
+        assert "NOT enforced" in cluster.fallback_warning
+        slow = cluster.devices["slow"]
+        proc = slow.spawn(BUSY)
+        time.sleep(1.5)
+        cpu = psutil.Process(proc.pid).cpu_times()
+        busy = cpu.user + cpu.system
+        assert busy < 0.6, f"duty cycle let a 0.14-core device burn {busy:.2f} s of CPU in 1.5 s"
+    assert not _alive([proc.pid])
+
+
+def test_detect_reports_a_reason():
+    driver, reason = detect_cgroups()
+    assert reason
+    assert driver is None or driver.version in (1, 2)
