@@ -22,7 +22,7 @@ from deepedge.spec import DeviceSpec, GpuSpec
 
 __all__ = ["CATALOG", "HOST_CORES_PER_SCORE", "DeviceKind", "resolve_device"]
 
-HOST_CORES_PER_SCORE = 0.025
+HOST_CORES_PER_SCORE = 0.014
 
 
 @dataclass(frozen=True)

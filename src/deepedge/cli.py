@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -176,22 +175,28 @@ def main() -> None:
     # SIGTERM behaves like Ctrl-C: KeyboardInterrupt in the main thread, so every `with`
     # block (devices, agents, load generator) tears down.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C must still tear down.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer returns 130 for a Ctrl-C it caught
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except DeepEdgeError as err:
         err_console.print(f"[red]error:[/] {err.one_line()}")
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("[yellow]interrupted[/]: everything was torn down; "
                           "the last checkpoint is intact")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        sys.exit(1)
+    except typer.TyperException as exc:  # usage errors: show them as click would
+        show = getattr(exc, "show", None)
+        if show:
+            show()
+        sys.exit(getattr(exc, "exit_code", 2))
     except Exception as err:
         if _state["debug"]:
             raise

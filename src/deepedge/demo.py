@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from deepedge.apps import summarize_apps
@@ -44,6 +45,7 @@ class DemoOptions:
     job_path: Path | None = None
     force_fallback: bool = False
     base_epochs: int = 4
+    base_batch: int = 32  # the deployed model was trained with small batches, off-cluster
 
 
 def default_specs() -> tuple[ClusterSpec, JobSpec]:
@@ -55,7 +57,7 @@ def default_specs() -> tuple[ClusterSpec, JobSpec]:
 
 def _quick(job: JobSpec) -> JobSpec:
     """A smaller job with the same shape, for `--quick` (under 90 s on 2 cores)."""
-    ds = job.dataset.model_copy(update={"train_size": min(job.dataset.train_size, 1024),
+    ds = job.dataset.model_copy(update={"train_size": min(job.dataset.train_size, 1536),
                                         "test_size": min(job.dataset.test_size, 500)})
     return job.model_copy(update={"dataset": ds, "epochs": min(job.epochs, 2)})
 
@@ -95,10 +97,11 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     torch.manual_seed(job.seed)
     model = build_model(job.model, in_channels=xs.shape[1], num_classes=source_train.num_classes,
                         image_size=xs.shape[2])
-    steps = base_epochs * math.ceil(len(xs) / job.global_batch)
+    steps = base_epochs * math.ceil(len(xs) / opts.base_batch)
     with _progress(console) as prog:
         task = prog.add_task("2/4 base model on the source domain", total=steps)
-        train_local(model, xs, ys, job, epochs=base_epochs, on_step=lambda: prog.advance(task))
+        train_local(model, xs, ys, job, epochs=base_epochs, batch=opts.base_batch,
+                    on_step=lambda: prog.advance(task))
     acc_source = evaluate(model, *source_test.to_tensors())
     xd, yd = drift_test.to_tensors()
     acc_before = evaluate(model, xd, yd)
@@ -194,7 +197,7 @@ def render_tables(report: dict[str, Any]) -> Table:
             ok = st["requests"] and st["p95_ms"] <= a["deadline_ms"]
             colour = "green" if ok else "red"
             table.add_row(
-                f"{name} p95 [{phase}]", f"[{colour}]{st['p95_ms']:.0f} ms[/]",
+                escape(f"{name} p95 [{phase}]"), f"[{colour}]{st['p95_ms']:.0f} ms[/]",
                 f"deadline {a['deadline_ms']:g} ms, misses {100 * (st['miss_rate'] or 0):.1f}%, "
                 f"{st['slo_window_violations']}/{st['windows']} SLO windows violated")
     return table

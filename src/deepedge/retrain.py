@@ -75,7 +75,7 @@ class Retraining:
                                              self.job.global_batch, optimizer=self.job.optimizer.name)
         return {n: rt + job_mb for n, rt in self.session.agents.runtime_mb.items()}
 
-    def plan(self, policies: Sequence[str] = POLICIES, *, probe_steps: int = 3) -> Planning:
+    def plan(self, policies: Sequence[str] = POLICIES, *, probe_steps: int = 5) -> Planning:
         spec = self.session.spec
         excluded = memory_exclusions(spec.devices, spec.apps, self.required_memory_mb())
         usable = [d.name for d in spec.devices if d.name not in {e.device for e in excluded}]

@@ -60,10 +60,10 @@ def test_no_devices_is_infeasible():
 def test_memory_exclusion_gives_the_numbers():
     small = DeviceSpec(name="pi", kind="rpi4-1gb", memory_mb=1024, reserved_mb=700)
     big = DeviceSpec(name="orin", kind="orin-nano", memory_mb=8192, reserved_mb=1500)
-    app = AppSpec(name="cam", device="pi", rate_rps=5, deadline_ms=100, memory_mb=200)
+    app = AppSpec(name="cam", device="pi", rate_rps=5, deadline_ms=100, memory_mb=300)
     out = memory_exclusions([small, big], [app], {"pi": 400.0, "orin": 400.0})
     assert [e.device for e in out] == ["pi"]
-    assert "400 MB" in out[0].reason and "124 MB" in out[0].reason
+    assert "400 MB" in out[0].reason and "24 MB" in out[0].reason
 
 
 def test_lower_bound():

@@ -168,28 +168,31 @@ class CgroupDriver(ABC):
 class CgroupV1Driver(CgroupDriver):
     version = 1
 
-    def __init__(self, cpu_root: Path, memory_root: Path) -> None:
+    def __init__(self, cpu_root: Path, memory_root: Path, cpuacct_root: Path | None = None) -> None:
         self.cpu_root = cpu_root
         self.memory_root = memory_root
+        # CPU time is accounted by cpuacct, which may be mounted apart from cpu.
+        self.cpuacct_root = cpuacct_root if cpuacct_root not in (None, cpu_root) else None
 
     def dirs(self, group: str) -> list[Path]:
-        return [self.cpu_root / group, self.memory_root / group]
+        extra = [self.cpuacct_root / group] if self.cpuacct_root else []
+        return [self.cpu_root / group, self.memory_root / group, *extra]
 
     def _apply_limits(self, group: str, cpu_cores: float | None, period_us: int,
                       memory_bytes: int | None) -> None:
         cpu = self.cpu_root / group
         _write(cpu / "cpu.cfs_period_us", str(period_us))
-        quota = -1 if cpu_cores is None else max(1000, int(cpu_cores * period_us))
+        quota = -1 if cpu_cores is None else max(1000, round(cpu_cores * period_us))
         _write(cpu / "cpu.cfs_quota_us", str(quota))
         mem = self.memory_root / group
         _write(mem / "memory.limit_in_bytes", str(memory_bytes if memory_bytes else -1))
 
     def cpu_usage_ns(self, group: str) -> int:
-        acct = self.cpu_root / group / "cpuacct.usage"
-        if acct.exists():  # cpu and cpuacct co-mounted
-            return int(acct.read_text())
-        stat = self._stat(self.cpu_root / group / "cpu.stat")
-        return stat.get("usage_usec", 0) * 1000
+        acct = (self.cpuacct_root or self.cpu_root) / group / "cpuacct.usage"
+        if not acct.exists():
+            raise ClusterError(f"no CPU accounting for cgroup {group}: {acct} is missing",
+                               hint="mount the cpuacct controller")
+        return int(acct.read_text())
 
     def cpu_throttled(self, group: str) -> tuple[int, int]:
         stat = self._stat(self.cpu_root / group / "cpu.stat")
@@ -234,7 +237,7 @@ class CgroupV2Driver(CgroupDriver):
     def _apply_limits(self, group: str, cpu_cores: float | None, period_us: int,
                       memory_bytes: int | None) -> None:
         d = self.root / group
-        quota = "max" if cpu_cores is None else str(max(1000, int(cpu_cores * period_us)))
+        quota = "max" if cpu_cores is None else str(max(1000, round(cpu_cores * period_us)))
         _write(d / "cpu.max", f"{quota} {period_us}")
         _write(d / "memory.max", str(memory_bytes) if memory_bytes else "max")
 
@@ -276,9 +279,10 @@ def detect_cgroups() -> tuple[CgroupDriver | None, str]:
     mounts = _mounts()
     cpu = next((Path(m) for t, m, o in mounts if t == "cgroup" and "cpu" in o), None)
     mem = next((Path(m) for t, m, o in mounts if t == "cgroup" and "memory" in o), None)
+    acct = next((Path(m) for t, m, o in mounts if t == "cgroup" and "cpuacct" in o), None)
     if cpu and mem:
-        if _writable(cpu) and _writable(mem):
-            return CgroupV1Driver(cpu, mem), f"cgroup v1 at {cpu} and {mem}"
+        if _writable(cpu) and _writable(mem) and (acct is None or _writable(acct)):
+            return CgroupV1Driver(cpu, mem, acct), f"cgroup v1 at {cpu} and {mem}"
         return None, f"cgroup v1 at {cpu} and {mem} is not writable (not root?)"
     for t, m, _ in mounts:
         if t != "cgroup2":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -70,18 +71,31 @@ class LocalDevice:
     def cpu_limit(self) -> float | None:
         return self._cpu_limit
 
+    def _period_for(self, cores: float | None) -> int:
+        """The CFS period, lengthened where needed so the quota is at least the kernel's 1 ms.
+
+        Short periods keep throttling stalls (and so LC latency spikes and all-reduce hops)
+        short; a quota below 1 ms would be silently rounded up, giving a slow device more CPU
+        than its board has.
+        """
+        if not cores:
+            return self._period_us
+        return max(self._period_us, math.ceil(1000 / cores))
+
     def _memory_bytes(self) -> int | None:
         return self._spec.memory_mb * 2**20 if self._spec.memory_mb else None
 
     def create(self) -> None:
         if self._driver:
-            self._driver.create(self._group, cpu_cores=self._cpu_limit, period_us=self._period_us,
+            self._driver.create(self._group, cpu_cores=self._cpu_limit,
+                                period_us=self._period_for(self._cpu_limit),
                                 memory_bytes=self._memory_bytes())
 
     def set_cpu_limit(self, cores: float | None) -> None:
         self._cpu_limit = cores
         if self._driver:
-            self._driver.set_limits(self._group, cpu_cores=cores, period_us=self._period_us,
+            self._driver.set_limits(self._group, cpu_cores=cores,
+                                    period_us=self._period_for(cores),
                                     memory_bytes=self._memory_bytes())
 
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,

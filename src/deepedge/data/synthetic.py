@@ -2,10 +2,15 @@
 
 Why synthetic: the emulated cluster needs a data set that exists offline, at any size,
 with a *controllable* domain shift, and that is still a genuine vision problem. Each class
-is a shape concept drawn at a random position, scale, rotation and colour on a plain,
-softly lit background. With more classes than shapes, classes also split the colour
-wheel into hue families (class ``k`` = shape ``k % 10`` in hue family ``k // 10``), so up
-to :data:`MAX_CLASSES` classes stay visually distinct.
+is a shape in a band of hues: class ``k`` of ``K`` is shape ``k % 10`` (disk, square,
+triangle, ring, plus, three stripe orientations, checker, dots) with a hue drawn around
+``(k + 0.5) / K`` of the colour wheel, at a random position, scale, rotation, saturation
+and brightness, light-on-dark or dark-on-light, on a plain, softly lit background.
+
+Hue bands overlap their neighbours, so colour is a quick but incomplete cue and a model
+must learn shape to do well; that makes early training progress fast (useful for short
+edge re-training runs) without making the task trivial. Classes sharing a shape are far
+apart in hue, so up to :data:`MAX_CLASSES` classes stay distinct.
 
 Shapes are rasterised from signed distance functions over all images at once (numpy,
 no per-image Python loop), with one pixel of anti-aliasing.
@@ -79,9 +84,9 @@ SHAPES: dict[str, tuple[Sdf, float]] = {
     "dots": (_dots, math.radians(20)),
 }
 _SHAPE_LIST = list(SHAPES.items())
-_HUE_FAMILIES = 8
-#: Most classes the generator can keep distinct: 10 shapes x 8 hue families.
-MAX_CLASSES = len(SHAPES) * _HUE_FAMILIES
+#: Most classes offered: beyond this the hue bands get narrower than the colour shifts
+#: that lighting and noise cause, and classes sharing a shape start to blur.
+MAX_CLASSES = 80
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -96,12 +101,24 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return table[i, np.arange(len(h))]
 
 
+def _hue_centre(labels: np.ndarray | int, num_classes: int) -> np.ndarray:
+    return (np.asarray(labels) + 0.5) / num_classes
+
+
+def _hue_halfwidth(num_classes: int) -> float:
+    # A band two class-spacings wide: every hue is shared by about two neighbouring classes
+    # (which always differ in shape), so colour narrows the answer down but only shape
+    # settles it. Classes sharing a shape are 10 spacings apart in hue, never overlapping.
+    return min(1.0 / num_classes, 0.5)
+
+
 def class_names(num_classes: int) -> tuple[str, ...]:
-    """``shape`` for up to 10 classes, else ``shape-hueK``."""
+    """``shape`` for up to 10 classes (the shape alone names the class), else
+    ``shape-hueDDD`` with the centre of the class's hue band in degrees."""
     if num_classes <= len(SHAPES):
         return tuple(_SHAPE_LIST[k][0] for k in range(num_classes))
-    return tuple(f"{_SHAPE_LIST[k % len(SHAPES)][0]}-hue{k // len(SHAPES)}"
-                 for k in range(num_classes))
+    degrees = np.rint(360 * _hue_centre(np.arange(num_classes), num_classes)).astype(int)
+    return tuple(f"{_SHAPE_LIST[k % len(SHAPES)][0]}-hue{d:03d}" for k, d in enumerate(degrees))
 
 
 def _render(
@@ -111,7 +128,6 @@ def _render(
     object alpha ``(n, size, size)`` (used to put clutter behind, not over, the object)."""
     n = len(labels)
     n_shapes = len(SHAPES)
-    families = max(1, math.ceil(num_classes / n_shapes))
     # Draw every random parameter for every image in a fixed order, whatever the labels,
     # so the same seed gives the same poses and colours with or without class re-weighting.
     half = rng.uniform(0.24, 0.42, n) * size  # object half-extent in pixels
@@ -126,12 +142,11 @@ def _render(
     hue_bg = rng.uniform(0, 1, n)
     sat_bg = rng.uniform(0, 0.25, n)
     light = rng.normal(0, 0.08, (n, 2))  # soft linear lighting gradient
-    sensor = rng.normal(0, 3.0, (n, 3, size, size)).astype(np.float32)
+    sensor = rng.standard_normal((n, 3, size, size), dtype=np.float32)
+    sensor *= np.float32(3.0)
 
     shape_idx = labels % n_shapes
-    family = labels // n_shapes
-    # Hue within the central 70% of the family's arc, so neighbouring families never touch.
-    hue = (family + 0.15 + 0.7 * hue_u) / families if families > 1 else hue_u
+    hue = _hue_centre(labels, num_classes) + (2 * hue_u - 1) * _hue_halfwidth(num_classes)
     fg = _hsv_to_rgb(hue % 1.0, sat_fg, v_fg) * 255
     bg = _hsv_to_rgb(hue_bg, sat_bg, v_bg) * 255
 

@@ -15,15 +15,20 @@ __all__ = ["evaluate", "train_local"]
 
 
 def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, job: JobSpec, *,
-                epochs: int, on_step: Callable[[], None] | None = None) -> nn.Module:
-    """Plain minibatch SGD over ``epochs`` with the job's batch and optimiser."""
+                epochs: int, batch: int | None = None,
+                on_step: Callable[[], None] | None = None) -> nn.Module:
+    """Plain minibatch training over ``epochs`` with the job's optimiser.
+
+    ``batch`` defaults to the job's global batch.
+    """
+    batch = batch or job.global_batch
     optimizer = build_optimizer(model.parameters(), job.optimizer)
     gen = torch.Generator().manual_seed(job.seed)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=gen)
-        for lo in range(0, len(images), job.global_batch):
-            idx = order[lo:lo + job.global_batch]
+        for lo in range(0, len(images), batch):
+            idx = order[lo:lo + batch]
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(images[idx]), labels[idx]).backward()
             optimizer.step()

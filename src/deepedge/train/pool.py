@@ -162,7 +162,7 @@ class AgentPool:
         return results
 
     def probe(self, job: JobSpec, data_path: Path, batches: Mapping[str, int], *,
-              steps: int = 4, warmup: int = 1, state: Path | None = None,
+              steps: int = 5, warmup: int = 2, state: Path | None = None,
               timeout_s: float = 300.0) -> dict[str, ProbeResult]:
         """Time training steps on every named device at once, each at its own batch size."""
         msgs = {name: {"op": "probe", "job": job.model_dump(mode="json"), "data": str(data_path),

@@ -1,0 +1,106 @@
+"""Benchmark: the same re-training job on the same emulated devices, three splits.
+
+Policies: equal split over all devices (plain DDP), throughput-proportional split (planner
+v0) and the fastest single device. Each makespan is reported against the lower bound
+T_min = total work / Σ device throughput (from the same probe) and against the equal split
+run in the same session. Writes bench/results/uneven_split.json and .md.
+
+    .venv/bin/python bench/uneven_split.py [--quick] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from deepedge.data import build_dataset
+from deepedge.demo import default_specs
+from deepedge.models import build_model
+from deepedge.retrain import POLICIES, Retraining
+from deepedge.session import EdgeSession
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 epoch on 1024 samples")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per policy (interleaved)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/bench-uneven-split"))
+    args = parser.parse_args()
+    console = Console()
+    cluster, job = default_specs()
+    if args.quick:
+        job = job.model_copy(update={
+            "epochs": 1, "dataset": job.dataset.model_copy(update={"train_size": 1024})})
+    train_set = build_dataset(job.dataset, "train", drifted=True)
+    torch.manual_seed(job.seed)
+    model = build_model(job.model, in_channels=train_set.images.shape[1],
+                        num_classes=train_set.num_classes, image_size=train_set.images.shape[2])
+
+    makespans: dict[str, list[float]] = {p: [] for p in POLICIES}
+    with EdgeSession(cluster, args.workdir, status=console.print) as session:
+        retrain = Retraining(session, job, train_set, model.state_dict())
+        planning = retrain.plan(POLICIES)
+        console.print(f"T_min = {planning.lower_bound_s:.2f} s; throughput "
+                      f"{ {n: round(v, 1) for n, v in planning.throughput.items()} }")
+        for rep in range(args.repeats):
+            order = POLICIES if rep % 2 == 0 else tuple(reversed(POLICIES))
+            for policy in order:
+                run = retrain.run(planning.plans[policy])
+                makespans[policy].append(run.wall_s)
+                console.print(f"  {policy:15s} run {rep + 1}: {run.wall_s:.2f} s")
+
+    lb = planning.lower_bound_s
+    equal = statistics.median(makespans["equal"])
+    rows = {p: {"makespan_s": statistics.median(v), "runs_s": v,
+                "ratio_to_lower_bound": statistics.median(v) / lb,
+                "ratio_to_equal": statistics.median(v) / equal,
+                "local_batches": planning.plans[p].local_batches}
+            for p, v in makespans.items()}
+    result = {
+        "benchmark": "uneven_split",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__, "emulation": session.cluster.mode.value},
+        "job": job.model_dump(mode="json"),
+        "devices": {d.name: {"kind": d.kind, "cpu_cores": d.cpu_cores} for d in session.spec.devices},
+        "throughput_samples_per_s": planning.throughput,
+        "total_samples": planning.total_samples,
+        "lower_bound_s": lb,
+        "policies": rows,
+        "command": "python bench/uneven_split.py" + (" --quick" if args.quick else "")
+                   + (f" --repeats {args.repeats}" if args.repeats != 1 else ""),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "uneven_split.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        "# uneven_split",
+        "",
+        f"Job: {job.model.arch} w{job.model.width}, {planning.total_samples} samples "
+        f"({job.epochs} epochs), global batch {job.global_batch}; "
+        f"{len(session.spec.devices)} emulated devices ({session.cluster.mode.value}) with LC "
+        f"apps under load. T_min = {lb:.2f} s. Median of {args.repeats} run(s) per policy.",
+        "",
+        "| policy | local batches | makespan (s) | / T_min | / equal split |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for p, r in rows.items():
+        lines.append(f"| {p} | {r['local_batches']} | {r['makespan_s']:.2f} | "
+                     f"{r['ratio_to_lower_bound']:.2f} | {r['ratio_to_equal']:.2f} |")
+    lines += ["", f"Reproduce: `{result['command']}`", ""]
+    (RESULTS / "uneven_split.md").write_text("\n".join(lines))
+    console.print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""End to end on a real 2-device emulated cluster: probe, plan, uneven DDP, LC load, teardown.
+
+One session is shared by the module's tests (booting devices costs seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+
+from deepedge.cluster import detect_cgroups
+from deepedge.cluster.cgroups import PARENT
+from deepedge.data import build_dataset
+from deepedge.errors import TrainingError
+from deepedge.models import build_model
+from deepedge.retrain import Retraining
+from deepedge.session import EdgeSession
+from deepedge.spec import ClusterSpec, JobSpec
+from deepedge.train import load_checkpoint
+from tests.conftest import needs_cgroups
+
+pytestmark = [needs_cgroups, pytest.mark.root, pytest.mark.timeout(300)]
+
+CLUSTER = {
+    "name": "it",
+    "devices": [{"name": "fast", "kind": "orin-nano"}, {"name": "slow", "kind": "jetson-nano"}],
+    "apps": [{"name": "cam", "device": "slow", "rate_rps": 10, "deadline_ms": 200}],
+}
+JOB = {
+    "model": {"arch": "small_cnn", "width": 8},
+    "dataset": {"kind": "synthetic", "train_size": 200, "test_size": 50, "image_size": 16},
+    "epochs": 2,
+    "global_batch": 48,
+}
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    s = EdgeSession(ClusterSpec.model_validate(CLUSTER), tmp_path_factory.mktemp("session"))
+    with s:
+        yield s
+    for dev in s.cluster.devices.values():
+        assert not dev.pids()
+        assert not any(d.exists() for d in s.cluster.driver.dirs(dev._group))
+
+
+@pytest.fixture(scope="module")
+def retraining(session):
+    job = JobSpec.model_validate(JOB)
+    train_set = build_dataset(job.dataset, "train", drifted=True)
+    torch.manual_seed(0)
+    model = build_model(job.model, in_channels=3, num_classes=train_set.num_classes, image_size=16)
+    return Retraining(session, job, train_set, model.state_dict())
+
+
+def test_probe_sees_the_faster_device(retraining):
+    planning = retraining.plan(("proportional", "equal"))
+    tp = planning.throughput
+    assert tp["fast"] > 1.5 * tp["slow"], tp  # 0.495 vs 0.143 host cores
+    prop = planning.plans["proportional"].local_batches
+    assert prop["fast"] > prop["slow"] and sum(prop.values()) == 48
+
+
+def test_uneven_ddp_run_follows_the_plan_and_checkpoints(retraining, session):
+    planning = retraining.plan(("proportional",))
+    plan = planning.plans["proportional"]
+    run = retraining.run(plan)
+    steps_per_epoch = -(-200 // 48)
+    for dev, recs in run.steps.items():
+        assert len(recs) == 2 * steps_per_epoch
+        assert recs[0].batch == plan.local_batches[dev]
+        assert all(r.start <= r.local_done <= r.synced <= r.end for r in recs)
+    # every rank saw the same global loss trajectory length and the samples add up
+    assert sum(r.batch for recs in run.steps.values() for r in recs) == 2 * 200
+    ckpts = sorted(run.checkpoint_dir.glob("*.ckpt"))
+    assert len(ckpts) == 2
+    state = load_checkpoint(ckpts[-1])
+    assert state["epoch"] == 1 and state["local_batches"] == [plan.local_batches[d] for d in plan.devices]
+    assert session.phases[-1].label == "proportional"
+
+
+def test_lc_requests_are_recorded_during_the_session(session):
+    # the load generator runs until stop(); peek at its liveness through the process table
+    assert session._loadgen is not None and psutil.pid_exists(session._loadgen.pid)
+
+
+def test_a_dead_worker_is_a_clear_error(retraining, session):
+    plan = retraining.plan(("equal",)).plans["equal"]
+    victim = session.agents._procs["slow"]
+
+    def kill_soon(epoch: int, step: int) -> None:
+        if step == 1:
+            victim.send_signal(signal.SIGKILL)
+
+    with pytest.raises(TrainingError, match="slow"):
+        retraining.run(plan, on_step=kill_soon)
+
+
+def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump({**CLUSTER, "apps": []}))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**JOB, "epochs": 200}))
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd() / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", "from deepedge.cli import main; main()",
+                             "train", str(cluster), str(job), "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt_dir = out / "checkpoints" / "proportional"
+    deadline = time.monotonic() + 180
+    while not list(ckpt_dir.glob("*.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert load_checkpoint(sorted(ckpt_dir.glob("*.ckpt"))[-1])["epoch"] >= 0
+    driver, _ = detect_cgroups()
+    assert not [d for d in driver.dirs(PARENT) if list(d.glob(f"{proc.pid}_*"))]
