@@ -39,19 +39,26 @@ def main() -> int:
     console = Console()
     cluster, job = default_specs()
     if args.quick:
-        job = job.model_copy(update={
-            "epochs": 1, "dataset": job.dataset.model_copy(update={"train_size": 1024})})
+        job = job.model_copy(
+            update={"epochs": 1, "dataset": job.dataset.model_copy(update={"train_size": 1024})}
+        )
     train_set = build_dataset(job.dataset, "train", drifted=True)
     torch.manual_seed(job.seed)
-    model = build_model(job.model, in_channels=train_set.images.shape[1],
-                        num_classes=train_set.num_classes, image_size=train_set.images.shape[2])
+    model = build_model(
+        job.model,
+        in_channels=train_set.images.shape[1],
+        num_classes=train_set.num_classes,
+        image_size=train_set.images.shape[2],
+    )
 
     makespans: dict[str, list[float]] = {p: [] for p in POLICIES}
     with EdgeSession(cluster, args.workdir, status=console.print) as session:
         retrain = Retraining(session, job, train_set, model.state_dict())
         planning = retrain.plan(POLICIES)
-        console.print(f"T_min = {planning.lower_bound_s:.2f} s; throughput "
-                      f"{ {n: round(v, 1) for n, v in planning.throughput.items()} }")
+        console.print(
+            f"T_min = {planning.lower_bound_s:.2f} s; throughput "
+            f"{ {n: round(v, 1) for n, v in planning.throughput.items()} }"
+        )
         for rep in range(args.repeats):
             order = POLICIES if rep % 2 == 0 else tuple(reversed(POLICIES))
             for policy in order:
@@ -61,24 +68,36 @@ def main() -> int:
 
     lb = planning.lower_bound_s
     equal = statistics.median(makespans["equal"])
-    rows = {p: {"makespan_s": statistics.median(v), "runs_s": v,
-                "ratio_to_lower_bound": statistics.median(v) / lb,
-                "ratio_to_equal": statistics.median(v) / equal,
-                "local_batches": planning.plans[p].local_batches}
-            for p, v in makespans.items()}
+    rows = {
+        p: {
+            "makespan_s": statistics.median(v),
+            "runs_s": v,
+            "ratio_to_lower_bound": statistics.median(v) / lb,
+            "ratio_to_equal": statistics.median(v) / equal,
+            "local_batches": planning.plans[p].local_batches,
+        }
+        for p, v in makespans.items()
+    }
     result = {
         "benchmark": "uneven_split",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__, "emulation": session.cluster.mode.value},
+        "machine": {
+            "cpus": __import__("os").cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "emulation": session.cluster.mode.value,
+        },
         "job": job.model_dump(mode="json"),
-        "devices": {d.name: {"kind": d.kind, "cpu_cores": d.cpu_cores} for d in session.spec.devices},
+        "devices": {
+            d.name: {"kind": d.kind, "cpu_cores": d.cpu_cores} for d in session.spec.devices
+        },
         "throughput_samples_per_s": planning.throughput,
         "total_samples": planning.total_samples,
         "lower_bound_s": lb,
         "policies": rows,
-        "command": "python bench/uneven_split.py" + (" --quick" if args.quick else "")
-                   + (f" --repeats {args.repeats}" if args.repeats != 1 else ""),
+        "command": "python bench/uneven_split.py"
+        + (" --quick" if args.quick else "")
+        + (f" --repeats {args.repeats}" if args.repeats != 1 else ""),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "uneven_split.json").write_text(json.dumps(result, indent=2))
@@ -94,8 +113,10 @@ def main() -> int:
         "|---|---|---:|---:|---:|",
     ]
     for p, r in rows.items():
-        lines.append(f"| {p} | {r['local_batches']} | {r['makespan_s']:.2f} | "
-                     f"{r['ratio_to_lower_bound']:.2f} | {r['ratio_to_equal']:.2f} |")
+        lines.append(
+            f"| {p} | {r['local_batches']} | {r['makespan_s']:.2f} | "
+            f"{r['ratio_to_lower_bound']:.2f} | {r['ratio_to_equal']:.2f} |"
+        )
     lines += ["", f"Reproduce: `{result['command']}`", ""]
     (RESULTS / "uneven_split.md").write_text("\n".join(lines))
     console.print("\n".join(lines))

@@ -18,7 +18,12 @@ needs_cgroups = pytest.mark.skipif(not _cgroups_ok(), reason="needs root and wri
 
 @pytest.fixture
 def two_device_spec() -> ClusterSpec:
-    return ClusterSpec.model_validate({
-        "name": "t",
-        "devices": [{"name": "fast", "kind": "orin-nano"}, {"name": "slow", "kind": "jetson-nano"}],
-    })
+    return ClusterSpec.model_validate(
+        {
+            "name": "t",
+            "devices": [
+                {"name": "fast", "kind": "orin-nano"},
+                {"name": "slow", "kind": "jetson-nano"},
+            ],
+        }
+    )

@@ -20,8 +20,11 @@ from rich.table import Table
 
 from deepedge.errors import DeepEdgeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Re-train models on heterogeneous edge clusters without breaking LC apps.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Re-train models on heterogeneous edge clusters without breaking LC apps.",
+)
 cluster_app = typer.Typer(no_args_is_help=True, help="Emulated cluster housekeeping.")
 app.add_typer(cluster_app, name="cluster")
 
@@ -31,30 +34,44 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
-          verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
     _state["debug"] = debug
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="where report.json and the plots go")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option(help="where report.json and the plots go")] = Path(
+        "demo-out"
+    ),
     quick: Annotated[bool, typer.Option("--quick", help="smaller job, under 90 s")] = False,
     cluster: Annotated[Path | None, typer.Option(help="cluster spec (default: the demo's)")] = None,
     job: Annotated[Path | None, typer.Option(help="job spec (default: the demo's)")] = None,
-    fallback: Annotated[bool, typer.Option("--fallback", help="force duty-cycle emulation")] = False,
+    fallback: Annotated[
+        bool, typer.Option("--fallback", help="force duty-cycle emulation")
+    ] = False,
 ) -> None:
     """Train, drift, re-train on a 5-device emulated cluster under LC load; report and plot."""
     from deepedge.demo import DemoOptions, run_demo
 
-    run_demo(DemoOptions(out=out, quick=quick, cluster_path=cluster, job_path=job,
-                         force_fallback=fallback), console)
+    run_demo(
+        DemoOptions(
+            out=out, quick=quick, cluster_path=cluster, job_path=job, force_fallback=fallback
+        ),
+        console,
+    )
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="cluster or job spec files")]) -> None:
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="cluster or job spec files")],
+) -> None:
     """Check spec files; the kind (cluster or job) is recognised by its top-level keys."""
     from deepedge.catalog import resolve_device
     from deepedge.spec import ClusterSpec, JobSpec, load_spec
@@ -70,12 +87,16 @@ def validate(files: Annotated[list[Path], typer.Argument(help="cluster or job sp
             spec = load_spec(ClusterSpec, f)
             for d in spec.devices:
                 resolve_device(d)
-            console.print(f"[green]ok[/] {f}: cluster {spec.name!r}, {len(spec.devices)} devices, "
-                          f"{len(spec.apps)} LC apps")
+            console.print(
+                f"[green]ok[/] {f}: cluster {spec.name!r}, {len(spec.devices)} devices, "
+                f"{len(spec.apps)} LC apps"
+            )
         else:
             job_spec = load_spec(JobSpec, f)
-            console.print(f"[green]ok[/] {f}: job {job_spec.name!r}, {job_spec.model.arch}, "
-                          f"B={job_spec.global_batch}, {job_spec.epochs} epochs")
+            console.print(
+                f"[green]ok[/] {f}: job {job_spec.name!r}, {job_spec.model.arch}, "
+                f"B={job_spec.global_batch}, {job_spec.epochs} epochs"
+            )
 
 
 @app.command()
@@ -87,8 +108,9 @@ def catalog() -> None:
     for col in ("kind", "board", "host cores", "memory MB", "reserved MB", "source"):
         table.add_column(col)
     for k in CATALOG.values():
-        table.add_row(k.name, k.board, f"{k.cpu_cores:.3f}", str(k.memory_mb), str(k.reserved_mb),
-                      k.source)
+        table.add_row(
+            k.name, k.board, f"{k.cpu_cores:.3f}", str(k.memory_mb), str(k.reserved_mb), k.source
+        )
     console.print(table)
 
 
@@ -97,7 +119,9 @@ def train(
     cluster: Annotated[Path, typer.Argument(help="cluster spec")],
     job: Annotated[Path, typer.Argument(help="job spec")],
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/train"),
-    policy: Annotated[str, typer.Option(help="proportional | equal | fastest-single")] = "proportional",
+    policy: Annotated[
+        str, typer.Option(help="proportional | equal | fastest-single")
+    ] = "proportional",
 ) -> None:
     """Plan and run one re-training job on the emulated cluster (drifted data, from scratch)."""
     from deepedge.data import build_dataset
@@ -114,8 +138,12 @@ def train(
     import torch
 
     torch.manual_seed(job_spec.seed)
-    model = build_model(job_spec.model, in_channels=train_set.images.shape[1],
-                        num_classes=train_set.num_classes, image_size=train_set.images.shape[2])
+    model = build_model(
+        job_spec.model,
+        in_channels=train_set.images.shape[1],
+        num_classes=train_set.num_classes,
+        image_size=train_set.images.shape[2],
+    )
     with EdgeSession(cluster_spec, out, status=lambda m: console.print(m)) as session:
         retrain = Retraining(session, job_spec, train_set, model.state_dict())
         planning = retrain.plan((policy,))
@@ -129,8 +157,10 @@ def train(
 
     model.load_state_dict(load_checkpoint(sorted(run.checkpoint_dir.glob("*.ckpt"))[-1])["model"])
     acc = evaluate(model, *test.to_tensors())
-    console.print(f"trained in {run.wall_s:.1f} s (T_min {planning.lower_bound_s:.1f} s); "
-                  f"test accuracy {acc:.3f}; checkpoints in {run.checkpoint_dir}")
+    console.print(
+        f"trained in {run.wall_s:.1f} s (T_min {planning.lower_bound_s:.1f} s); "
+        f"test accuracy {acc:.3f}; checkpoints in {run.checkpoint_dir}"
+    )
 
 
 @cluster_app.command("cleanup")
@@ -155,15 +185,18 @@ def cluster_info() -> None:
 
 
 @app.command()
-def report(path: Annotated[Path, typer.Argument(help="a report.json from `deepedge demo`")]) -> None:
+def report(
+    path: Annotated[Path, typer.Argument(help="a report.json from `deepedge demo`")],
+) -> None:
     """Print the summary table of an earlier demo run."""
     from deepedge.demo import render_tables
 
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise DeepEdgeError(f"cannot read report {path}: {err}",
-                            hint="run `deepedge demo` first") from None
+        raise DeepEdgeError(
+            f"cannot read report {path}: {err}", hint="run `deepedge demo` first"
+        ) from None
     console.print(render_tables(data))
 
 
@@ -187,8 +220,9 @@ def main() -> None:
         err_console.print(f"[red]error:[/] {err.one_line()}")
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        err_console.print("[yellow]interrupted[/]: everything was torn down; "
-                          "the last checkpoint is intact")
+        err_console.print(
+            "[yellow]interrupted[/]: everything was torn down; the last checkpoint is intact"
+        )
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -200,6 +234,8 @@ def main() -> None:
     except Exception as err:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]internal error:[/] {type(err).__name__}: {err} "
-                          "(rerun with --debug for the traceback, and please report it)")
+        err_console.print(
+            f"[red]internal error:[/] {type(err).__name__}: {err} "
+            "(rerun with --debug for the traceback, and please report it)"
+        )
         sys.exit(1)

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from deepedge.apps import summarize_apps
@@ -50,24 +50,38 @@ class DemoOptions:
 
 def default_specs() -> tuple[ClusterSpec, JobSpec]:
     examples = resources.files("deepedge") / "examples"
-    with resources.as_file(examples / "demo-cluster.yaml") as c, \
-            resources.as_file(examples / "demo-job.yaml") as j:
+    with (
+        resources.as_file(examples / "demo-cluster.yaml") as c,
+        resources.as_file(examples / "demo-job.yaml") as j,
+    ):
         return load_spec(ClusterSpec, c), load_spec(JobSpec, j)
 
 
 def _quick(job: JobSpec) -> JobSpec:
     """A smaller job with the same shape, for `--quick` (under 90 s on 2 cores)."""
-    ds = job.dataset.model_copy(update={"train_size": min(job.dataset.train_size, 1536),
-                                        "test_size": min(job.dataset.test_size, 500)})
+    ds = job.dataset.model_copy(
+        update={
+            "train_size": min(job.dataset.train_size, 1536),
+            "test_size": min(job.dataset.test_size, 500),
+        }
+    )
     return job.model_copy(update={"dataset": ds, "epochs": min(job.epochs, 2)})
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
-def _final_accuracy(run: TrainRun, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def _final_accuracy(
+    run: TrainRun, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> float:
     ckpts = sorted(run.checkpoint_dir.glob("*.ckpt"))
     state = load_checkpoint(ckpts[-1])
     model.load_state_dict(state["model"])
@@ -86,8 +100,10 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     opts.out.mkdir(parents=True, exist_ok=True)
     t_demo = time.time()
 
-    console.print(f"[bold]1/4 data[/]: {job.dataset.kind} data set, {job.dataset.train_size} "
-                  f"training images, drift {job.dataset.drift.model_dump(exclude_defaults=True)}")
+    console.print(
+        f"[bold]1/4 data[/]: {job.dataset.kind} data set, {job.dataset.train_size} "
+        f"training images, drift {job.dataset.drift.model_dump(exclude_defaults=True)}"
+    )
     source_train = build_dataset(job.dataset, "train", drifted=False)
     source_test = build_dataset(job.dataset, "test", drifted=False)
     drift_train = build_dataset(job.dataset, "train", drifted=True)
@@ -95,13 +111,24 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     xs, ys = source_train.to_tensors()
 
     torch.manual_seed(job.seed)
-    model = build_model(job.model, in_channels=xs.shape[1], num_classes=source_train.num_classes,
-                        image_size=xs.shape[2])
+    model = build_model(
+        job.model,
+        in_channels=xs.shape[1],
+        num_classes=source_train.num_classes,
+        image_size=xs.shape[2],
+    )
     steps = base_epochs * math.ceil(len(xs) / opts.base_batch)
     with _progress(console) as prog:
         task = prog.add_task("2/4 base model on the source domain", total=steps)
-        train_local(model, xs, ys, job, epochs=base_epochs, batch=opts.base_batch,
-                    on_step=lambda: prog.advance(task))
+        train_local(
+            model,
+            xs,
+            ys,
+            job,
+            epochs=base_epochs,
+            batch=opts.base_batch,
+            on_step=lambda: prog.advance(task),
+        )
     acc_source = evaluate(model, *source_test.to_tensors())
     xd, yd = drift_test.to_tensors()
     acc_before = evaluate(model, xd, yd)
@@ -109,8 +136,10 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     session = EdgeSession(cluster, opts.out / "run", status=lambda m: console.print(f"    {m}"))
-    console.print(f"[bold]3/4 cluster[/]: starting {len(cluster.devices)} devices with "
-                  f"{len(cluster.apps)} LC apps under load")
+    console.print(
+        f"[bold]3/4 cluster[/]: starting {len(cluster.devices)} devices with "
+        f"{len(cluster.apps)} LC apps under load"
+    )
     runs: dict[str, TrainRun] = {}
     with session:
         idle_start = time.time()
@@ -124,39 +153,74 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             console.print(f"    excluded {e.device}: {e.reason}")
         for note in planning.plans["proportional"].notes:
             console.print(f"    {note}")
-        console.print(f"[bold]4/4 re-training[/] {job.epochs} epochs × "
-                      f"{math.ceil(len(drift_train) / job.global_batch)} steps per policy")
+        console.print(
+            f"[bold]4/4 re-training[/] {job.epochs} epochs × "
+            f"{math.ceil(len(drift_train) / job.global_batch)} steps per policy"
+        )
         for policy in ("proportional", "equal"):
             plan = planning.plans[policy]
             with _progress(console) as prog:
                 total = job.epochs * math.ceil(len(drift_train) / job.global_batch)
                 task = prog.add_task(f"    {policy} {dict(plan.local_batches)}", total=total)
                 runs[policy] = retrain.run(plan, on_step=lambda e, s, t=task: prog.advance(t))
-    report = _report(job, cluster, session, planning, runs, model, xd, yd,
-                     acc_source=acc_source, acc_before=acc_before)
+    report = _report(
+        job,
+        cluster,
+        session,
+        planning,
+        runs,
+        model,
+        xd,
+        yd,
+        acc_source=acc_source,
+        acc_before=acc_before,
+    )
     report["demo_wall_s"] = time.time() - t_demo
     report["emulation"] = session.cluster.mode.value
     report["plots"] = {
         "step_timeline": str(plot_step_timeline(runs, opts.out / "step_timeline.png")),
-        "lc_latency": str(plot_lc_latency(session.records, session.spec.apps, session.phases,
-                                          opts.out / "lc_latency.png")),
+        "lc_latency": str(
+            plot_lc_latency(
+                session.records, session.spec.apps, session.phases, opts.out / "lc_latency.png"
+            )
+        ),
     }
     (opts.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     console.print(render_tables(report))
-    console.print(f"report: {opts.out / 'report.json'}; plots: {', '.join(report['plots'].values())}")
+    console.print(
+        f"report: {opts.out / 'report.json'}; plots: {', '.join(report['plots'].values())}"
+    )
     return report
 
 
-def _report(job: JobSpec, cluster: ClusterSpec, session: EdgeSession, planning: Any,
-            runs: dict[str, TrainRun], model: torch.nn.Module, xd: torch.Tensor, yd: torch.Tensor,
-            *, acc_source: float, acc_before: float) -> dict[str, Any]:
+def _report(
+    job: JobSpec,
+    cluster: ClusterSpec,
+    session: EdgeSession,
+    planning: Any,
+    runs: dict[str, TrainRun],
+    model: torch.nn.Module,
+    xd: torch.Tensor,
+    yd: torch.Tensor,
+    *,
+    acc_source: float,
+    acc_before: float,
+) -> dict[str, Any]:
     accuracy_after = {p: _final_accuracy(r, model, xd, yd) for p, r in runs.items()}
     deadlines = {a.name: a.deadline_ms for a in cluster.apps}
-    apps: dict[str, Any] = {a.name: {"device": a.device, "deadline_ms": a.deadline_ms,
-                                     "rate_rps": a.rate_rps, "phases": {}} for a in cluster.apps}
+    apps: dict[str, Any] = {
+        a.name: {
+            "device": a.device,
+            "deadline_ms": a.deadline_ms,
+            "rate_rps": a.rate_rps,
+            "phases": {},
+        }
+        for a in cluster.apps
+    }
     for ph in session.phases:
-        for name, st in summarize_apps(session.records, deadlines, start_s=ph.start,
-                                       end_s=ph.end).items():
+        for name, st in summarize_apps(
+            session.records, deadlines, start_s=ph.start, end_s=ph.end
+        ).items():
             apps[name]["phases"][ph.label] = st.to_dict()
     for a in apps.values():  # headline numbers: during the planned re-training
         planned = a["phases"].get("proportional", {})
@@ -182,8 +246,11 @@ def render_tables(report: dict[str, Any]) -> Table:
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_column("note")
-    table.add_row("accuracy before (drifted test)", f"{report['accuracy_before']:.3f}",
-                  f"source-domain accuracy {report['accuracy_source']:.3f}")
+    table.add_row(
+        "accuracy before (drifted test)",
+        f"{report['accuracy_before']:.3f}",
+        f"source-domain accuracy {report['accuracy_source']:.3f}",
+    )
     for p, acc in report["accuracy_after_by_policy"].items():
         table.add_row(f"accuracy after ({p})", f"{acc:.3f}", "")
     lb = report["lower_bound_s"]
@@ -197,7 +264,9 @@ def render_tables(report: dict[str, Any]) -> Table:
             ok = st["requests"] and st["p95_ms"] <= a["deadline_ms"]
             colour = "green" if ok else "red"
             table.add_row(
-                escape(f"{name} p95 [{phase}]"), f"[{colour}]{st['p95_ms']:.0f} ms[/]",
+                escape(f"{name} p95 [{phase}]"),
+                f"[{colour}]{st['p95_ms']:.0f} ms[/]",
                 f"deadline {a['deadline_ms']:g} ms, misses {100 * (st['miss_rate'] or 0):.1f}%, "
-                f"{st['slo_window_violations']}/{st['windows']} SLO windows violated")
+                f"{st['slo_window_violations']}/{st['windows']} SLO windows violated",
+            )
     return table

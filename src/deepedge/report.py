@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from deepedge.apps import RequestRecord  # noqa: E402
-from deepedge.session import Phase  # noqa: E402
-from deepedge.spec import AppSpec  # noqa: E402
-from deepedge.train.pool import TrainRun  # noqa: E402
+from deepedge.apps import RequestRecord
+from deepedge.session import Phase
+from deepedge.spec import AppSpec
+from deepedge.train.pool import TrainRun
 
 __all__ = ["plot_lc_latency", "plot_step_timeline"]
 
@@ -32,44 +32,76 @@ def plot_step_timeline(runs: Mapping[str, TrainRun], path: Path, *, max_steps: i
         for y, dev in enumerate(devices):
             for r in run.steps[dev][:max_steps]:
                 ax.barh(y, r.local_done - r.start, left=r.start - t0, color="#2b7bba", height=0.6)
-                ax.barh(y, r.synced - r.local_done, left=r.local_done - t0, color="#cccccc", height=0.6)
+                ax.barh(
+                    y, r.synced - r.local_done, left=r.local_done - t0, color="#cccccc", height=0.6
+                )
                 ax.barh(y, r.end - r.synced, left=r.synced - t0, color="#f39c12", height=0.6)
-        ax.set_yticks(range(len(devices)),
-                      [f"{d} (b={run.plan.local_batches[d]})" for d in devices], fontsize=8)
+        ax.set_yticks(
+            range(len(devices)),
+            [f"{d} (b={run.plan.local_batches[d]})" for d in devices],
+            fontsize=8,
+        )
         ax.set_title(f"{policy}: first {max_steps} steps", fontsize=9)
         ax.set_xlabel("seconds since the first step", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("#2b7bba", "#cccccc", "#f39c12")]
-    fig.legend(handles, ["local forward+backward", "waiting for all-reduce", "optimiser step"],
-               loc="upper right", fontsize=8, ncols=3)
+    fig.legend(
+        handles,
+        ["local forward+backward", "waiting for all-reduce", "optimiser step"],
+        loc="upper right",
+        fontsize=8,
+        ncols=3,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_lc_latency(records: Sequence[RequestRecord], apps: Sequence[AppSpec],
-                    phases: Sequence[Phase], path: Path) -> Path:
+def plot_lc_latency(
+    records: Sequence[RequestRecord], apps: Sequence[AppSpec], phases: Sequence[Phase], path: Path
+) -> Path:
     """Every request's latency over time per app, its deadline, and the run phases shaded."""
     if not records:
         raise ValueError("no LC requests were recorded")
     t0 = min(r.scheduled_s for r in records)
-    fig, axes = plt.subplots(len(apps), 1, figsize=(11, 1.0 + 1.7 * len(apps)), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(apps), 1, figsize=(11, 1.0 + 1.7 * len(apps)), sharex=True, squeeze=False
+    )
     for ax, app in zip(axes[:, 0], apps, strict=True):
         mine = [r for r in records if r.app == app.name]
         ok = [r for r in mine if r.ok]
-        ax.scatter([r.scheduled_s - t0 for r in ok], [r.latency_ms for r in ok], s=3, color="#2b7bba")
+        ax.scatter(
+            [r.scheduled_s - t0 for r in ok], [r.latency_ms for r in ok], s=3, color="#2b7bba"
+        )
         failed = [r.scheduled_s - t0 for r in mine if not r.ok]
         if failed:
-            ax.scatter(failed, [app.deadline_ms * 2] * len(failed), s=8, marker="x", color="red",
-                       label="failed")
-        ax.axhline(app.deadline_ms, color="red", linestyle="--", linewidth=1,
-                   label=f"deadline {app.deadline_ms:g} ms (p95)")
+            ax.scatter(
+                failed,
+                [app.deadline_ms * 2] * len(failed),
+                s=8,
+                marker="x",
+                color="red",
+                label="failed",
+            )
+        ax.axhline(
+            app.deadline_ms,
+            color="red",
+            linestyle="--",
+            linewidth=1,
+            label=f"deadline {app.deadline_ms:g} ms (p95)",
+        )
         for i, ph in enumerate(phases):
-            ax.axvspan(ph.start - t0, ph.end - t0, color=_PHASE_COLOURS[i % len(_PHASE_COLOURS)],
-                       zorder=0)
-            ax.text(ph.start - t0, 1.0, ph.label, transform=ax.get_xaxis_transform(), fontsize=7,
-                    va="top")
+            ax.axvspan(
+                ph.start - t0, ph.end - t0, color=_PHASE_COLOURS[i % len(_PHASE_COLOURS)], zorder=0
+            )
+            ax.text(
+                ph.start - t0,
+                1.0,
+                ph.label,
+                transform=ax.get_xaxis_transform(),
+                fontsize=7,
+                va="top",
+            )
         ax.set_yscale("log")
         ax.set_ylabel(f"{app.name}\n{app.device}\nms", fontsize=8)
         ax.legend(fontsize=7, loc="upper right")

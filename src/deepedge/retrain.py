@@ -11,7 +11,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -62,17 +61,24 @@ class Retraining:
         torch.save(self.initial_state, self.state_path)
 
     def _model(self) -> torch.nn.Module:
-        return build_model(self.job.model, in_channels=self.train_set.images.shape[1],
-                           num_classes=self.train_set.num_classes,
-                           image_size=self.train_set.images.shape[2])
+        return build_model(
+            self.job.model,
+            in_channels=self.train_set.images.shape[1],
+            num_classes=self.train_set.num_classes,
+            image_size=self.train_set.images.shape[2],
+        )
 
     def required_memory_mb(self) -> dict[str, float]:
         """Worker runtime (measured) + model, optimiser and activations at the whole batch.
 
         The whole global batch is the worst case any one device can be handed.
         """
-        job_mb = estimate_training_memory_mb(self._model(), self.train_set.images.shape[1:],
-                                             self.job.global_batch, optimizer=self.job.optimizer.name)
+        job_mb = estimate_training_memory_mb(
+            self._model(),
+            self.train_set.images.shape[1:],
+            self.job.global_batch,
+            optimizer=self.job.optimizer.name,
+        )
         return {n: rt + job_mb for n, rt in self.session.agents.runtime_mb.items()}
 
     def plan(self, policies: Sequence[str] = POLICIES, *, probe_steps: int = 5) -> Planning:
@@ -81,31 +87,52 @@ class Retraining:
         usable = [d.name for d in spec.devices if d.name not in {e.device for e in excluded}]
         if not usable:
             raise PlanInfeasible(
-                "no device can hold the job: " + "; ".join(f"{e.device}: {e.reason}" for e in excluded),
-                hint="use a smaller model or global batch, or add devices with more memory")
+                "no device can hold the job: "
+                + "; ".join(f"{e.device}: {e.reason}" for e in excluded),
+                hint="use a smaller model or global batch, or add devices with more memory",
+            )
         probe_batch = max(1, math.ceil(self.job.global_batch / len(usable)))
-        probes = self.session.agents.probe(self.job, self.data_path, dict.fromkeys(usable, probe_batch),
-                                           steps=probe_steps, state=self.state_path)
+        probes = self.session.agents.probe(
+            self.job,
+            self.data_path,
+            dict.fromkeys(usable, probe_batch),
+            steps=probe_steps,
+            state=self.state_path,
+        )
         throughput = {n: p.samples_per_s for n, p in probes.items()}
         builders: dict[str, Callable[[], Plan]] = {
-            "proportional": lambda: proportional_split(throughput, self.job.global_batch,
-                                                       excluded=excluded),
-            "equal": lambda: equal_split(usable, self.job.global_batch, excluded=excluded,
-                                         throughput=throughput),
-            "fastest-single": lambda: fastest_single(throughput, self.job.global_batch,
-                                                     excluded=excluded),
+            "proportional": lambda: proportional_split(
+                throughput, self.job.global_batch, excluded=excluded
+            ),
+            "equal": lambda: equal_split(
+                usable, self.job.global_batch, excluded=excluded, throughput=throughput
+            ),
+            "fastest-single": lambda: fastest_single(
+                throughput, self.job.global_batch, excluded=excluded
+            ),
         }
         total = self.job.epochs * len(self.train_set)
-        return Planning(probes, excluded, {p: builders[p]() for p in policies},
-                        lower_bound_s(total, throughput), total)
+        return Planning(
+            probes,
+            excluded,
+            {p: builders[p]() for p in policies},
+            lower_bound_s(total, throughput),
+            total,
+        )
 
     def run(self, plan: Plan, *, on_step: Callable[[int, int], None] | None = None) -> TrainRun:
         """Train from the initial weights with ``plan``; the run is marked as a session phase."""
         ckpt_dir = self.session.workdir / "checkpoints" / plan.policy
         start = time.time()
         try:
-            run = self.session.agents.train(self.job, self.data_path, plan, checkpoint_dir=ckpt_dir,
-                                            state=self.state_path, on_step=on_step)
+            run = self.session.agents.train(
+                self.job,
+                self.data_path,
+                plan,
+                checkpoint_dir=ckpt_dir,
+                state=self.state_path,
+                on_step=on_step,
+            )
         finally:
             self.session.mark(plan.policy, start)
         return run

@@ -72,15 +72,20 @@ class EdgeSession:
                 ready.unlink(missing_ok=True)
                 proc = self.cluster.devices[app.device].spawn(
                     server_command(app, ready, seed=self.seed, parent_pid=os.getpid()),
-                    log_path=logs / f"app-{app.name}.log")
+                    log_path=logs / f"app-{app.name}.log",
+                )
                 servers[app.name] = (proc, ready)
             self.agents.start()
-            ports = {name: wait_ready(ready, proc, timeout_s=120) for name, (proc, ready) in servers.items()}
+            ports = {
+                name: wait_ready(ready, proc, timeout_s=120)
+                for name, (proc, ready) in servers.items()
+            }
             for dev in self.cluster.devices.values():
                 dev.set_cpu_limit(dev.spec.cpu_cores)
             if self.spec.apps:
                 self._loadgen = LoadGenerator(
-                    [LoadTarget.from_app(a, ports[a.name]) for a in self.spec.apps], seed=self.seed)
+                    [LoadTarget.from_app(a, ports[a.name]) for a in self.spec.apps], seed=self.seed
+                )
                 self._loadgen.start()
         except BaseException:
             self.stop()

@@ -93,7 +93,9 @@ class ClusterSpec(_Spec):
             raise ValueError(f"app names must be unique, repeated: {dupes}")
         for app in self.apps:
             if app.device not in names:
-                raise ValueError(f"app {app.name!r} names unknown device {app.device!r}; known: {names}")
+                raise ValueError(
+                    f"app {app.name!r} names unknown device {app.device!r}; known: {names}"
+                )
         return self
 
     def device(self, name: str) -> DeviceSpec:
@@ -229,7 +231,9 @@ def load_spec(model: type[S], path: str | Path) -> S:
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
-        raise SpecError(f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}{where}") from None
+        raise SpecError(
+            f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}{where}"
+        ) from None
     if data is None:
         raise SpecError(f"{p} is empty", hint=f"write a {model.__name__} in it")
     return parse_spec(model, data, source=str(p))

@@ -29,8 +29,10 @@ from deepedge.spec import AppSpec
 pytestmark = pytest.mark.timeout(60)
 
 SRC = str(Path(deepedge.__file__).resolve().parents[1])
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
-    p for p in (SRC, os.environ.get("PYTHONPATH")) if p)}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p),
+}
 APP = AppSpec(name="cam", device="d0", rate_rps=30, deadline_ms=200)
 
 
@@ -137,8 +139,9 @@ def test_generator_stops_when_its_parent_dies() -> None:
         print(gen.pid, flush=True)
         os._exit(0)  # no cleanup: as if killed
     """)
-    out = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True,
-                         timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=ENV, capture_output=True, timeout=30, check=True
+    )
     pid = int(out.stdout)
     deadline = time.monotonic() + 10
     while running(pid):
@@ -155,8 +158,9 @@ def running(pid: int) -> bool:
 
 
 def test_wait_ready_reports_an_early_exit(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)", "--name", "cam"],
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.exit(3)", "--name", "cam"], stderr=subprocess.PIPE
+    )
     with pytest.raises(ClusterError, match=r"'cam' exited with code 3") as err:
         wait_ready(tmp_path / "ready.json", proc, timeout_s=30)
     assert err.value.hint

@@ -20,8 +20,11 @@ from tests.conftest import needs_cgroups
 pytestmark = pytest.mark.root
 
 BUSY = [sys.executable, "-c", "while True: pass"]
-SLEEP_WITH_CHILD = [sys.executable, "-c",
-                    "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"]
+SLEEP_WITH_CHILD = [
+    sys.executable,
+    "-c",
+    "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)",
+]
 
 
 def _wait_for(cond, timeout_s: float = 10.0) -> None:
@@ -69,13 +72,15 @@ def test_cpu_quota_limits_a_busy_process(two_device_spec):
         time.sleep(1.0)
         used = slow.usage().cpu_seconds - before
         assert 0.5 * slow.spec.cpu_cores < used < 1.3 * slow.spec.cpu_cores + 0.02, (
-            f"{used:.3f} s of CPU in 1 s under a {slow.spec.cpu_cores} quota")
+            f"{used:.3f} s of CPU in 1 s under a {slow.spec.cpu_cores} quota"
+        )
         assert slow.usage().throttled_periods > 0
 
 
 def _coordinator_script(tmp_path: Path) -> Path:
     script = tmp_path / "coord.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, sys, time
         from deepedge.cluster import LocalCluster
         from deepedge.spec import ClusterSpec
@@ -90,18 +95,23 @@ def _coordinator_script(tmp_path: Path) -> Path:
             info = {{"pids": sorted(p for d in cluster.devices.values() for p in d.pids()),
                      "dirs": [str(x) for d in cluster.devices.values()
                               for x in cluster.driver.dirs(d._group)]}}
-            (__import__("pathlib").Path({str(tmp_path / "info.json")!r})).write_text(json.dumps(info))
+            info_path = __import__("pathlib").Path({str(tmp_path / "info.json")!r})
+            info_path.write_text(json.dumps(info))
             time.sleep(300)
         except KeyboardInterrupt:
             pass
         finally:
             cluster.stop()
-    """))
+    """)
+    )
     return script
 
 
 def _start_coordinator(tmp_path: Path) -> tuple[subprocess.Popen, dict]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd() / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path.cwd() / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen([sys.executable, str(_coordinator_script(tmp_path))], env=env)
     info_file = tmp_path / "info.json"
     _wait_for(lambda: info_file.exists() or proc.poll() is not None, 60)

@@ -84,7 +84,9 @@ def test_uneven_ddp_run_follows_the_plan_and_checkpoints(retraining, session):
     ckpts = sorted(run.checkpoint_dir.glob("*.ckpt"))
     assert len(ckpts) == 2
     state = load_checkpoint(ckpts[-1])
-    assert state["epoch"] == 1 and state["local_batches"] == [plan.local_batches[d] for d in plan.devices]
+    assert state["epoch"] == 1 and state["local_batches"] == [
+        plan.local_batches[d] for d in plan.devices
+    ]
     assert session.phases[-1].label == "proportional"
 
 
@@ -112,9 +114,22 @@ def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
     job.write_text(yaml.safe_dump({**JOB, "epochs": 200}))
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path.cwd() / "src")}
-    proc = subprocess.Popen([sys.executable, "-c", "from deepedge.cli import main; main()",
-                             "train", str(cluster), str(job), "--out", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from deepedge.cli import main; main()",
+            "train",
+            str(cluster),
+            str(job),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ckpt_dir = out / "checkpoints" / "proportional"
     deadline = time.monotonic() + 180
     while not list(ckpt_dir.glob("*.ckpt")):

@@ -18,24 +18,33 @@ SPLIT = [3, 9, 20]  # deliberately uneven local batches, B = 32
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     )
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return torch.randn(sum(SPLIT), 3, 8, 8, generator=g), torch.randint(0, 10, (sum(SPLIT),), generator=g)
+    return torch.randn(sum(SPLIT), 3, 8, 8, generator=g), torch.randint(
+        0, 10, (sum(SPLIT),), generator=g
+    )
 
 
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=len(SPLIT))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(SPLIT)
+    )
     x, y = _data()
     lo = sum(SPLIT[:rank])
     wrapped = wrap_ddp(_model())
-    loss = global_batch_loss(wrapped.module, x[lo:lo + SPLIT[rank]], y[lo:lo + SPLIT[rank]], sum(SPLIT))
+    loss = global_batch_loss(
+        wrapped.module, x[lo : lo + SPLIT[rank]], y[lo : lo + SPLIT[rank]], sum(SPLIT)
+    )
     loss.backward()
     if rank == 0:
         torch.save([p.grad.clone() for p in wrapped.module.parameters()], out)

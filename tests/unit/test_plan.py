@@ -17,9 +17,12 @@ from deepedge.plan import (
 from deepedge.spec import AppSpec, DeviceSpec
 
 
-@given(st.dictionaries(st.text("abcdefgh", min_size=1, max_size=4),
-                       st.floats(0.5, 500), min_size=1, max_size=8),
-       st.integers(8, 1024))
+@given(
+    st.dictionaries(
+        st.text("abcdefgh", min_size=1, max_size=4), st.floats(0.5, 500), min_size=1, max_size=8
+    ),
+    st.integers(8, 1024),
+)
 def test_proportional_split_sums_and_balances(throughput, batch):
     if batch < len(throughput):
         return

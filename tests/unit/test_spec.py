@@ -36,15 +36,20 @@ def test_unknown_key_is_rejected():
 
 def test_app_on_unknown_device_is_rejected():
     with pytest.raises(SpecError, match="unknown device 'ghost'"):
-        parse_spec(ClusterSpec, {"devices": [{"name": "a", "kind": "rpi4"}],
-                                 "apps": [{"name": "x", "device": "ghost", "rate_rps": 1,
-                                           "deadline_ms": 10}]})
+        parse_spec(
+            ClusterSpec,
+            {
+                "devices": [{"name": "a", "kind": "rpi4"}],
+                "apps": [{"name": "x", "device": "ghost", "rate_rps": 1, "deadline_ms": 10}],
+            },
+        )
 
 
 def test_duplicate_device_names_are_rejected():
     with pytest.raises(SpecError, match="repeated"):
-        parse_spec(ClusterSpec, {"devices": [{"name": "a", "kind": "rpi4"},
-                                             {"name": "a", "kind": "rpi4"}]})
+        parse_spec(
+            ClusterSpec, {"devices": [{"name": "a", "kind": "rpi4"}, {"name": "a", "kind": "rpi4"}]}
+        )
 
 
 def test_yaml_syntax_error_names_line(tmp_path):

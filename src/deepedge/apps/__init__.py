@@ -68,9 +68,16 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def server_command(app: AppSpec, ready_file: Path, *, python: str = sys.executable,
-                   image_size: int = 32, threads: int = 1, seed: int = 0,
-                   parent_pid: int | None = None) -> list[str]:
+def server_command(
+    app: AppSpec,
+    ready_file: Path,
+    *,
+    python: str = sys.executable,
+    image_size: int = 32,
+    threads: int = 1,
+    seed: int = 0,
+    parent_pid: int | None = None,
+) -> list[str]:
     """The command line that starts ``app``'s inference server.
 
     The child must be able to import ``deepedge`` (installed, or ``PYTHONPATH`` set by
@@ -79,9 +86,23 @@ def server_command(app: AppSpec, ready_file: Path, *, python: str = sys.executab
     server behind. ``threads`` stays 1 by default: a device's quota is a fraction of a
     core, and more threads would only add contention.
     """
-    cmd = [python, "-m", "deepedge.apps.server", "--name", app.name, "--port", "0",
-           "--ready-file", str(ready_file), "--image-size", str(image_size),
-           "--threads", str(threads), "--seed", str(seed)]
+    cmd = [
+        python,
+        "-m",
+        "deepedge.apps.server",
+        "--name",
+        app.name,
+        "--port",
+        "0",
+        "--ready-file",
+        str(ready_file),
+        "--image-size",
+        str(image_size),
+        "--threads",
+        str(threads),
+        "--seed",
+        str(seed),
+    ]
     if parent_pid is not None:
         cmd += ["--parent-pid", str(parent_pid)]
     return cmd
@@ -135,12 +156,14 @@ def wait_ready(ready_file: Path, proc: subprocess.Popen, timeout_s: float) -> in
                 f"LC app {name!r} exited with code {rc} before writing {ready_file}"
                 + (f": {_stderr_tail(proc)}" if proc.stderr is not None else ""),
                 hint="run its command by hand to see why (is deepedge importable there? "
-                     "is the device's memory limit too small for torch?)")
+                "is the device's memory limit too small for torch?)",
+            )
         if time.monotonic() >= deadline:
             raise ClusterError(
                 f"LC app {_app_name(proc, ready_file)!r} did not write {ready_file} "
                 f"within {timeout_s:g}s",
-                hint="a tiny CPU quota makes the torch import slow: raise the timeout")
+                hint="a tiny CPU quota makes the torch import slow: raise the timeout",
+            )
         time.sleep(delay)
         delay = min(delay * 1.5, 0.2)
 

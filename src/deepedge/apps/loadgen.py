@@ -70,8 +70,9 @@ class LoadTarget:
             raise ValueError(f"image_size must be >= 4, got {self.image_size}")
 
     @classmethod
-    def from_app(cls, app: AppSpec, port: int, *, host: str = "127.0.0.1",
-                 image_size: int = 32) -> LoadTarget:
+    def from_app(
+        cls, app: AppSpec, port: int, *, host: str = "127.0.0.1", image_size: int = 32
+    ) -> LoadTarget:
         """The target for an :class:`~deepedge.spec.AppSpec` whose server listens on ``port``."""
         return cls(app.name, host, port, app.rate_rps, image_size)
 
@@ -84,9 +85,16 @@ class LoadGenerator:
     ``duration_s``, if given, makes the child stop sending on its own after that long.
     """
 
-    def __init__(self, targets: list[LoadTarget], *, seed: int = 0, timeout_s: float = 10.0,
-                 max_connections: int = 32, duration_s: float | None = None,
-                 python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        targets: list[LoadTarget],
+        *,
+        seed: int = 0,
+        timeout_s: float = 10.0,
+        max_connections: int = 32,
+        duration_s: float | None = None,
+        python: str = sys.executable,
+    ) -> None:
         if not targets:
             raise ValueError("LoadGenerator needs at least one target")
         if len({t.app for t in targets}) != len(targets):
@@ -116,17 +124,32 @@ class LoadGenerator:
         if self._proc is not None:
             raise ClusterError("load generator already started", hint="use a new LoadGenerator")
         self._dir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX))
-        config = {"targets": [asdict(t) for t in self.targets], "seed": self.seed,
-                  "timeout_s": self.timeout_s, "max_connections": self.max_connections,
-                  "duration_s": self.duration_s}
+        config = {
+            "targets": [asdict(t) for t in self.targets],
+            "seed": self.seed,
+            "timeout_s": self.timeout_s,
+            "max_connections": self.max_connections,
+            "duration_s": self.duration_s,
+        }
         env = dict(os.environ)
         src = str(Path(__file__).resolve().parents[2])  # so the child imports this deepedge
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         with open(self._dir / "stderr.txt", "wb") as err:
             self._proc = subprocess.Popen(
-                [self.python, "-m", "deepedge.apps.loadgen", "--config", json.dumps(config),
-                 "--out", str(self._dir / "records.npz")],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env)
+                [
+                    self.python,
+                    "-m",
+                    "deepedge.apps.loadgen",
+                    "--config",
+                    json.dumps(config),
+                    "--out",
+                    str(self._dir / "records.npz"),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+            )
         self._finalizer = weakref.finalize(self, _cleanup, self._proc, self._dir)
         assert self._proc.stdout is not None
         ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
@@ -136,8 +159,10 @@ class LoadGenerator:
             self._proc.wait()
             tail = self._stderr_tail()
             self._finalizer()
-            raise ClusterError(f"load generator did not start within {timeout_s:g}s: {tail}",
-                               hint="is deepedge (and numpy) importable by the child python?")
+            raise ClusterError(
+                f"load generator did not start within {timeout_s:g}s: {tail}",
+                hint="is deepedge (and numpy) importable by the child python?",
+            )
         self.started_at = float(json.loads(line)["t0"])
 
     def stop(self, *, timeout_s: float | None = None) -> list[RequestRecord]:
@@ -158,11 +183,15 @@ class LoadGenerator:
             try:
                 proc.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
-                raise ClusterError(f"load generator did not stop within {wait_s:g}s",
-                                   hint="records are lost; raise stop(timeout_s=...)") from None
+                raise ClusterError(
+                    f"load generator did not stop within {wait_s:g}s",
+                    hint="records are lost; raise stop(timeout_s=...)",
+                ) from None
             if not out.exists():
-                raise ClusterError(f"load generator exited with code {proc.returncode} "
-                                   f"without writing records: {self._stderr_tail()}")
+                raise ClusterError(
+                    f"load generator exited with code {proc.returncode} "
+                    f"without writing records: {self._stderr_tail()}"
+                )
             self._records = load_records(out)
         finally:
             if self._finalizer is not None:
@@ -246,9 +275,11 @@ class _Run:
         self.duration_s = cfg.get("duration_s")
         self.pools = [_Pool(t.host, t.port, int(cfg["max_connections"])) for t in self.targets]
         rng = np.random.default_rng([self.seed, 1 << 20])
-        self.messages = [HEADER.pack(request_bytes(t.image_size))
-                         + rng.integers(0, 256, request_bytes(t.image_size), np.uint8).tobytes()
-                         for t in self.targets]
+        self.messages = [
+            HEADER.pack(request_bytes(t.image_size))
+            + rng.integers(0, 256, request_bytes(t.image_size), np.uint8).tobytes()
+            for t in self.targets
+        ]
         self.inflight: set[asyncio.Task[None]] = set()
         # Flat rows of (app, scheduled, sent, done, service_ms, error index or -1): 48 bytes
         # a request, so hours of load stay small.
@@ -298,8 +329,9 @@ class _Run:
             if conn is not None:
                 pool.discard(conn)
             code = -1 if err is None else self.errors.setdefault(err, len(self.errors))
-            self.rows.extend((i, self.wall(scheduled), self.wall(sent),
-                              self.wall(time.monotonic()), svc, code))
+            self.rows.extend(
+                (i, self.wall(scheduled), self.wall(sent), self.wall(time.monotonic()), svc, code)
+            )
 
     async def run(self, out: Path) -> None:
         loop = asyncio.get_running_loop()

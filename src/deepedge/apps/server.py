@@ -66,17 +66,26 @@ def build_model(image_size: int = 32, *, seed: int = 0, width: int = WIDTH) -> t
     from torch import nn
 
     def block(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True)]
+        return [
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
 
     if image_size < 4:
         raise ValueError(f"image_size must be >= 4, got {image_size}")
     torch.manual_seed(seed)
     w = width
     return nn.Sequential(
-        *block(3, w), *block(w, w), nn.MaxPool2d(2),
-        *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
-        *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        *block(3, w),
+        *block(w, w),
+        nn.MaxPool2d(2),
+        *block(w, 2 * w),
+        *block(2 * w, 2 * w),
+        nn.MaxPool2d(2),
+        *block(2 * w, 4 * w),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(4 * w, NUM_CLASSES),
     ).eval()
 
@@ -142,8 +151,10 @@ async def _serve(args: argparse.Namespace, model: torch.nn.Module) -> None:
     app = _Server(model, args.image_size)
     server = await asyncio.start_server(app.handle, args.host, args.port)
     port = server.sockets[0].getsockname()[1]
-    _write_ready(Path(args.ready_file), {"port": port, "pid": os.getpid(), "app": args.name,
-                                         "image_size": args.image_size})
+    _write_ready(
+        Path(args.ready_file),
+        {"port": port, "pid": os.getpid(), "app": args.name, "image_size": args.image_size},
+    )
     watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
     await stop.wait()
     server.close()
@@ -170,8 +181,10 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m deepedge.apps.server",
-                                description="Serve a small CNN to LC-app load over TCP.")
+    p = argparse.ArgumentParser(
+        prog="python -m deepedge.apps.server",
+        description="Serve a small CNN to LC-app load over TCP.",
+    )
     p.add_argument("--name", required=True, help="app name (for the ready file and messages)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free ephemeral port")

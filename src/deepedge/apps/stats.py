@@ -25,8 +25,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["AppLatencyStats", "RequestRecord", "latency_summary", "load_records", "save_records",
-           "summarize_apps"]
+__all__ = [
+    "AppLatencyStats",
+    "RequestRecord",
+    "latency_summary",
+    "load_records",
+    "save_records",
+    "summarize_apps",
+]
 
 
 class RequestRecord(NamedTuple):
@@ -47,16 +53,25 @@ class RequestRecord(NamedTuple):
     service_ms: float = math.nan
 
 
-def save_records(path: Path, apps: Sequence[str], errors: Sequence[str],
-                 rows: Iterable[float]) -> None:
+def save_records(
+    path: Path, apps: Sequence[str], errors: Sequence[str], rows: Iterable[float]
+) -> None:
     """Write flat rows of (app index, scheduled, sent, done, service_ms, error index or -1)
     as the ``.npz`` :func:`load_records` reads, sorted by scheduled time, atomically."""
     a = np.array(rows, dtype=np.float64).reshape(-1, 6)
     a = a[np.argsort(a[:, 1], kind="stable")]
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, apps=np.array(list(apps), dtype=str), errors=np.array(list(errors), dtype=str),
-             app=a[:, 0].astype(np.int16), scheduled=a[:, 1], sent=a[:, 2], done=a[:, 3],
-             service=a[:, 4], err=a[:, 5].astype(np.int32))
+    np.savez(
+        tmp,
+        apps=np.array(list(apps), dtype=str),
+        errors=np.array(list(errors), dtype=str),
+        app=a[:, 0].astype(np.int16),
+        scheduled=a[:, 1],
+        sent=a[:, 2],
+        done=a[:, 3],
+        service=a[:, 4],
+        err=a[:, 5].astype(np.int32),
+    )
     os.replace(tmp, path)
 
 
@@ -68,8 +83,10 @@ def load_records(path: Path) -> list[RequestRecord]:
         sched, sent, done, svc = (z[k].tolist() for k in ("scheduled", "sent", "done", "service"))
         app_idx, err = z["app"].tolist(), z["err"].tolist()
     rows = zip(app_idx, sched, sent, done, err, svc, strict=True)
-    return [RequestRecord(apps[a], s, se, d, (d - s) * 1000.0, e < 0,
-                          errors[e] if e >= 0 else None, sv) for a, s, se, d, e, sv in rows]
+    return [
+        RequestRecord(apps[a], s, se, d, (d - s) * 1000.0, e < 0, errors[e] if e >= 0 else None, sv)
+        for a, s, se, d, e, sv in rows
+    ]
 
 
 @dataclass(frozen=True)
@@ -103,8 +120,9 @@ class AppLatencyStats:
         return asdict(self)
 
 
-def _group_percentile(vals: np.ndarray, starts: np.ndarray, counts: np.ndarray,
-                      q: float) -> np.ndarray:
+def _group_percentile(
+    vals: np.ndarray, starts: np.ndarray, counts: np.ndarray, q: float
+) -> np.ndarray:
     """The ``q``-th percentile of each group ``vals[start:start+count]`` (each sorted).
 
     Same as ``np.percentile(..., method="linear")`` but ``inf`` values give ``inf``
@@ -121,9 +139,15 @@ def _group_percentile(vals: np.ndarray, starts: np.ndarray, counts: np.ndarray,
     return np.where(np.isinf(b) & (frac > 0), np.inf, out)  # sorted, so inf a => inf b
 
 
-def latency_summary(records: Iterable[RequestRecord], *, deadline_ms: float,
-                    start_s: float | None = None, end_s: float | None = None,
-                    window_s: float = 1.0, app: str | None = None) -> AppLatencyStats:
+def latency_summary(
+    records: Iterable[RequestRecord],
+    *,
+    deadline_ms: float,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    window_s: float = 1.0,
+    app: str | None = None,
+) -> AppLatencyStats:
     """Summarise ``records`` scheduled in ``[start_s, end_s)`` (either end open if None).
 
     ``app`` keeps only that app's records (a generator may drive several apps).
@@ -177,11 +201,19 @@ def latency_summary(records: Iterable[RequestRecord], *, deadline_ms: float,
     )
 
 
-def summarize_apps(records: Iterable[RequestRecord], deadlines_ms: Mapping[str, float], *,
-                   start_s: float | None = None, end_s: float | None = None,
-                   window_s: float = 1.0) -> dict[str, AppLatencyStats]:
+def summarize_apps(
+    records: Iterable[RequestRecord],
+    deadlines_ms: Mapping[str, float],
+    *,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    window_s: float = 1.0,
+) -> dict[str, AppLatencyStats]:
     """:func:`latency_summary` for each app in ``deadlines_ms`` (app name -> deadline)."""
     recs = list(records)
-    return {name: latency_summary(recs, deadline_ms=d, start_s=start_s, end_s=end_s,
-                                  window_s=window_s, app=name)
-            for name, d in deadlines_ms.items()}
+    return {
+        name: latency_summary(
+            recs, deadline_ms=d, start_s=start_s, end_s=end_s, window_s=window_s, app=name
+        )
+        for name, d in deadlines_ms.items()
+    }

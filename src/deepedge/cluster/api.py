@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +19,7 @@ from deepedge.spec import DeviceSpec
 __all__ = ["ClusterBackend", "DeviceHandle", "DeviceUsage", "EmulationMode"]
 
 
-class EmulationMode(str, Enum):
+class EmulationMode(StrEnum):
     CGROUP_V1 = "cgroup-v1"
     CGROUP_V2 = "cgroup-v2"
     DUTY_CYCLE = "duty-cycle-fallback"
@@ -43,8 +43,13 @@ class DeviceHandle(Protocol):
         """Host address at which the device's servers are reachable (a netns later)."""
         ...
 
-    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-              log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Start a process that belongs to this device from its first instruction."""
         ...
 

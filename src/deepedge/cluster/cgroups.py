@@ -65,8 +65,9 @@ class CgroupDriver(ABC):
         """Every directory that makes up ``group`` (one per hierarchy)."""
 
     @abstractmethod
-    def _apply_limits(self, group: str, cpu_cores: float | None, period_us: int,
-                      memory_bytes: int | None) -> None: ...
+    def _apply_limits(
+        self, group: str, cpu_cores: float | None, period_us: int, memory_bytes: int | None
+    ) -> None: ...
 
     @abstractmethod
     def cpu_usage_ns(self, group: str) -> int: ...
@@ -78,23 +79,27 @@ class CgroupDriver(ABC):
     @abstractmethod
     def memory_usage_bytes(self, group: str) -> int: ...
 
-    def _prepare_parent(self, group: str) -> None:
-        """Hook for v2, which must enable controllers on every ancestor."""
+    def _prepare_parent(self, group: str) -> None:  # noqa: B027 - optional hook
+        """Hook for v2, which must enable controllers on every ancestor; v1 needs nothing."""
 
     # -- shared mechanics ------------------------------------------------------------
-    def create(self, group: str, *, cpu_cores: float | None, period_us: int,
-               memory_bytes: int | None) -> None:
+    def create(
+        self, group: str, *, cpu_cores: float | None, period_us: int, memory_bytes: int | None
+    ) -> None:
         self._prepare_parent(group)
         for d in self.dirs(group):
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise ClusterError(f"cannot create cgroup {d}: {err.strerror}",
-                                   hint="run as root, or use the fallback emulation") from None
+                raise ClusterError(
+                    f"cannot create cgroup {d}: {err.strerror}",
+                    hint="run as root, or use the fallback emulation",
+                ) from None
         self.set_limits(group, cpu_cores=cpu_cores, period_us=period_us, memory_bytes=memory_bytes)
 
-    def set_limits(self, group: str, *, cpu_cores: float | None, period_us: int,
-                   memory_bytes: int | None) -> None:
+    def set_limits(
+        self, group: str, *, cpu_cores: float | None, period_us: int, memory_bytes: int | None
+    ) -> None:
         self._apply_limits(group, cpu_cores, period_us, memory_bytes)
 
     def procs_files(self, group: str) -> list[Path]:
@@ -178,8 +183,9 @@ class CgroupV1Driver(CgroupDriver):
         extra = [self.cpuacct_root / group] if self.cpuacct_root else []
         return [self.cpu_root / group, self.memory_root / group, *extra]
 
-    def _apply_limits(self, group: str, cpu_cores: float | None, period_us: int,
-                      memory_bytes: int | None) -> None:
+    def _apply_limits(
+        self, group: str, cpu_cores: float | None, period_us: int, memory_bytes: int | None
+    ) -> None:
         cpu = self.cpu_root / group
         _write(cpu / "cpu.cfs_period_us", str(period_us))
         quota = -1 if cpu_cores is None else max(1000, round(cpu_cores * period_us))
@@ -190,8 +196,10 @@ class CgroupV1Driver(CgroupDriver):
     def cpu_usage_ns(self, group: str) -> int:
         acct = (self.cpuacct_root or self.cpu_root) / group / "cpuacct.usage"
         if not acct.exists():
-            raise ClusterError(f"no CPU accounting for cgroup {group}: {acct} is missing",
-                               hint="mount the cpuacct controller")
+            raise ClusterError(
+                f"no CPU accounting for cgroup {group}: {acct} is missing",
+                hint="mount the cpuacct controller",
+            )
         return int(acct.read_text())
 
     def cpu_throttled(self, group: str) -> tuple[int, int]:
@@ -234,8 +242,9 @@ class CgroupV2Driver(CgroupDriver):
                 if ctrl not in enabled:
                     _write(control, f"+{ctrl}")
 
-    def _apply_limits(self, group: str, cpu_cores: float | None, period_us: int,
-                      memory_bytes: int | None) -> None:
+    def _apply_limits(
+        self, group: str, cpu_cores: float | None, period_us: int, memory_bytes: int | None
+    ) -> None:
         d = self.root / group
         quota = "max" if cpu_cores is None else str(max(1000, round(cpu_cores * period_us)))
         _write(d / "cpu.max", f"{quota} {period_us}")
@@ -288,8 +297,11 @@ def detect_cgroups() -> tuple[CgroupDriver | None, str]:
         if t != "cgroup2":
             continue
         root = Path(m)
-        controllers = (root / "cgroup.controllers").read_text().split() \
-            if (root / "cgroup.controllers").exists() else []
+        controllers = (
+            (root / "cgroup.controllers").read_text().split()
+            if (root / "cgroup.controllers").exists()
+            else []
+        )
         if {"cpu", "memory"} <= set(controllers):
             if _writable(root):
                 return CgroupV2Driver(root), f"cgroup v2 at {root}"

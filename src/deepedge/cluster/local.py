@@ -46,8 +46,9 @@ def _die_with_parent() -> None:
 class LocalDevice:
     """A device fenced by a cgroup, or by duty-cycle throttling in the fallback."""
 
-    def __init__(self, spec: DeviceSpec, *, driver: CgroupDriver | None, group: str,
-                 period_us: int) -> None:
+    def __init__(
+        self, spec: DeviceSpec, *, driver: CgroupDriver | None, group: str, period_us: int
+    ) -> None:
         self._spec = spec
         self._driver = driver
         self._group = group
@@ -87,20 +88,33 @@ class LocalDevice:
 
     def create(self) -> None:
         if self._driver:
-            self._driver.create(self._group, cpu_cores=self._cpu_limit,
-                                period_us=self._period_for(self._cpu_limit),
-                                memory_bytes=self._memory_bytes())
+            self._driver.create(
+                self._group,
+                cpu_cores=self._cpu_limit,
+                period_us=self._period_for(self._cpu_limit),
+                memory_bytes=self._memory_bytes(),
+            )
 
     def set_cpu_limit(self, cores: float | None) -> None:
         self._cpu_limit = cores
         if self._driver:
-            self._driver.set_limits(self._group, cpu_cores=cores,
-                                    period_us=self._period_for(cores),
-                                    memory_bytes=self._memory_bytes())
+            self._driver.set_limits(
+                self._group,
+                cpu_cores=cores,
+                period_us=self._period_for(cores),
+                memory_bytes=self._memory_bytes(),
+            )
 
-    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-              log_path: Path | None = None) -> subprocess.Popen[bytes]:
-        procs_files = [str(f) for f in self._driver.procs_files(self._group)] if self._driver else []
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        procs_files = (
+            [str(f) for f in self._driver.procs_files(self._group)] if self._driver else []
+        )
 
         def enter_device() -> None:  # runs in the child between fork and exec
             _die_with_parent()
@@ -112,8 +126,12 @@ class LocalDevice:
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             proc = subprocess.Popen(
-                list(argv), env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, preexec_fn=enter_device,
+                list(argv),
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=enter_device,
                 start_new_session=True,
             )
         except (OSError, subprocess.SubprocessError) as err:
@@ -218,8 +236,9 @@ class LocalCluster:
             self.mode = EmulationMode.CGROUP_V1 if driver.version == 1 else EmulationMode.CGROUP_V2
         self._session = f"{PARENT}/{owner_tag()}"
         self._devices = {
-            d.name: LocalDevice(d, driver=driver, group=f"{self._session}/{d.name}",
-                                period_us=spec.cpu_period_us)
+            d.name: LocalDevice(
+                d, driver=driver, group=f"{self._session}/{d.name}", period_us=spec.cpu_period_us
+            )
             for d in self.spec.devices
         }
         self._throttler: _DutyCycleThrottler | None = None
@@ -233,9 +252,11 @@ class LocalCluster:
     def fallback_warning(self) -> str | None:
         if self.mode is not EmulationMode.DUTY_CYCLE:
             return None
-        return (f"WARNING: no writable cgroups ({self.fence_reason}); emulating devices with "
-                "SIGSTOP/SIGCONT duty cycles: CPU speed is approximate and memory limits are "
-                "NOT enforced")
+        return (
+            f"WARNING: no writable cgroups ({self.fence_reason}); emulating devices with "
+            "SIGSTOP/SIGCONT duty cycles: CPU speed is approximate and memory limits are "
+            "NOT enforced"
+        )
 
     def start(self) -> None:
         if self._started:

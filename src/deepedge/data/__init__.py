@@ -127,19 +127,26 @@ def _load_real(spec: DatasetSpec) -> ArrayDataset:
         return _cached_digits(spec.image_size)
     if spec.kind == "image_folder":
         root = Path(spec.path or "").expanduser()
-        try:
-            stamp = root.resolve().stat().st_mtime_ns
-        except OSError:
-            stamp = 0  # the loader reports the missing folder properly
-        return _cached_folder(str(root), spec.image_size, spec.seed, stamp)
+        return _cached_folder(str(root), spec.image_size, spec.seed, _folder_stamp(root))
     raise SpecError(f"unknown dataset kind {spec.kind!r}")
 
 
+def _folder_stamp(root: Path) -> tuple[int, ...]:
+    """Modification times of ``root`` and its class directories: they change when a class
+    or an image is added, removed or renamed, so the cache below re-reads the folder."""
+    try:
+        return (root.stat().st_mtime_ns,
+                *sorted(d.stat().st_mtime_ns for d in root.iterdir() if d.is_dir()))
+    except OSError:
+        return ()  # the loader reports the missing folder properly
+
+
 # Both the train and the test split (and both domains) start from the same decoded data
-# set; caching avoids decoding an image folder four times. The folder's mtime is part of
-# the key so an edited folder is re-read.
+# set; caching avoids decoding an image folder four times.
 @functools.lru_cache(maxsize=2)
-def _cached_folder(root: str, image_size: int, seed: int, _stamp: int) -> ArrayDataset:
+def _cached_folder(
+    root: str, image_size: int, seed: int, _stamp: tuple[int, ...]
+) -> ArrayDataset:
     return load_image_folder(root, image_size=image_size, seed=seed)
 
 

@@ -154,7 +154,8 @@ def reweight_classes(
     each split is resampled only from itself.
     """
     p_class = check_class_weights(weights, ds.num_classes)
-    assert p_class is not None  # weights is not None here
+    if p_class is None:
+        raise SpecError("reweight_classes needs class weights, got None")
     counts = ds.class_counts()
     missing = [i for i in range(ds.num_classes) if p_class[i] > 0 and counts[i] == 0]
     if missing:

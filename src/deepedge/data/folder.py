@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from deepedge.data.arrays import ArrayDataset
 from deepedge.errors import DataError, SpecError
@@ -97,7 +97,7 @@ def load_image_folder(
             attempted += 1
             try:
                 got.append(_read(f, image_size))
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 failed += 1
                 log.warning("skipping unreadable image %s: %s", f, err)
         if not got:

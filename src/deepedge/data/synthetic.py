@@ -4,7 +4,7 @@ Why synthetic: the emulated cluster needs a data set that exists offline, at any
 with a *controllable* domain shift, and that is still a genuine vision problem. Each class
 is a shape in a band of hues: class ``k`` of ``K`` is shape ``k % 10`` (disk, square,
 triangle, ring, plus, three stripe orientations, checker, dots) with a hue drawn around
-``(k + 0.5) / K`` of the colour wheel, at a random position, scale, rotation, saturation
+``(k + 1) / (K + 1)`` of the colour wheel, at a random position, scale, rotation, saturation
 and brightness, light-on-dark or dark-on-light, on a plain, softly lit background.
 
 Hue bands overlap their neighbours, so colour is a quick but incomplete cue and a model
@@ -29,7 +29,14 @@ from deepedge.data.drift import apply_drift, check_class_weights
 from deepedge.errors import SpecError
 from deepedge.spec import DatasetSpec, DriftSpec
 
-__all__ = ["MAX_CLASSES", "SHAPES", "make_split", "make_synthetic", "split_seed"]
+__all__ = [
+    "MAX_CLASSES",
+    "SHAPES",
+    "class_names",
+    "make_split",
+    "make_synthetic",
+    "split_seed",
+]
 
 Sdf = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -102,14 +109,16 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _hue_centre(labels: np.ndarray | int, num_classes: int) -> np.ndarray:
-    return (np.asarray(labels) + 0.5) / num_classes
+    # K + 1 equal slots round the colour wheel with one left empty, so the last and the
+    # first class (which share a shape when K = 10m + 1) do not overlap across the wrap.
+    return (np.asarray(labels) + 1.0) / (num_classes + 1)
 
 
 def _hue_halfwidth(num_classes: int) -> float:
-    # A band two class-spacings wide: every hue is shared by about two neighbouring classes
-    # (which always differ in shape), so colour narrows the answer down but only shape
-    # settles it. Classes sharing a shape are 10 spacings apart in hue, never overlapping.
-    return min(1.0 / num_classes, 0.5)
+    # A band two slots wide: every hue is shared by about two neighbouring classes (which
+    # always differ in shape), so colour narrows the answer down but only shape settles
+    # it. Classes sharing a shape are >= 2 slots apart in hue, so they never overlap.
+    return 1.0 / (num_classes + 1)
 
 
 def class_names(num_classes: int) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from deepedge.errors import DeepEdgeError
 from deepedge.models import build_model
 from deepedge.spec import JobSpec
 from deepedge.train.checkpoint import CheckpointManager
-from deepedge.train.ddp import build_optimizer, run_epochs, wrap_ddp
+from deepedge.train.ddp import build_optimizer, run_epochs, select_backend, wrap_ddp
 
 __all__ = ["main"]
 
@@ -49,8 +49,12 @@ def _dataset(path: str) -> tuple[torch.Tensor, torch.Tensor, ArrayDataset]:
 
 def _model(job: JobSpec, ds: ArrayDataset, state_path: str | None) -> torch.nn.Module:
     torch.manual_seed(job.seed)
-    model = build_model(job.model, in_channels=ds.images.shape[1], num_classes=ds.num_classes,
-                        image_size=ds.images.shape[2])
+    model = build_model(
+        job.model,
+        in_channels=ds.images.shape[1],
+        num_classes=ds.num_classes,
+        image_size=ds.images.shape[2],
+    )
     if state_path:
         model.load_state_dict(torch.load(state_path, weights_only=True))
     return model
@@ -72,8 +76,12 @@ def probe(msg: dict[str, Any]) -> dict[str, Any]:
         opt.step()
         if i >= int(msg["warmup"]):
             times.append(time.perf_counter() - t0)
-    return {"batch": batch, "step_times": times, "median_step_s": statistics.median(times),
-            "peak_rss_mb": psutil.Process().memory_info().rss / 2**20}
+    return {
+        "batch": batch,
+        "step_times": times,
+        "median_step_s": statistics.median(times),
+        "peak_rss_mb": psutil.Process().memory_info().rss / 2**20,
+    }
 
 
 def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
@@ -81,31 +89,57 @@ def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
     job = JobSpec.model_validate(msg["job"])
     rank, world = int(msg["rank"]), int(msg["world"])
     x, y, ds = _dataset(msg["data"])
-    store = dist.TCPStore(msg["store_host"], int(msg["store_port"]), is_master=False,
-                          timeout=datetime.timedelta(seconds=60))
-    dist.init_process_group("gloo", store=dist.PrefixStore(msg["run_id"], store), rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=120))
+    store = dist.TCPStore(
+        msg["store_host"],
+        int(msg["store_port"]),
+        is_master=False,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    backend, device = select_backend(rank, world)
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(msg["run_id"], store),
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
     try:
         model = _model(job, ds, msg.get("state"))
-        wrapped = wrap_ddp(model)
+        wrapped = wrap_ddp(model, device)
+        x, y = x.to(device), y.to(device)
         optimizer = build_optimizer(wrapped.module.parameters(), job.optimizer)
         ckpts = CheckpointManager(Path(msg["checkpoint_dir"])) if rank == 0 else None
 
         def on_epoch_end(epoch: int) -> None:
             if ckpts is not None:
-                ckpts.save(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "epoch": epoch, "local_batches": msg["local_batches"],
-                                   "job": msg["job"]})
+                ckpts.save(
+                    epoch,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "local_batches": msg["local_batches"],
+                        "job": msg["job"],
+                    },
+                )
             conn.send({"event": "epoch", "epoch": epoch})
 
         def on_step(rec: Any) -> None:
             if rank == 0:
                 conn.send({"event": "step", "epoch": rec.epoch, "step": rec.step})
 
-        records = run_epochs(wrapped, optimizer, x, y, rank=rank,
-                             local_batches=msg["local_batches"], seed=job.seed,
-                             epochs=range(job.epochs), on_step=on_step,
-                             on_epoch_end=on_epoch_end)
+        records = run_epochs(
+            wrapped,
+            optimizer,
+            x,
+            y,
+            rank=rank,
+            local_batches=msg["local_batches"],
+            seed=job.seed,
+            epochs=range(job.epochs),
+            on_step=on_step,
+            on_epoch_end=on_epoch_end,
+        )
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -132,8 +166,14 @@ def _serve(conn: Connection) -> None:
         except DeepEdgeError as err:
             conn.send({"event": "done", "ok": False, "error": err.one_line()})
         except Exception as err:  # report, then keep serving: the coordinator decides
-            conn.send({"event": "done", "ok": False, "error": f"{type(err).__name__}: {err}",
-                       "traceback": traceback.format_exc()})
+            conn.send(
+                {
+                    "event": "done",
+                    "ok": False,
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc(),
+                }
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,8 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.address.rsplit(":", 1)
     key = bytes.fromhex(os.environ["DEEPEDGE_AGENT_KEY"])
     with Client((host, int(port)), authkey=key) as conn:
-        conn.send({"event": "hello", "device": args.device, "pid": os.getpid(),
-                   "rss_mb": psutil.Process().memory_info().rss / 2**20})
+        conn.send(
+            {
+                "event": "hello",
+                "device": args.device,
+                "pid": os.getpid(),
+                "rss_mb": psutil.Process().memory_info().rss / 2**20,
+            }
+        )
         _serve(conn)
     return 0
 

@@ -32,8 +32,20 @@ __all__ = [
     "build_optimizer",
     "global_batch_loss",
     "run_epochs",
+    "select_backend",
     "wrap_ddp",
 ]
+
+
+def select_backend(rank: int, world_size: int) -> tuple[str, torch.device]:
+    """NCCL with one CUDA device per rank where there are enough GPUs, else gloo on CPU.
+
+    Ranks sharing one GPU cannot form an NCCL group, so an emulated cluster on a one-GPU
+    machine trains on CPU with gloo.
+    """
+    if torch.cuda.is_available() and torch.cuda.device_count() >= world_size:
+        return "nccl", torch.device("cuda", rank % torch.cuda.device_count())
+    return "gloo", torch.device("cpu")
 
 
 @dataclass
@@ -72,16 +84,18 @@ class DdpModel:
     clock: _HookClock = field(default_factory=_HookClock)
 
 
-def wrap_ddp(model: nn.Module) -> DdpModel:
+def wrap_ddp(model: nn.Module, device: torch.device | None = None) -> DdpModel:
     """Wrap ``model`` in DDP with the SUM all-reduce hook (needs an initialised group)."""
-    ddp = DDP(model)
+    on_cuda = device is not None and device.type == "cuda"
+    ddp = DDP(model.to(device) if on_cuda else model, device_ids=[device] if on_cuda else None)
     wrapped = DdpModel(ddp)
     ddp.register_comm_hook(wrapped.clock, _sum_allreduce_hook)
     return wrapped
 
 
-def global_batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      global_size: int) -> torch.Tensor:
+def global_batch_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, global_size: int
+) -> torch.Tensor:
     """This rank's share of the mean loss over a global batch of ``global_size`` samples."""
     return F.cross_entropy(model(x), y, reduction="sum") / global_size
 
@@ -95,8 +109,9 @@ def _empty_rank_loss(model: nn.Module, x_like: torch.Tensor) -> torch.Tensor:
 def build_optimizer(params: Any, spec: OptimizerSpec) -> torch.optim.Optimizer:
     if spec.name == "adam":
         return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
-                           weight_decay=spec.weight_decay)
+    return torch.optim.SGD(
+        params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+    )
 
 
 def run_epochs(
@@ -130,8 +145,16 @@ def run_epochs(
             loss.backward()
             synced = time.time()
             optimizer.step()
-            rec = StepRecord(epoch, step, len(idx), start, min(clock.local_done, synced) or synced,
-                             synced, time.time(), float(loss.detach()))
+            rec = StepRecord(
+                epoch,
+                step,
+                len(idx),
+                start,
+                min(clock.local_done, synced) or synced,
+                synced,
+                time.time(),
+                float(loss.detach()),
+            )
             records.append(rec)
             if on_step:
                 on_step(rec)

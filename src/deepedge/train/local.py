@@ -14,9 +14,16 @@ from deepedge.train.ddp import build_optimizer
 __all__ = ["evaluate", "train_local"]
 
 
-def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, job: JobSpec, *,
-                epochs: int, batch: int | None = None,
-                on_step: Callable[[], None] | None = None) -> nn.Module:
+def train_local(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    job: JobSpec,
+    *,
+    epochs: int,
+    batch: int | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> nn.Module:
     """Plain minibatch training over ``epochs`` with the job's optimiser.
 
     ``batch`` defaults to the job's global batch.
@@ -28,7 +35,7 @@ def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, jo
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=gen)
         for lo in range(0, len(images), batch):
-            idx = order[lo:lo + batch]
+            idx = order[lo : lo + batch]
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(images[idx]), labels[idx]).backward()
             optimizer.step()
@@ -38,11 +45,12 @@ def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, jo
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             batch: int = 512) -> float:
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 512
+) -> float:
     """Top-1 accuracy."""
     model.eval()
     correct = 0
     for lo in range(0, len(images), batch):
-        correct += int((model(images[lo:lo + batch]).argmax(1) == labels[lo:lo + batch]).sum())
+        correct += int((model(images[lo : lo + batch]).argmax(1) == labels[lo : lo + batch]).sum())
     return correct / len(images)

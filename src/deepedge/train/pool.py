@@ -94,18 +94,32 @@ class AgentPool:
         threading.Thread(target=accept_all, daemon=True, name="deepedge-accept").start()
         host, port = listener.address
         for name, dev in self._devices.items():
-            argv = [sys.executable, "-m", "deepedge.train.agent", "--address", f"{host}:{port}",
-                    "--device", name, "--cpu-cores", str(dev.spec.cpu_cores or 1.0)]
-            self._procs[name] = dev.spawn(argv, env={"DEEPEDGE_AGENT_KEY": key.hex()},
-                                          log_path=self._log_dir / f"agent-{name}.log")
+            argv = [
+                sys.executable,
+                "-m",
+                "deepedge.train.agent",
+                "--address",
+                f"{host}:{port}",
+                "--device",
+                name,
+                "--cpu-cores",
+                str(dev.spec.cpu_cores or 1.0),
+            ]
+            self._procs[name] = dev.spawn(
+                argv,
+                env={"DEEPEDGE_AGENT_KEY": key.hex()},
+                log_path=self._log_dir / f"agent-{name}.log",
+            )
         deadline = time.monotonic() + timeout_s
         try:
             while len(self._conns) < len(self._devices):
                 self._check_alive()
                 if time.monotonic() > deadline:
                     missing = sorted(set(self._devices) - set(self._conns))
-                    raise ClusterError(f"training agents on {missing} did not start in {timeout_s:.0f} s",
-                                       hint=f"see {self._log_dir}")
+                    raise ClusterError(
+                        f"training agents on {missing} did not start in {timeout_s:.0f} s",
+                        hint=f"see {self._log_dir}",
+                    )
                 try:
                     item = accepted.get(timeout=0.2)
                 except queue.Empty:
@@ -117,8 +131,13 @@ class AgentPool:
                 self.runtime_mb[hello["device"]] = hello["rss_mb"]
         finally:
             listener.close()
-        self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                                    timeout=datetime.timedelta(seconds=60))
+        self._store = dist.TCPStore(
+            "127.0.0.1",
+            0,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=datetime.timedelta(seconds=60),
+        )
 
     def _check_alive(self, names: list[str] | None = None) -> None:
         for name in names or list(self._procs):
@@ -130,8 +149,13 @@ class AgentPool:
                     hint=f"full log: {log}; a negative code is the signal that killed it",
                 )
 
-    def _request(self, messages: dict[str, dict[str, Any]], *, timeout_s: float,
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict]:
+    def _request(
+        self,
+        messages: dict[str, dict[str, Any]],
+        *,
+        timeout_s: float,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> dict[str, dict]:
         """Send one message per device, wait for every 'done' reply, watching liveness."""
         for name, msg in messages.items():
             self._conns[name].send(msg)
@@ -151,40 +175,77 @@ class AgentPool:
                         on_event(name, reply)
                     continue
                 if not reply["ok"]:
-                    raise TrainingError(f"worker on {name!r} failed: {reply['error']}",
-                                        hint=f"see {self._log_dir / f'agent-{name}.log'}")
+                    raise TrainingError(
+                        f"worker on {name!r} failed: {reply['error']}",
+                        hint=f"see {self._log_dir / f'agent-{name}.log'}",
+                    )
                 results[name] = reply
                 del pending[conn]
             self._check_alive(list(pending.values()))
             if time.monotonic() > deadline:
-                raise TrainingError(f"workers {sorted(pending.values())} did not finish in "
-                                    f"{timeout_s:.0f} s")
+                raise TrainingError(
+                    f"workers {sorted(pending.values())} did not finish in {timeout_s:.0f} s"
+                )
         return results
 
-    def probe(self, job: JobSpec, data_path: Path, batches: Mapping[str, int], *,
-              steps: int = 5, warmup: int = 2, state: Path | None = None,
-              timeout_s: float = 300.0) -> dict[str, ProbeResult]:
+    def probe(
+        self,
+        job: JobSpec,
+        data_path: Path,
+        batches: Mapping[str, int],
+        *,
+        steps: int = 5,
+        warmup: int = 2,
+        state: Path | None = None,
+        timeout_s: float = 300.0,
+    ) -> dict[str, ProbeResult]:
         """Time training steps on every named device at once, each at its own batch size."""
-        msgs = {name: {"op": "probe", "job": job.model_dump(mode="json"), "data": str(data_path),
-                       "batch": b, "steps": steps, "warmup": warmup,
-                       "state": str(state) if state else None}
-                for name, b in batches.items()}
+        msgs = {
+            name: {
+                "op": "probe",
+                "job": job.model_dump(mode="json"),
+                "data": str(data_path),
+                "batch": b,
+                "steps": steps,
+                "warmup": warmup,
+                "state": str(state) if state else None,
+            }
+            for name, b in batches.items()
+        }
         replies = self._request(msgs, timeout_s=timeout_s)
-        return {n: ProbeResult(n, r["batch"], r["median_step_s"], r["step_times"], r["peak_rss_mb"])
-                for n, r in replies.items()}
+        return {
+            n: ProbeResult(n, r["batch"], r["median_step_s"], r["step_times"], r["peak_rss_mb"])
+            for n, r in replies.items()
+        }
 
-    def train(self, job: JobSpec, data_path: Path, plan: Plan, *, checkpoint_dir: Path,
-              state: Path | None = None, timeout_s: float = 3600.0,
-              on_step: Callable[[int, int], None] | None = None) -> TrainRun:
+    def train(
+        self,
+        job: JobSpec,
+        data_path: Path,
+        plan: Plan,
+        *,
+        checkpoint_dir: Path,
+        state: Path | None = None,
+        timeout_s: float = 3600.0,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> TrainRun:
         """Run a DDP job on the plan's devices with their local batches; rank = plan order."""
         assert self._store is not None, "start() first"
         names = plan.devices
         batches = [plan.local_batches[n] for n in names]
         run_id = uuid.uuid4().hex[:12]
-        base = {"op": "train", "job": job.model_dump(mode="json"), "data": str(data_path),
-                "world": len(names), "local_batches": batches, "store_host": "127.0.0.1",
-                "store_port": self._store.port, "run_id": run_id,
-                "checkpoint_dir": str(checkpoint_dir), "state": str(state) if state else None}
+        base = {
+            "op": "train",
+            "job": job.model_dump(mode="json"),
+            "data": str(data_path),
+            "world": len(names),
+            "local_batches": batches,
+            "store_host": "127.0.0.1",
+            "store_port": self._store.port,
+            "run_id": run_id,
+            "checkpoint_dir": str(checkpoint_dir),
+            "state": str(state) if state else None,
+        }
         msgs = {n: {**base, "rank": r} for r, n in enumerate(names)}
 
         def forward(_: str, event: dict[str, Any]) -> None:
