@@ -52,6 +52,8 @@ def main() -> int:
     )
 
     makespans: dict[str, list[float]] = {p: [] for p in POLICIES}
+    startups: dict[str, list[float]] = {p: [] for p in POLICIES}
+    step_medians: dict[str, list[float]] = {p: [] for p in POLICIES}
     with EdgeSession(cluster, args.workdir, status=console.print) as session:
         retrain = Retraining(session, job, train_set, model.state_dict())
         planning = retrain.plan(POLICIES)
@@ -64,6 +66,8 @@ def main() -> int:
             for policy in order:
                 run = retrain.run(planning.plans[policy])
                 makespans[policy].append(run.wall_s)
+                startups[policy].append(run.startup_s)
+                step_medians[policy].append(statistics.median(run.step_durations_s()))
                 console.print(f"  {policy:15s} run {rep + 1}: {run.wall_s:.2f} s")
 
     lb = planning.lower_bound_s
@@ -109,8 +113,9 @@ def main() -> int:
         f"{len(session.spec.devices)} emulated devices ({session.cluster.mode.value}) with LC "
         f"apps under load. T_min = {lb:.2f} s. Median of {args.repeats} run(s) per policy.",
         "",
-        "| policy | local batches | makespan (s) | / T_min | / equal split |",
-        "|---|---|---:|---:|---:|",
+        "| policy | local batches | makespan (s) | / T_min | / equal split "
+        "| start-up (s) | median step (s) | predicted compute per step (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for p, r in rows.items():
         lines.append(

@@ -57,6 +57,21 @@ class TrainRun:
     def wall_s(self) -> float:
         return self.finished - self.started
 
+    @property
+    def startup_s(self) -> float:
+        """From the request to the first step: group rendezvous, model build, data on device."""
+        return min(recs[0].start for recs in self.steps.values() if recs) - self.started
+
+    def step_durations_s(self) -> list[float]:
+        """Wall time of each global step, first rank's start to last rank's update."""
+        by_step: dict[tuple[int, int], list[StepRecord]] = {}
+        for recs in self.steps.values():
+            for r in recs:
+                by_step.setdefault((r.epoch, r.step), []).append(r)
+        return [
+            max(r.end for r in rs) - min(r.start for r in rs) for _, rs in sorted(by_step.items())
+        ]
+
 
 def _tail(path: Path, lines: int = 5) -> str:
     try:
