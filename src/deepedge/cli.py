@@ -122,14 +122,18 @@ def train(
     policy: Annotated[
         str, typer.Option(help="proportional | equal | fastest-single")
     ] = "proportional",
+    init: Annotated[
+        Path | None,
+        typer.Option(help="start from this checkpoint (e.g. demo-out/base-model.ckpt)"),
+    ] = None,
 ) -> None:
-    """Plan and run one re-training job on the emulated cluster (drifted data, from scratch)."""
+    """Plan and run one re-training job on the emulated cluster, on the job's drifted data."""
     from deepedge.data import build_dataset
     from deepedge.models import build_model
     from deepedge.retrain import POLICIES, Retraining
     from deepedge.session import EdgeSession
     from deepedge.spec import ClusterSpec, JobSpec, load_spec
-    from deepedge.train import evaluate
+    from deepedge.train import evaluate, load_checkpoint
 
     if policy not in POLICIES:
         raise DeepEdgeError(f"unknown policy {policy!r}", hint=f"use one of {list(POLICIES)}")
@@ -144,7 +148,9 @@ def train(
         num_classes=train_set.num_classes,
         image_size=train_set.images.shape[2],
     )
-    with EdgeSession(cluster_spec, out, status=lambda m: console.print(m)) as session:
+    if init is not None:
+        model.load_state_dict(load_checkpoint(init)["model"])
+    with EdgeSession(cluster_spec, out, status=console.print) as session:
         retrain = Retraining(session, job_spec, train_set, model.state_dict())
         planning = retrain.plan((policy,))
         plan = planning.plans[policy]
@@ -153,8 +159,6 @@ def train(
         console.print(f"plan {policy}: {dict(plan.local_batches)}")
         run = retrain.run(plan)
     test = build_dataset(job_spec.dataset, "test", drifted=True)
-    from deepedge.train import load_checkpoint
-
     model.load_state_dict(load_checkpoint(sorted(run.checkpoint_dir.glob("*.ckpt"))[-1])["model"])
     acc = evaluate(model, *test.to_tensors())
     console.print(

@@ -30,7 +30,7 @@ from deepedge.report import plot_lc_latency, plot_step_timeline
 from deepedge.retrain import Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import ClusterSpec, JobSpec, load_spec
-from deepedge.train import TrainRun, evaluate, load_checkpoint, train_local
+from deepedge.train import TrainRun, evaluate, load_checkpoint, save_checkpoint, train_local
 
 __all__ = ["DemoOptions", "default_specs", "run_demo"]
 
@@ -61,7 +61,7 @@ def _quick(job: JobSpec) -> JobSpec:
     """A smaller job with the same shape, for `--quick` (under 90 s on 2 cores)."""
     ds = job.dataset.model_copy(
         update={
-            "train_size": min(job.dataset.train_size, 1536),
+            "train_size": min(job.dataset.train_size, 1024),
             "test_size": min(job.dataset.test_size, 500),
         }
     )
@@ -134,6 +134,8 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     acc_before = evaluate(model, xd, yd)
     console.print(f"    accuracy on source test {acc_source:.3f}, on drifted test {acc_before:.3f}")
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    base_ckpt = {"model": base_state, "job": job.model_dump(mode="json")}
+    save_checkpoint(opts.out / "base-model.ckpt", base_ckpt)
 
     session = EdgeSession(cluster, opts.out / "run", status=lambda m: console.print(f"    {m}"))
     console.print(

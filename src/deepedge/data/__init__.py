@@ -118,8 +118,12 @@ def _first_classes(ds: ArrayDataset, k: int, spec: DatasetSpec) -> ArrayDataset:
         return ds
     log.info("using the first %d of %d classes of the %s data set", k, ds.num_classes, spec.kind)
     keep = np.flatnonzero(ds.labels < k)
-    return ArrayDataset(images=ds.images[keep], labels=ds.labels[keep], num_classes=k,
-                        class_names=ds.class_names[:k])
+    return ArrayDataset(
+        images=ds.images[keep],
+        labels=ds.labels[keep],
+        num_classes=k,
+        class_names=ds.class_names[:k],
+    )
 
 
 def _load_real(spec: DatasetSpec) -> ArrayDataset:
@@ -135,8 +139,10 @@ def _folder_stamp(root: Path) -> tuple[int, ...]:
     """Modification times of ``root`` and its class directories: they change when a class
     or an image is added, removed or renamed, so the cache below re-reads the folder."""
     try:
-        return (root.stat().st_mtime_ns,
-                *sorted(d.stat().st_mtime_ns for d in root.iterdir() if d.is_dir()))
+        return (
+            root.stat().st_mtime_ns,
+            *sorted(d.stat().st_mtime_ns for d in root.iterdir() if d.is_dir()),
+        )
     except OSError:
         return ()  # the loader reports the missing folder properly
 
@@ -144,9 +150,7 @@ def _folder_stamp(root: Path) -> tuple[int, ...]:
 # Both the train and the test split (and both domains) start from the same decoded data
 # set; caching avoids decoding an image folder four times.
 @functools.lru_cache(maxsize=2)
-def _cached_folder(
-    root: str, image_size: int, seed: int, _stamp: tuple[int, ...]
-) -> ArrayDataset:
+def _cached_folder(root: str, image_size: int, seed: int, _stamp: tuple[int, ...]) -> ArrayDataset:
     return load_image_folder(root, image_size=image_size, seed=seed)
 
 

@@ -146,8 +146,10 @@ class ArrayDataset:
                     class_names=np.array(self.class_names, dtype=np.str_),
                 )
         except OSError as err:
-            raise DataError(f"cannot write data set to {p}: {err.strerror}",
-                            hint="check the directory exists and is writable") from None
+            raise DataError(
+                f"cannot write data set to {p}: {err.strerror}",
+                hint="check the directory exists and is writable",
+            ) from None
         return p
 
     @classmethod
@@ -155,8 +157,10 @@ class ArrayDataset:
         """Read a file written by :meth:`save`; a missing or damaged file is a DataError."""
         p = Path(path)
         if not p.is_file():
-            raise DataError(f"no data set file at {p}",
-                            hint="check the path, or re-create it with ArrayDataset.save")
+            raise DataError(
+                f"no data set file at {p}",
+                hint="check the path, or re-create it with ArrayDataset.save",
+            )
         try:
             with np.load(p, allow_pickle=False) as z:
                 images = z["images"]
@@ -164,8 +168,10 @@ class ArrayDataset:
                 num_classes = int(z["num_classes"])
                 names = tuple(str(s) for s in z["class_names"].tolist())
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise DataError(f"{p} is not a readable deepedge data set ({err})",
-                            hint="the file is corrupt or truncated; re-create it") from None
+            raise DataError(
+                f"{p} is not a readable deepedge data set ({err})",
+                hint="the file is corrupt or truncated; re-create it",
+            ) from None
         return cls(images=images, labels=labels, num_classes=num_classes, class_names=names)
 
 
@@ -187,8 +193,7 @@ def stratified_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> 
     order = np.lexsort((classes, -(quotas - take)))
     take[order[:leftover]] += 1
     chosen = [
-        rng.permutation(np.flatnonzero(labels == c))[:k]
-        for c, k in zip(classes, take, strict=True)
+        rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)
     ]
     picked = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
     return rng.permutation(picked).astype(np.int64)

@@ -30,8 +30,7 @@ def load_digits(*, image_size: int = 16) -> ArrayDataset:
     bunch = _sk_load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0))[:, None]
     if image_size != 8:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
-                          align_corners=False)
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     images = x.round().clamp(0, 255).to(torch.uint8).numpy()
     return ArrayDataset(
         images=images,

@@ -94,8 +94,12 @@ def apply_drift(
             f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
         )
     n, c, h, w = images.shape
-    if drift.background == 0 and drift.contrast == 1 and drift.brightness == 1 \
-            and drift.noise_std == 0:
+    if (
+        drift.background == 0
+        and drift.contrast == 1
+        and drift.brightness == 1
+        and drift.noise_std == 0
+    ):
         return images.copy()
     x = images.astype(np.float32)
     if drift.background > 0:
@@ -108,8 +112,10 @@ def apply_drift(
             x += s * (tex - x)
         else:
             if foreground.shape != (n, h, w):
-                raise DataError(f"foreground mask shape {foreground.shape} does not match "
-                                f"images {images.shape}; expected {(n, h, w)}")
+                raise DataError(
+                    f"foreground mask shape {foreground.shape} does not match "
+                    f"images {images.shape}; expected {(n, h, w)}"
+                )
             bg = (1 - foreground.astype(np.float32))[:, None] * s
             x += bg * (tex - x)
     if drift.contrast != 1:

@@ -24,8 +24,9 @@ __all__ = ["IMAGE_SUFFIXES", "clean_class_name", "load_image_folder"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm",
-                            ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+)
 _NUMBERED = re.compile(r"^\d+\.(.+)$")
 
 
@@ -47,9 +48,11 @@ def _read(path: Path, size: int) -> np.ndarray:
 
 
 def _image_files(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.iterdir()
-                  if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p
+        for p in class_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def load_image_folder(
@@ -70,17 +73,22 @@ def load_image_folder(
     """
     base = Path(root)
     if not base.is_dir():
-        raise DataError(f"image folder {base} does not exist or is not a directory",
-                        hint="point dataset.path at the folder holding one directory per class")
+        raise DataError(
+            f"image folder {base} does not exist or is not a directory",
+            hint="point dataset.path at the folder holding one directory per class",
+        )
     if not 8 <= image_size <= 256:
         raise SpecError(f"image_size must be in 8..256, got {image_size}")
     if max_per_class is not None and max_per_class < 1:
         raise SpecError(f"max_per_class must be >= 1 or None, got {max_per_class}")
     skip = set(skip_classes)
     class_dirs = sorted(
-        d for d in base.iterdir()
-        if d.is_dir() and not d.name.startswith(".")
-        and d.name not in skip and clean_class_name(d.name) not in skip
+        d
+        for d in base.iterdir()
+        if d.is_dir()
+        and not d.name.startswith(".")
+        and d.name not in skip
+        and clean_class_name(d.name) not in skip
     )
     rng = np.random.default_rng(np.random.SeedSequence(int(seed) % 2**64))
     images: list[np.ndarray] = []
@@ -102,22 +110,29 @@ def load_image_folder(
                 log.warning("skipping unreadable image %s: %s", f, err)
         if not got:
             if files:
-                log.warning("dropping class %r: none of its %d images could be read",
-                            d.name, len(files))
+                log.warning(
+                    "dropping class %r: none of its %d images could be read", d.name, len(files)
+                )
             continue
         images.extend(got)
         labels.extend([len(names)] * len(got))
         names.append(clean_class_name(d.name))
     if attempted == 0:
-        raise DataError(f"no class directories with images under {base}",
-                        hint=f"expected {base}/<class>/<image>{{.jpg,.png,...}}")
+        raise DataError(
+            f"no class directories with images under {base}",
+            hint=f"expected {base}/<class>/<image>{{.jpg,.png,...}}",
+        )
     if not images:
-        raise DataError(f"none of the {attempted} images under {base} could be read",
-                        hint="check the files are valid images (see the warnings above)")
+        raise DataError(
+            f"none of the {attempted} images under {base} could be read",
+            hint="check the files are valid images (see the warnings above)",
+        )
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
-        raise DataError(f"class directories under {base} clean to duplicate names {dupes}",
-                        hint="rename the directories so each class name is unique")
+        raise DataError(
+            f"class directories under {base} clean to duplicate names {dupes}",
+            hint="rename the directories so each class name is unique",
+        )
     if failed:
         log.warning("skipped %d of %d images under %s as unreadable", failed, attempted, base)
     return ArrayDataset(

@@ -76,18 +76,29 @@ SHAPES: dict[str, tuple[Sdf, float]] = {
     "square": (lambda x, y: _box(x, y, 0.75), math.radians(25)),
     "triangle": (_triangle, math.pi),
     "ring": (lambda x, y: np.abs(np.hypot(x, y) - 0.7) - 0.2, 0.0),
-    "plus": (lambda x, y: np.minimum(_box(x, y, 0.27, 0.9), _box(x, y, 0.9, 0.27)),
-             math.radians(20)),
-    "hstripes": (lambda x, y: np.maximum(_box(x, y, 0.85), _stripes(y + _P / 4, _P)),
-                 math.radians(15)),
-    "vstripes": (lambda x, y: np.maximum(_box(x, y, 0.85), _stripes(x + _P / 4, _P)),
-                 math.radians(15)),
-    "dstripes": (lambda x, y: np.maximum(_box(x, y, 0.85), _stripes((x + y) * _S2, _P)),
-                 math.radians(15)),
-    "checker": (lambda x, y: np.maximum(
-        _box(x, y, 0.85),
-        -np.sin(np.pi * x / _P * 1.5) * np.sin(np.pi * y / _P * 1.5) * _P / (1.5 * np.pi)),
-        math.radians(20)),
+    "plus": (
+        lambda x, y: np.minimum(_box(x, y, 0.27, 0.9), _box(x, y, 0.9, 0.27)),
+        math.radians(20),
+    ),
+    "hstripes": (
+        lambda x, y: np.maximum(_box(x, y, 0.85), _stripes(y + _P / 4, _P)),
+        math.radians(15),
+    ),
+    "vstripes": (
+        lambda x, y: np.maximum(_box(x, y, 0.85), _stripes(x + _P / 4, _P)),
+        math.radians(15),
+    ),
+    "dstripes": (
+        lambda x, y: np.maximum(_box(x, y, 0.85), _stripes((x + y) * _S2, _P)),
+        math.radians(15),
+    ),
+    "checker": (
+        lambda x, y: np.maximum(
+            _box(x, y, 0.85),
+            -np.sin(np.pi * x / _P * 1.5) * np.sin(np.pi * y / _P * 1.5) * _P / (1.5 * np.pi),
+        ),
+        math.radians(20),
+    ),
     "dots": (_dots, math.radians(20)),
 }
 _SHAPE_LIST = list(SHAPES.items())
@@ -101,10 +112,16 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     i = np.floor(h * 6).astype(np.int64) % 6
     f = h * 6 - np.floor(h * 6)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack([
-        np.stack([v, t, p], 1), np.stack([q, v, p], 1), np.stack([p, v, t], 1),
-        np.stack([p, q, v], 1), np.stack([t, p, v], 1), np.stack([v, p, q], 1),
-    ])  # (6, n, 3)
+    table = np.stack(
+        [
+            np.stack([v, t, p], 1),
+            np.stack([q, v, p], 1),
+            np.stack([p, v, t], 1),
+            np.stack([p, q, v], 1),
+            np.stack([t, p, v], 1),
+            np.stack([v, p, q], 1),
+        ]
+    )  # (6, n, 3)
     return table[i, np.arange(len(h))]
 
 
@@ -159,7 +176,7 @@ def _render(
     fg = _hsv_to_rgb(hue % 1.0, sat_fg, v_fg) * 255
     bg = _hsv_to_rgb(hue_bg, sat_bg, v_bg) * 255
 
-    ar = (np.arange(size, dtype=np.float32) + 0.5)
+    ar = np.arange(size, dtype=np.float32) + 0.5
     alpha = np.zeros((n, size, size), dtype=np.float32)
     for s, (_, (sdf, jitter)) in enumerate(_SHAPE_LIST):
         sel = np.flatnonzero(shape_idx == s)
@@ -174,9 +191,12 @@ def _render(
         d = sdf(x.astype(np.float32), y.astype(np.float32))
         alpha[sel] = np.clip(0.5 - d * half[sel, None, None], 0, 1)
 
-    grid = (ar / size - 0.5)
-    shade = 1 + light[:, 0, None, None] * grid[None, None, :] \
-        + light[:, 1, None, None] * grid[None, :, None]  # (n, size, size)
+    grid = ar / size - 0.5
+    shade = (
+        1
+        + light[:, 0, None, None] * grid[None, None, :]
+        + light[:, 1, None, None] * grid[None, :, None]
+    )  # (n, size, size)
     a = alpha[:, None]
     img = (a * fg[:, :, None, None] + (1 - a) * bg[:, :, None, None]) * shade[:, None]
     return img.astype(np.float32) + sensor, alpha
@@ -217,8 +237,9 @@ def make_synthetic(
     images = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     if drift is not None:
         images = apply_drift(images, drift, np.random.default_rng(drift_ss), foreground=alpha)
-    return ArrayDataset(images=images, labels=labels, num_classes=num_classes,
-                        class_names=class_names(num_classes))
+    return ArrayDataset(
+        images=images, labels=labels, num_classes=num_classes, class_names=class_names(num_classes)
+    )
 
 
 def split_seed(seed: int, split: Literal["train", "test"]) -> int:

@@ -37,11 +37,16 @@ def build_model(
     this call gives bit-identical weights on every rank — which is how workers start from
     the same model without shipping it.
     """
-    for name, value, lo in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2),
-                            ("image_size", image_size, 8)):
+    for name, value, lo in (
+        ("in_channels", in_channels, 1),
+        ("num_classes", num_classes, 2),
+        ("image_size", image_size, 8),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise SpecError(f"build_model: {name} must be an int >= {lo}, got {value!r}",
-                            hint="derive it from the data set (its image shape and class count)")
+            raise SpecError(
+                f"build_model: {name} must be an int >= {lo}, got {value!r}",
+                hint="derive it from the data set (its image shape and class count)",
+            )
     if spec.arch == "small_cnn":
         return SmallCNN(in_channels, num_classes, width=spec.width)
     if spec.arch == "resnet":
@@ -127,4 +132,3 @@ def estimate_training_memory_mb(
     state = param_bytes * (2 + _OPTIMIZER_SLOTS[optimizer])
     acts = 2 * _activation_bytes_per_sample(model, shape) * batch
     return (state + acts) / 2**20
-
