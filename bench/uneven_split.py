@@ -23,9 +23,9 @@ from rich.console import Console
 
 from deepedge.data import build_dataset
 from deepedge.demo import default_specs
-from deepedge.models import build_model
 from deepedge.retrain import POLICIES, Retraining
 from deepedge.session import EdgeSession
+from deepedge.train import job_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,13 +43,7 @@ def main() -> int:
             update={"epochs": 1, "dataset": job.dataset.model_copy(update={"train_size": 1024})}
         )
     train_set = build_dataset(job.dataset, "train", drifted=True)
-    torch.manual_seed(job.seed)
-    model = build_model(
-        job.model,
-        in_channels=train_set.images.shape[1],
-        num_classes=train_set.num_classes,
-        image_size=train_set.images.shape[2],
-    )
+    model = job_model(job, train_set)
 
     makespans: dict[str, list[float]] = {p: [] for p in POLICIES}
     startups: dict[str, list[float]] = {p: [] for p in POLICIES}
@@ -78,6 +72,9 @@ def main() -> int:
             "runs_s": v,
             "ratio_to_lower_bound": statistics.median(v) / lb,
             "ratio_to_equal": statistics.median(v) / equal,
+            "startup_s": statistics.median(startups[p]),
+            "median_step_s": statistics.median(step_medians[p]),
+            "predicted_step_s": planning.plans[p].predicted_step_s,
             "local_batches": planning.plans[p].local_batches,
         }
         for p, v in makespans.items()
@@ -120,7 +117,8 @@ def main() -> int:
     for p, r in rows.items():
         lines.append(
             f"| {p} | {r['local_batches']} | {r['makespan_s']:.2f} | "
-            f"{r['ratio_to_lower_bound']:.2f} | {r['ratio_to_equal']:.2f} |"
+            f"{r['ratio_to_lower_bound']:.2f} | {r['ratio_to_equal']:.2f} | "
+            f"{r['startup_s']:.2f} | {r['median_step_s']:.3f} | {r['predicted_step_s']:.3f} |"
         )
     lines += ["", f"Reproduce: `{result['command']}`", ""]
     (RESULTS / "uneven_split.md").write_text("\n".join(lines))

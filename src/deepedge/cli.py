@@ -29,7 +29,7 @@ cluster_app = typer.Typer(no_args_is_help=True, help="Emulated cluster housekeep
 app.add_typer(cluster_app, name="cluster")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
 _state = {"debug": False}
 
 
@@ -129,25 +129,16 @@ def train(
 ) -> None:
     """Plan and run one re-training job on the emulated cluster, on the job's drifted data."""
     from deepedge.data import build_dataset
-    from deepedge.models import build_model
     from deepedge.retrain import POLICIES, Retraining
     from deepedge.session import EdgeSession
     from deepedge.spec import ClusterSpec, JobSpec, load_spec
-    from deepedge.train import evaluate, load_checkpoint
+    from deepedge.train import evaluate, job_model, load_checkpoint
 
     if policy not in POLICIES:
         raise DeepEdgeError(f"unknown policy {policy!r}", hint=f"use one of {list(POLICIES)}")
     cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
     train_set = build_dataset(job_spec.dataset, "train", drifted=True)
-    import torch
-
-    torch.manual_seed(job_spec.seed)
-    model = build_model(
-        job_spec.model,
-        in_channels=train_set.images.shape[1],
-        num_classes=train_set.num_classes,
-        image_size=train_set.images.shape[2],
-    )
+    model = job_model(job_spec, train_set)
     if init is not None:
         model.load_state_dict(load_checkpoint(init)["model"])
     with EdgeSession(cluster_spec, out, status=console.print) as session:

@@ -25,12 +25,18 @@ from rich.table import Table
 
 from deepedge.apps import summarize_apps
 from deepedge.data import build_dataset
-from deepedge.models import build_model
 from deepedge.report import plot_lc_latency, plot_step_timeline
 from deepedge.retrain import Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import ClusterSpec, JobSpec, load_spec
-from deepedge.train import TrainRun, evaluate, load_checkpoint, save_checkpoint, train_local
+from deepedge.train import (
+    TrainRun,
+    evaluate,
+    job_model,
+    load_checkpoint,
+    save_checkpoint,
+    train_local,
+)
 
 __all__ = ["DemoOptions", "default_specs", "run_demo"]
 
@@ -110,13 +116,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     drift_test = build_dataset(job.dataset, "test", drifted=True)
     xs, ys = source_train.to_tensors()
 
-    torch.manual_seed(job.seed)
-    model = build_model(
-        job.model,
-        in_channels=xs.shape[1],
-        num_classes=source_train.num_classes,
-        image_size=xs.shape[2],
-    )
+    model = job_model(job, source_train)
     steps = base_epochs * math.ceil(len(xs) / opts.base_batch)
     with _progress(console) as prog:
         task = prog.add_task("2/4 base model on the source domain", total=steps)

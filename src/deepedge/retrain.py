@@ -16,7 +16,7 @@ import torch
 
 from deepedge.data import ArrayDataset
 from deepedge.errors import PlanInfeasible
-from deepedge.models import build_model, estimate_training_memory_mb
+from deepedge.models import estimate_training_memory_mb
 from deepedge.plan import (
     equal_split,
     fastest_single,
@@ -26,6 +26,7 @@ from deepedge.plan import (
 )
 from deepedge.session import EdgeSession
 from deepedge.spec import ExcludedDevice, JobSpec, Plan
+from deepedge.train.local import job_model
 from deepedge.train.pool import ProbeResult, TrainRun
 
 __all__ = ["POLICIES", "Planning", "Retraining"]
@@ -60,21 +61,13 @@ class Retraining:
         self.state_path = data_dir / "initial-state.pt"
         torch.save(self.initial_state, self.state_path)
 
-    def _model(self) -> torch.nn.Module:
-        return build_model(
-            self.job.model,
-            in_channels=self.train_set.images.shape[1],
-            num_classes=self.train_set.num_classes,
-            image_size=self.train_set.images.shape[2],
-        )
-
     def required_memory_mb(self) -> dict[str, float]:
         """Worker runtime (measured) + model, optimiser and activations at the whole batch.
 
         The whole global batch is the worst case any one device can be handed.
         """
         job_mb = estimate_training_memory_mb(
-            self._model(),
+            job_model(self.job, self.train_set),
             self.train_set.images.shape[1:],
             self.job.global_batch,
             optimizer=self.job.optimizer.name,

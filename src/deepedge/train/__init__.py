@@ -7,7 +7,7 @@ from deepedge.train.checkpoint import (
     verify_checkpoint,
 )
 from deepedge.train.ddp import StepRecord, build_optimizer, global_batch_loss, wrap_ddp
-from deepedge.train.local import evaluate, train_local
+from deepedge.train.local import evaluate, job_model, train_local
 from deepedge.train.pool import AgentPool, ProbeResult, TrainRun
 from deepedge.train.sampler import UnevenBatchSampler, split_batch
 
@@ -21,6 +21,7 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "global_batch_loss",
+    "job_model",
     "load_checkpoint",
     "save_checkpoint",
     "split_batch",

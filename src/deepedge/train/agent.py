@@ -15,6 +15,7 @@ import argparse
 import datetime
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -29,10 +30,10 @@ import torch.distributed as dist
 
 from deepedge.data import ArrayDataset
 from deepedge.errors import DeepEdgeError
-from deepedge.models import build_model
 from deepedge.spec import JobSpec
 from deepedge.train.checkpoint import CheckpointManager
 from deepedge.train.ddp import build_optimizer, run_epochs, select_backend, wrap_ddp
+from deepedge.train.local import job_model
 
 __all__ = ["main"]
 
@@ -48,13 +49,7 @@ def _dataset(path: str) -> tuple[torch.Tensor, torch.Tensor, ArrayDataset]:
 
 
 def _model(job: JobSpec, ds: ArrayDataset, state_path: str | None) -> torch.nn.Module:
-    torch.manual_seed(job.seed)
-    model = build_model(
-        job.model,
-        in_channels=ds.images.shape[1],
-        num_classes=ds.num_classes,
-        image_size=ds.images.shape[2],
-    )
+    model = job_model(job, ds)
     if state_path:
         model.load_state_dict(torch.load(state_path, weights_only=True))
     return model
@@ -80,7 +75,7 @@ def probe(msg: dict[str, Any]) -> dict[str, Any]:
         "batch": batch,
         "step_times": times,
         "median_step_s": statistics.median(times),
-        "peak_rss_mb": psutil.Process().memory_info().rss / 2**20,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
     }
 
 

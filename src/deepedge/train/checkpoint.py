@@ -68,7 +68,7 @@ _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes, bytearray)
 _CONTAINERS = (dict, collections.OrderedDict, list, tuple, set)  # not frozenset: refused
 _TENSORS = (torch.Tensor, torch.nn.Parameter, torch.Size, torch.dtype, torch.device)
 _Location = str | torch.device | None
-_OLDER = "delete it to fall back to the previous epoch, or point --resume at an older checkpoint"
+_OLDER = "delete it to fall back to the previous epoch, or use an older checkpoint"
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def _read_verified(path: Path) -> tuple[CheckpointInfo, bytes]:
     except FileNotFoundError as exc:
         raise CheckpointError(
             f"checkpoint {path} does not exist",
-            hint="check the --resume path; the manager lists the epochs it has",
+            hint="check the path; `ls` its directory for the epochs written",
         ) from exc
     except OSError as exc:
         raise _os_error("read", path, exc) from exc
@@ -193,7 +193,7 @@ def _read_verified(path: Path) -> tuple[CheckpointInfo, bytes]:
             what = "its magic bytes are wrong"
         raise CheckpointError(
             f"{path} is not a deepedge checkpoint: {what}",
-            hint="point --resume at a file written by deepedge, or " + _OLDER,
+            hint="use a file written by deepedge, or " + _OLDER,
         )
     if len(data) < _HEADER.size:
         raise CheckpointError(

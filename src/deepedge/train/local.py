@@ -8,10 +8,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepedge.data import ArrayDataset
+from deepedge.models import build_model
 from deepedge.spec import JobSpec
 from deepedge.train.ddp import build_optimizer
 
-__all__ = ["evaluate", "train_local"]
+__all__ = ["evaluate", "job_model", "train_local"]
+
+
+def job_model(job: JobSpec, data: ArrayDataset) -> nn.Module:
+    """The job's model shaped for ``data``, initialised from the job's seed.
+
+    Every process that builds it (coordinator, agents) gets the same initial weights.
+    """
+    torch.manual_seed(job.seed)
+    channels, size, _ = data.image_shape
+    return build_model(
+        job.model, in_channels=channels, num_classes=data.num_classes, image_size=size
+    )
 
 
 def train_local(
