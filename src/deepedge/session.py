@@ -53,25 +53,33 @@ class EdgeSession:
     def __post_init__(self) -> None:
         self.cluster = LocalCluster(self.spec, force_fallback=self.force_fallback)
         self.spec = self.cluster.spec  # with catalog defaults filled in
-        self.agents = AgentPool(self.cluster.devices, self.workdir / "logs")
+        self.agents = AgentPool(
+            self.cluster.devices, self.workdir / "logs", host=self.cluster.coordinator_address
+        )
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         self.cluster.start()
-        if self.cluster.fallback_warning:
-            self.status(self.cluster.fallback_warning)
+        for warning in self.cluster.warnings:
+            self.status(warning)
         try:
             for dev in self.cluster.devices.values():
                 dev.set_cpu_limit(None)
-            self.status(f"booting {len(self.spec.devices)} devices ({self.cluster.mode.value})")
+            network = "netns + tbf links" if self.cluster.fabric else "loopback"
+            self.status(
+                f"booting {len(self.spec.devices)} devices ({self.cluster.mode.value}, {network})"
+            )
             servers = {}
             for app in self.spec.apps:
                 ready = logs / f"app-{app.name}.ready"
                 ready.unlink(missing_ok=True)
-                proc = self.cluster.devices[app.device].spawn(
-                    server_command(app, ready, seed=self.seed, parent_pid=os.getpid()),
+                device = self.cluster.devices[app.device]
+                proc = device.spawn(
+                    server_command(
+                        app, ready, host=device.address, seed=self.seed, parent_pid=os.getpid()
+                    ),
                     log_path=logs / f"app-{app.name}.log",
                 )
                 servers[app.name] = (proc, ready)
@@ -84,7 +92,13 @@ class EdgeSession:
                 dev.set_cpu_limit(dev.spec.cpu_cores)
             if self.spec.apps:
                 self._loadgen = LoadGenerator(
-                    [LoadTarget.from_app(a, ports[a.name]) for a in self.spec.apps], seed=self.seed
+                    [
+                        LoadTarget.from_app(
+                            a, ports[a.name], host=self.cluster.devices[a.device].address
+                        )
+                        for a in self.spec.apps
+                    ],
+                    seed=self.seed,
                 )
                 self._loadgen.start()
         except BaseException:

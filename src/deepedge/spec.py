@@ -80,6 +80,9 @@ class ClusterSpec(_Spec):
     devices: Annotated[list[DeviceSpec], Field(min_length=1)]
     apps: list[AppSpec] = Field(default_factory=list)
     cpu_period_us: Annotated[int, Field(ge=1000, le=1_000_000)] = 20_000
+    # loopback: all devices share this machine's loopback; netns: a namespace per device
+    # with a tbf-shaped link of the device's link_mbps (needs root and iproute2)
+    network: Literal["loopback", "netns"] = "loopback"
 
     @model_validator(mode="after")
     def _check_references(self) -> ClusterSpec:

@@ -103,8 +103,12 @@ def test_load_missing_and_corrupt_files(tmp_path: Path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 80), classes=st.integers(2, 6), frac=st.floats(0.05, 0.95),
-       seed=st.integers(0, 2**32))
+@given(
+    n=st.integers(2, 80),
+    classes=st.integers(2, 6),
+    frac=st.floats(0.05, 0.95),
+    seed=st.integers(0, 2**32),
+)
 def test_split_train_test_is_a_stratified_partition(
     n: int, classes: int, frac: float, seed: int
 ) -> None:
@@ -276,8 +280,12 @@ def test_reweight_classes_resamples_to_new_mix() -> None:
 
 
 def _write_caltech_tree(root: Path) -> None:
-    colours = {"001.ak47": (200, 30, 30), "002.american-flag": (30, 200, 30),
-               "010.beer-mug": (30, 30, 200), "BACKGROUND_Google": (9, 9, 9)}
+    colours = {
+        "001.ak47": (200, 30, 30),
+        "002.american-flag": (30, 200, 30),
+        "010.beer-mug": (30, 30, 200),
+        "BACKGROUND_Google": (9, 9, 9),
+    }
     for i, (cls, colour) in enumerate(colours.items()):
         d = root / cls
         d.mkdir(parents=True)
@@ -327,8 +335,15 @@ def test_clean_class_name() -> None:
 
 def test_build_dataset_image_folder_split_and_drift(tmp_path: Path) -> None:
     _write_caltech_tree(tmp_path)
-    spec = DatasetSpec(kind="image_folder", path=str(tmp_path), num_classes=3, image_size=16,
-                       train_size=100, test_size=100, drift=DriftSpec(brightness=0.5))
+    spec = DatasetSpec(
+        kind="image_folder",
+        path=str(tmp_path),
+        num_classes=3,
+        image_size=16,
+        train_size=100,
+        test_size=100,
+        drift=DriftSpec(brightness=0.5),
+    )
     train = build_dataset(spec, "train", drifted=False)
     test = build_dataset(spec, "test", drifted=False)
     assert len(train) + len(test) == 13 and len(test) == round(13 * 0.5)

@@ -16,8 +16,16 @@ T0 = 1_700_000_000.0
 
 def rec(sched: float, latency_ms: float, *, ok: bool = True, app: str = "cam") -> RequestRecord:
     done = sched + latency_ms / 1000.0
-    return RequestRecord(app, sched, sched, done, latency_ms, ok,
-                         None if ok else "ConnectionResetError", 1.0 if ok else math.nan)
+    return RequestRecord(
+        app,
+        sched,
+        sched,
+        done,
+        latency_ms,
+        ok,
+        None if ok else "ConnectionResetError",
+        1.0 if ok else math.nan,
+    )
 
 
 def test_percentiles_match_numpy_when_all_ok() -> None:
@@ -82,8 +90,10 @@ def test_slicing_by_scheduled_time_is_half_open_and_aligns_windows() -> None:
 
 
 def test_empty_input_gives_nan_stats_not_an_error() -> None:
-    for s in (latency_summary([], deadline_ms=10),
-              latency_summary([rec(T0, 1.0)], deadline_ms=10, start_s=T0 + 1)):
+    for s in (
+        latency_summary([], deadline_ms=10),
+        latency_summary([rec(T0, 1.0)], deadline_ms=10, start_s=T0 + 1),
+    ):
         assert s.requests == 0 and s.failed == 0
         assert math.isnan(s.p50_ms) and math.isnan(s.p95_ms) and math.isnan(s.p99_ms)
         assert math.isnan(s.miss_rate)
@@ -92,15 +102,20 @@ def test_empty_input_gives_nan_stats_not_an_error() -> None:
 
 
 def test_app_filter_and_summarize_apps() -> None:
-    recs = [rec(T0 + i, 5.0, app="a") for i in range(4)] + [rec(T0 + i, 50.0, app="b")
-                                                            for i in range(6)]
+    recs = [rec(T0 + i, 5.0, app="a") for i in range(4)] + [
+        rec(T0 + i, 50.0, app="b") for i in range(6)
+    ]
     by_app = summarize_apps(recs, {"a": 10.0, "b": 10.0})
     assert by_app["a"].requests == 4 and by_app["a"].miss_rate == 0.0
     assert by_app["b"].requests == 6 and by_app["b"].miss_rate == 1.0
     assert latency_summary(recs, deadline_ms=10, app="missing").requests == 0
     d = by_app["a"].to_dict()
-    assert d["requests"] == 4 and d["deadline_ms"] == 10.0 and set(d) >= {
-        "failed", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "windows", "slo_window_violations"}
+    assert (
+        d["requests"] == 4
+        and d["deadline_ms"] == 10.0
+        and set(d)
+        >= {"failed", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "windows", "slo_window_violations"}
+    )
 
 
 @pytest.mark.parametrize("kwargs", [{"deadline_ms": 0}, {"deadline_ms": 5, "window_s": 0}])
@@ -110,10 +125,14 @@ def test_bad_arguments_raise(kwargs: dict[str, float]) -> None:
 
 
 samples = st.lists(
-    st.tuples(st.floats(0, 10, allow_nan=False),            # scheduled offset, s
-              st.floats(0.01, 500, allow_nan=False),        # latency, ms
-              st.booleans()),                               # ok
-    min_size=1, max_size=60)
+    st.tuples(
+        st.floats(0, 10, allow_nan=False),  # scheduled offset, s
+        st.floats(0.01, 500, allow_nan=False),  # latency, ms
+        st.booleans(),
+    ),  # ok
+    min_size=1,
+    max_size=60,
+)
 
 
 @settings(max_examples=150, deadline=None)

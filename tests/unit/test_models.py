@@ -42,8 +42,11 @@ def test_build_model_picks_the_architecture() -> None:
     assert isinstance(deep, ResNetSmall) and len(deep.stages) == 9
 
 
-@pytest.mark.parametrize("spec", [*ARCHS, ModelSpec(arch="resnet", width=12, depth=3)],
-                         ids=lambda s: f"{s.arch}-{s.width}")
+@pytest.mark.parametrize(
+    "spec",
+    [*ARCHS, ModelSpec(arch="resnet", width=12, depth=3)],
+    ids=lambda s: f"{s.arch}-{s.width}",
+)
 def test_no_batchnorm_anywhere(spec: ModelSpec) -> None:
     model = _build(spec)
     kinds = {type(m) for m in model.modules()}
@@ -67,8 +70,9 @@ def test_init_is_deterministic_given_the_seed(spec: ModelSpec) -> None:
     a, b, c = _build(spec, seed=1), _build(spec, seed=1), _build(spec, seed=2)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
-    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(),
-                                                         strict=True))
+    assert any(
+        not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True)
+    )
 
 
 def test_build_model_rejects_bad_shapes() -> None:
@@ -101,7 +105,8 @@ def test_count_parameters() -> None:
     model.bias.requires_grad_(False)
     assert count_parameters(model) == 12
     assert count_parameters(_build(ModelSpec(width=16))) > count_parameters(
-        _build(ModelSpec(width=8)))
+        _build(ModelSpec(width=8))
+    )
 
 
 @settings(max_examples=8, deadline=None)
@@ -125,7 +130,8 @@ def test_memory_estimate_components() -> None:
     # weights + grads + momentum, plus a linear activation term.
     assert one - per_sample == pytest.approx(3 * params_mb, rel=1e-6)
     assert estimate_training_memory_mb(model, (3, 32, 32), 1, optimizer="adam") == pytest.approx(
-        one + params_mb, rel=1e-6)
+        one + params_mb, rel=1e-6
+    )
     # Activations of a 32x32 input: at least the first feature map, 8 ch x 32 x 32 floats.
     assert per_sample > 8 * 32 * 32 * 4 / 2**20
     assert model.training  # the probe pass restored the mode

@@ -13,7 +13,7 @@ def test_example_files_load(tmp_path):
     from pathlib import Path
 
     examples = Path(__file__).parents[2] / "src" / "deepedge" / "examples"
-    for name in ("demo-cluster.yaml", "small-cluster.yaml"):
+    for name in ("demo-cluster.yaml", "small-cluster.yaml", "netns-cluster.yaml"):
         spec = load_spec(ClusterSpec, examples / name)
         assert all(resolve_device(d).cpu_cores for d in spec.devices if d.kind in CATALOG)
     for name in ("demo-job.yaml", "caltech-job.yaml"):

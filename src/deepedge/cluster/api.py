@@ -43,6 +43,11 @@ class DeviceHandle(Protocol):
         """Host address at which the device's servers are reachable (a netns later)."""
         ...
 
+    @property
+    def interface(self) -> str | None:
+        """The network interface device processes must use, if not the default route."""
+        ...
+
     def spawn(
         self,
         argv: Sequence[str],

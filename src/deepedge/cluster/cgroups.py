@@ -23,7 +23,14 @@ import psutil
 
 from deepedge.errors import ClusterError
 
-__all__ = ["CgroupDriver", "CgroupV1Driver", "CgroupV2Driver", "detect_cgroups", "owner_tag"]
+__all__ = [
+    "CgroupDriver",
+    "CgroupV1Driver",
+    "CgroupV2Driver",
+    "detect_cgroups",
+    "owner_alive",
+    "owner_tag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,8 @@ def owner_tag(pid: int | None = None) -> str:
     return f"{proc.pid}_{int(proc.create_time() * 100)}"
 
 
-def _owner_alive(tag: str) -> bool:
+def owner_alive(tag: str) -> bool:
+    """Whether the process named by an :func:`owner_tag` still runs (same pid, same start)."""
     try:
         pid_s, start_s = tag.split("_", 1)
         proc = psutil.Process(int(pid_s))
@@ -156,7 +164,7 @@ class CgroupDriver(ABC):
         """Remove session groups whose owner process is gone. Returns their names."""
         reaped = []
         for tag in self.children(PARENT):
-            if not _owner_alive(tag):
+            if not owner_alive(tag):
                 log.warning("removing stale device cgroups of dead session %s", tag)
                 self.remove(f"{PARENT}/{tag}")
                 reaped.append(tag)

@@ -28,6 +28,7 @@ import psutil
 from deepedge.catalog import resolve_device
 from deepedge.cluster.api import DeviceUsage, EmulationMode
 from deepedge.cluster.cgroups import PARENT, CgroupDriver, detect_cgroups, owner_tag
+from deepedge.cluster.netns import CLONE_NEWNET, DeviceLink, NetworkFabric, netns_available
 from deepedge.errors import ClusterError
 from deepedge.spec import ClusterSpec, DeviceSpec
 
@@ -47,9 +48,16 @@ class LocalDevice:
     """A device fenced by a cgroup, or by duty-cycle throttling in the fallback."""
 
     def __init__(
-        self, spec: DeviceSpec, *, driver: CgroupDriver | None, group: str, period_us: int
+        self,
+        spec: DeviceSpec,
+        *,
+        driver: CgroupDriver | None,
+        group: str,
+        period_us: int,
+        link: DeviceLink | None = None,
     ) -> None:
         self._spec = spec
+        self.link = link
         self._driver = driver
         self._group = group
         self._period_us = period_us
@@ -66,7 +74,12 @@ class LocalDevice:
 
     @property
     def address(self) -> str:
-        return "127.0.0.1"
+        return self.link.address if self.link else "127.0.0.1"
+
+    @property
+    def interface(self) -> str | None:
+        """The device's only network interface when it has its own namespace."""
+        return "eth0" if self.link else None
 
     @property
     def cpu_limit(self) -> float | None:
@@ -116,12 +129,16 @@ class LocalDevice:
             [str(f) for f in self._driver.procs_files(self._group)] if self._driver else []
         )
 
+        netns_fd = os.open(self.link.netns_path, os.O_RDONLY) if self.link else None
+
         def enter_device() -> None:  # runs in the child between fork and exec
             _die_with_parent()
             pid = str(os.getpid())
             for f in procs_files:
                 with open(f, "w") as fh:
                     fh.write(pid)
+            if netns_fd is not None and _libc.setns(netns_fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns into the device's network namespace")
 
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -139,6 +156,8 @@ class LocalDevice:
         finally:
             if log_path:
                 out.close()  # type: ignore[union-attr]
+            if netns_fd is not None:
+                os.close(netns_fd)
         self._procs.append(proc)
         return proc
 
@@ -234,10 +253,26 @@ class LocalCluster:
             self.mode = EmulationMode.DUTY_CYCLE
         else:
             self.mode = EmulationMode.CGROUP_V1 if driver.version == 1 else EmulationMode.CGROUP_V2
-        self._session = f"{PARENT}/{owner_tag()}"
+        owner = owner_tag()
+        self._session = f"{PARENT}/{owner}"
+        self.fabric: NetworkFabric | None = None
+        self.network_warning: str | None = None
+        if spec.network == "netns":
+            ok, why = netns_available()
+            if ok:
+                self.fabric = NetworkFabric(owner, self.spec.devices)
+            else:
+                self.network_warning = (
+                    f"WARNING: network: netns was asked for but {why}; devices share loopback "
+                    "and links are NOT shaped"
+                )
         self._devices = {
             d.name: LocalDevice(
-                d, driver=driver, group=f"{self._session}/{d.name}", period_us=spec.cpu_period_us
+                d,
+                driver=driver,
+                group=f"{self._session}/{d.name}",
+                period_us=spec.cpu_period_us,
+                link=self.fabric.links[d.name] if self.fabric else None,
             )
             for d in self.spec.devices
         }
@@ -247,6 +282,16 @@ class LocalCluster:
     @property
     def devices(self) -> Mapping[str, LocalDevice]:
         return self._devices
+
+    @property
+    def coordinator_address(self) -> str:
+        """Where device processes reach the coordinator (rendezvous, agent control)."""
+        return self.fabric.gateway if self.fabric else "127.0.0.1"
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every way this emulation is weaker than asked for, to be shown to the user."""
+        return [w for w in (self.fallback_warning, self.network_warning) if w]
 
     @property
     def fallback_warning(self) -> str | None:
@@ -262,11 +307,13 @@ class LocalCluster:
         if self._started:
             return
         self._started = True
-        if self.driver is None:
-            log.warning(self.fallback_warning)
-        else:
+        for warning in self.warnings:
+            log.warning(warning)
+        if self.driver or self.fabric:
             cleanup_stale(self.driver)
         try:
+            if self.fabric:
+                self.fabric.up()
             for d in self._devices.values():
                 d.create()
         except BaseException:
@@ -289,6 +336,8 @@ class LocalCluster:
         if self.driver:
             self.driver.remove_if_empty(self._session)
             self.driver.remove_if_empty(PARENT)
+        if self.fabric:
+            self.fabric.down()
         self._started = False
         if errors:
             raise errors[0]
@@ -302,9 +351,10 @@ class LocalCluster:
 
 
 def cleanup_stale(driver: CgroupDriver | None = None) -> list[str]:
-    """Reap device cgroups left by coordinators that died without cleaning up."""
+    """Reap device cgroups and network fabrics of coordinators that died without cleaning up."""
     if driver is None:
         driver, _ = detect_cgroups()
-        if driver is None:
-            return []
-    return driver.reap_stale()
+    reaped = driver.reap_stale() if driver else []
+    if netns_available()[0]:
+        reaped += [f"net:{short}" for short in NetworkFabric.reap_stale()]
+    return reaped

@@ -83,8 +83,11 @@ def _tail(path: Path, lines: int = 5) -> str:
 class AgentPool:
     """One training agent per device, reached over authenticated loopback sockets."""
 
-    def __init__(self, devices: Mapping[str, DeviceHandle], log_dir: Path) -> None:
+    def __init__(
+        self, devices: Mapping[str, DeviceHandle], log_dir: Path, *, host: str = "127.0.0.1"
+    ) -> None:
         self._devices = devices
+        self._host = host  # the coordinator's address as the devices see it
         self._log_dir = log_dir
         self._conns: dict[str, Connection] = {}
         self._procs: dict[str, Any] = {}
@@ -95,7 +98,7 @@ class AgentPool:
     def start(self, timeout_s: float = 180.0) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         key = secrets.token_bytes(16)
-        listener = Listener(("127.0.0.1", 0), authkey=key)
+        listener = Listener((self._host, 0), authkey=key)
         accepted: queue.Queue[Connection | BaseException] = queue.Queue()
 
         def accept_all() -> None:
@@ -120,9 +123,12 @@ class AgentPool:
                 "--cpu-cores",
                 str(dev.spec.cpu_cores or 1.0),
             ]
+            env = {"DEEPEDGE_AGENT_KEY": key.hex()}
+            if dev.interface:  # gloo must use the device's link, not resolve the hostname
+                env["GLOO_SOCKET_IFNAME"] = dev.interface
             self._procs[name] = dev.spawn(
                 argv,
-                env={"DEEPEDGE_AGENT_KEY": key.hex()},
+                env=env,
                 log_path=self._log_dir / f"agent-{name}.log",
             )
         deadline = time.monotonic() + timeout_s
@@ -147,7 +153,7 @@ class AgentPool:
         finally:
             listener.close()
         self._store = dist.TCPStore(
-            "127.0.0.1",
+            self._host,
             0,
             is_master=True,
             wait_for_workers=False,
@@ -255,7 +261,7 @@ class AgentPool:
             "data": str(data_path),
             "world": len(names),
             "local_batches": batches,
-            "store_host": "127.0.0.1",
+            "store_host": self._host,
             "store_port": self._store.port,
             "run_id": run_id,
             "checkpoint_dir": str(checkpoint_dir),
