@@ -137,7 +137,12 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     base_ckpt = {"model": base_state, "job": job.model_dump(mode="json")}
     save_checkpoint(opts.out / "base-model.ckpt", base_ckpt)
 
-    session = EdgeSession(cluster, opts.out / "run", status=lambda m: console.print(f"    {m}"))
+    session = EdgeSession(
+        cluster,
+        opts.out / "run",
+        force_fallback=opts.force_fallback,
+        status=lambda m: console.print(f"    {m}"),
+    )
     console.print(
         f"[bold]3/4 cluster[/]: starting {len(cluster.devices)} devices with "
         f"{len(cluster.apps)} LC apps under load"

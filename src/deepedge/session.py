@@ -62,8 +62,6 @@ class EdgeSession:
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         self.cluster.start()
-        for warning in self.cluster.warnings:
-            self.status(warning)
         try:
             for dev in self.cluster.devices.values():
                 dev.set_cpu_limit(None)

@@ -44,6 +44,11 @@ class DeviceHandle(Protocol):
         ...
 
     @property
+    def pace_cores(self) -> float | None:
+        """CPU share a worker must pace itself to where the backend cannot fence it."""
+        ...
+
+    @property
     def interface(self) -> str | None:
         """The network interface device processes must use, if not the default route."""
         ...
@@ -54,6 +59,7 @@ class DeviceHandle(Protocol):
         *,
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
+        self_paced: bool = False,
     ) -> subprocess.Popen[bytes]:
         """Start a process that belongs to this device from its first instruction."""
         ...

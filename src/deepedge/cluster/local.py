@@ -6,8 +6,9 @@ the coordinator even after a SIGKILL. Cgroups left behind by a coordinator that 
 are reaped the next time a cluster starts (or by ``deepedge cluster cleanup``).
 
 Without writable cgroups the backend says so once and falls back to duty-cycle throttling
-(SIGSTOP/SIGCONT) of each device's processes: CPU speed is emulated coarsely and memory
-limits are not enforced.
+(SIGSTOP/SIGCONT) of each device's LC processes, while training workers pace themselves
+(SIGSTOP inside a collective would stall every rank): CPU speed is emulated coarsely and
+memory limits are not enforced.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class LocalDevice:
         self._group = group
         self._period_us = period_us
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._self_paced: set[int] = set()
         self._cpu_limit: float | None = spec.cpu_cores
 
     @property
@@ -75,6 +77,15 @@ class LocalDevice:
     @property
     def address(self) -> str:
         return self.link.address if self.link else "127.0.0.1"
+
+    @property
+    def pace_cores(self) -> float | None:
+        """CPU share a cooperating process must hold itself to, when no cgroup fences it.
+
+        In the duty-cycle fallback, SIGSTOP would freeze a training worker in the middle of
+        a collective and stall every other rank; workers pace themselves instead.
+        """
+        return None if self._driver else self._spec.cpu_cores
 
     @property
     def interface(self) -> str | None:
@@ -124,7 +135,9 @@ class LocalDevice:
         *,
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
+        self_paced: bool = False,
     ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` inside this device; ``self_paced`` exempts it from duty cycles."""
         procs_files = (
             [str(f) for f in self._driver.procs_files(self._group)] if self._driver else []
         )
@@ -159,6 +172,8 @@ class LocalDevice:
             if netns_fd is not None:
                 os.close(netns_fd)
         self._procs.append(proc)
+        if self_paced:
+            self._self_paced.add(proc.pid)
         return proc
 
     def pids(self) -> set[int]:
@@ -211,7 +226,7 @@ class _DutyCycleThrottler(threading.Thread):
         self._stop_event = threading.Event()
 
     def _signal(self, device: LocalDevice, sig: signal.Signals) -> None:
-        for pid in device.pids():
+        for pid in device.pids() - device._self_paced:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
 
@@ -263,7 +278,7 @@ class LocalCluster:
                 self.fabric = NetworkFabric(owner, self.spec.devices)
             else:
                 self.network_warning = (
-                    f"WARNING: network: netns was asked for but {why}; devices share loopback "
+                    f"network: netns was asked for but {why}; devices share loopback "
                     "and links are NOT shaped"
                 )
         self._devices = {
@@ -298,9 +313,9 @@ class LocalCluster:
         if self.mode is not EmulationMode.DUTY_CYCLE:
             return None
         return (
-            f"WARNING: no writable cgroups ({self.fence_reason}); emulating devices with "
-            "SIGSTOP/SIGCONT duty cycles: CPU speed is approximate and memory limits are "
-            "NOT enforced"
+            f"no writable cgroups ({self.fence_reason}); emulating devices with "
+            "SIGSTOP/SIGCONT duty cycles (LC apps) and self-pacing (training workers): CPU "
+            "speed is approximate and memory limits are NOT enforced"
         )
 
     def start(self) -> None:

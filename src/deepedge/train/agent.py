@@ -32,12 +32,13 @@ from deepedge.data import ArrayDataset
 from deepedge.errors import DeepEdgeError
 from deepedge.spec import JobSpec
 from deepedge.train.checkpoint import CheckpointManager
-from deepedge.train.ddp import build_optimizer, run_epochs, select_backend, wrap_ddp
+from deepedge.train.ddp import CpuPacer, build_optimizer, run_epochs, select_backend, wrap_ddp
 from deepedge.train.local import job_model
 
 __all__ = ["main"]
 
 _datasets: dict[str, tuple[torch.Tensor, torch.Tensor, ArrayDataset]] = {}
+_pacer: CpuPacer | None = None  # set by --pace-cores: the fallback emulation's CPU fence
 
 
 def _dataset(path: str) -> tuple[torch.Tensor, torch.Tensor, ArrayDataset]:
@@ -69,6 +70,8 @@ def probe(msg: dict[str, Any]) -> dict[str, Any]:
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
+        if _pacer:  # the fallback's slowdown is part of the step
+            _pacer()
         if i >= int(msg["warmup"]):
             times.append(time.perf_counter() - t0)
     return {
@@ -134,6 +137,7 @@ def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
             epochs=range(job.epochs),
             on_step=on_step,
             on_epoch_end=on_epoch_end,
+            pace=_pacer,
         )
         dist.barrier()
     finally:
@@ -176,10 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", required=True)
     parser.add_argument("--device", required=True)
     parser.add_argument("--cpu-cores", type=float, default=1.0)
+    parser.add_argument("--pace-cores", type=float, default=None)
     args = parser.parse_args(argv)
     # One intra-op thread per emulated core: more threads than the quota only adds
     # contention inside the device's cgroup.
     torch.set_num_threads(max(1, math.ceil(args.cpu_cores)))
+    if args.pace_cores:
+        global _pacer
+        _pacer = CpuPacer(args.pace_cores)
     host, port = args.address.rsplit(":", 1)
     key = bytes.fromhex(os.environ["DEEPEDGE_AGENT_KEY"])
     with Client((host, int(port)), authkey=key) as conn:

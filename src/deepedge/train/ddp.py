@@ -28,6 +28,7 @@ from deepedge.spec import OptimizerSpec
 from deepedge.train.sampler import UnevenBatchSampler
 
 __all__ = [
+    "CpuPacer",
     "StepRecord",
     "build_optimizer",
     "global_batch_loss",
@@ -46,6 +47,26 @@ def select_backend(rank: int, world_size: int) -> tuple[str, torch.device]:
     if torch.cuda.is_available() and torch.cuda.device_count() >= world_size:
         return "nccl", torch.device("cuda", rank % torch.cuda.device_count())
     return "gloo", torch.device("cpu")
+
+
+class CpuPacer:
+    """Sleeps between steps so this process uses at most ``cores`` CPUs on average.
+
+    The fallback emulation's pacing for training workers (see ``LocalDevice.pace_cores``):
+    weaker than a cgroup quota (only between steps, and the work itself runs at host
+    speed) but it never freezes a rank inside a collective.
+    """
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self._cpu = time.process_time()
+        self._wall = time.monotonic()
+
+    def __call__(self) -> None:
+        owed = (time.process_time() - self._cpu) / self.cores - (time.monotonic() - self._wall)
+        if owed > 0:
+            time.sleep(owed)
+        self._cpu, self._wall = time.process_time(), time.monotonic()
 
 
 @dataclass
@@ -126,6 +147,7 @@ def run_epochs(
     epochs: range,
     on_step: Callable[[StepRecord], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    pace: Callable[[], None] | None = None,
 ) -> list[StepRecord]:
     """Train ``epochs`` on this rank's share of every global step; returns its step log."""
     sampler = UnevenBatchSampler(len(images), list(local_batches), seed=seed)
@@ -135,6 +157,8 @@ def run_epochs(
     for epoch in epochs:
         sizes = sampler.step_sizes(epoch)
         for step, idx in enumerate(sampler.rank_steps(epoch, rank)):
+            if pace:
+                pace()
             start = time.time()
             optimizer.zero_grad(set_to_none=True)
             if len(idx):

@@ -123,12 +123,15 @@ class AgentPool:
                 "--cpu-cores",
                 str(dev.spec.cpu_cores or 1.0),
             ]
+            if dev.pace_cores is not None:
+                argv += ["--pace-cores", str(dev.pace_cores)]
             env = {"DEEPEDGE_AGENT_KEY": key.hex()}
             if dev.interface:  # gloo must use the device's link, not resolve the hostname
                 env["GLOO_SOCKET_IFNAME"] = dev.interface
             self._procs[name] = dev.spawn(
                 argv,
                 env=env,
+                self_paced=dev.pace_cores is not None,
                 log_path=self._log_dir / f"agent-{name}.log",
             )
         deadline = time.monotonic() + timeout_s
