@@ -8,9 +8,10 @@ capacity, and the board's real RAM as its memory limit. The capacity score is
 from the vendors' datasheets (cores, clocks, RAM) and an *estimated* per-clock factor per
 micro-architecture (marked ``ipc`` below, rounded from public per-clock comparisons; treat
 it as approximate). ``HOST_CORES_PER_SCORE`` maps the score to a host-core quota so that a
-typical 5-device demo cluster fits in about 1.5 of the 2 host cores, leaving the rest for
-the load generator and the coordinator: relative speeds are preserved, absolute speeds
-are not.
+typical 5-device demo cluster takes about 0.8 host cores. That is deliberately low: on these
+2-vCPU machines two busy single-thread trainers each get about half the speed of one
+alone, so larger quotas would let devices slow each other down through the host. Relative
+speeds are preserved, absolute speeds are not.
 """
 
 from __future__ import annotations

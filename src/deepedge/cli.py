@@ -1,8 +1,8 @@
 """The `deepedge` command line.
 
 Expected errors (``DeepEdgeError``) print as one line with a hint and exit 2; anything
-else is a bug and shows a traceback only with ``--debug``. Logging and the multiprocessing
-start method are configured here and nowhere else.
+else is a bug and shows a traceback only with ``--debug``. Logging and signal handling are
+configured here and nowhere else.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from deepedge.errors import DeepEdgeError
+from deepedge.errors import CheckpointError, DeepEdgeError
 
 app = typer.Typer(
     add_completion=False,
@@ -74,17 +74,12 @@ def validate(
 ) -> None:
     """Check spec files; the kind (cluster or job) is recognised by its top-level keys."""
     from deepedge.catalog import resolve_device
-    from deepedge.spec import ClusterSpec, JobSpec, load_spec
+    from deepedge.spec import ClusterSpec, JobSpec, parse_spec, read_spec_file
 
     for f in files:
-        import yaml
-
-        try:
-            head = yaml.safe_load(f.read_text()) if f.exists() else None
-        except yaml.YAMLError:
-            head = None
-        if isinstance(head, dict) and "devices" in head:
-            spec = load_spec(ClusterSpec, f)
+        data = read_spec_file(f)
+        if isinstance(data, dict) and "devices" in data:
+            spec = parse_spec(ClusterSpec, data, source=str(f))
             for d in spec.devices:
                 resolve_device(d)
             console.print(
@@ -92,7 +87,7 @@ def validate(
                 f"{len(spec.apps)} LC apps"
             )
         else:
-            job_spec = load_spec(JobSpec, f)
+            job_spec = parse_spec(JobSpec, data, source=str(f))
             console.print(
                 f"[green]ok[/] {f}: job {job_spec.name!r}, {job_spec.model.arch}, "
                 f"B={job_spec.global_batch}, {job_spec.epochs} epochs"
@@ -140,7 +135,14 @@ def train(
     train_set = build_dataset(job_spec.dataset, "train", drifted=True)
     model = job_model(job_spec, train_set)
     if init is not None:
-        model.load_state_dict(load_checkpoint(init)["model"])
+        try:
+            model.load_state_dict(load_checkpoint(init)["model"])
+        except (KeyError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{init} holds no weights for this job's {job_spec.model.arch} model: "
+                f"{str(err).splitlines()[0]}",
+                hint="use the base-model.ckpt of a demo run with the same model spec",
+            ) from None
     with EdgeSession(cluster_spec, out, status=console.print) as session:
         retrain = Retraining(session, job_spec, train_set, model.state_dict())
         planning = retrain.plan((policy,))
@@ -150,7 +152,7 @@ def train(
         console.print(f"plan {policy}: {dict(plan.local_batches)}")
         run = retrain.run(plan)
     test = build_dataset(job_spec.dataset, "test", drifted=True)
-    model.load_state_dict(load_checkpoint(sorted(run.checkpoint_dir.glob("*.ckpt"))[-1])["model"])
+    model.load_state_dict(run.final_state()["model"])
     acc = evaluate(model, *test.to_tensors())
     console.print(
         f"trained in {run.wall_s:.1f} s (T_min {planning.lower_bound_s:.1f} s); "

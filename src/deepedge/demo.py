@@ -33,7 +33,6 @@ from deepedge.train import (
     TrainRun,
     evaluate,
     job_model,
-    load_checkpoint,
     save_checkpoint,
     train_local,
 )
@@ -88,9 +87,7 @@ def _progress(console: Console) -> Progress:
 def _final_accuracy(
     run: TrainRun, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> float:
-    ckpts = sorted(run.checkpoint_dir.glob("*.ckpt"))
-    state = load_checkpoint(ckpts[-1])
-    model.load_state_dict(state["model"])
+    model.load_state_dict(run.final_state()["model"])
     return evaluate(model, x, y)
 
 
@@ -185,17 +182,20 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     report["demo_wall_s"] = time.time() - t_demo
     report["emulation"] = session.cluster.mode.value
     report["plots"] = {
-        "step_timeline": str(plot_step_timeline(runs, opts.out / "step_timeline.png")),
-        "lc_latency": str(
-            plot_lc_latency(
-                session.records, session.spec.apps, session.phases, opts.out / "lc_latency.png"
-            )
-        ),
+        "step_timeline": str(opts.out / "step_timeline.png"),
+        "lc_latency": str(opts.out / "lc_latency.png") if session.records else None,
     }
+    # the numbers first: a plotting failure must not lose them
     (opts.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    plot_step_timeline(runs, opts.out / "step_timeline.png")
+    if session.records:
+        plot_lc_latency(
+            session.records, session.spec.apps, session.phases, opts.out / "lc_latency.png"
+        )
     console.print(render_tables(report))
     console.print(
-        f"report: {opts.out / 'report.json'}; plots: {', '.join(report['plots'].values())}"
+        f"report: {opts.out / 'report.json'}; plots: "
+        + ", ".join(p for p in report["plots"].values() if p)
     )
     return report
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -55,14 +56,16 @@ class Retraining:
     initial_state: dict[str, torch.Tensor]
 
     def __post_init__(self) -> None:
-        data_dir = self.session.workdir / "data"
+        # A fresh name per job: agents cache data sets by path for the session's lifetime.
+        self.run_tag = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        data_dir = self.session.workdir / "data" / self.run_tag
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_path = self.train_set.save(data_dir / "train.npz")
         self.state_path = data_dir / "initial-state.pt"
         torch.save(self.initial_state, self.state_path)
 
     def required_memory_mb(self) -> dict[str, float]:
-        """Worker runtime (measured) + model, optimiser and activations at the whole batch.
+        """Worker runtime (measured) + data + model, optimiser, activations at the whole batch.
 
         The whole global batch is the worst case any one device can be handed.
         """
@@ -72,7 +75,9 @@ class Retraining:
             self.job.global_batch,
             optimizer=self.job.optimizer.name,
         )
-        return {n: rt + job_mb for n, rt in self.session.agents.runtime_mb.items()}
+        # every agent holds the training set twice: uint8 as loaded, float32 as tensors
+        data_mb = self.train_set.images.nbytes * 5 / 2**20
+        return {n: rt + job_mb + data_mb for n, rt in self.session.agents.runtime_mb.items()}
 
     def plan(self, policies: Sequence[str] = POLICIES, *, probe_steps: int = 5) -> Planning:
         spec = self.session.spec
@@ -113,9 +118,23 @@ class Retraining:
             total,
         )
 
-    def run(self, plan: Plan, *, on_step: Callable[[int, int], None] | None = None) -> TrainRun:
-        """Train from the initial weights with ``plan``; the run is marked as a session phase."""
-        ckpt_dir = self.session.workdir / "checkpoints" / plan.policy
+    def run(
+        self,
+        plan: Plan,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> TrainRun:
+        """Train from the initial weights with ``plan``; the run is marked as a session phase.
+
+        Checkpoints go to a directory of their own per run, so an earlier run's files in a
+        reused output folder are neither overwritten nor mistaken for this run's. Without
+        ``timeout_s`` the run may take ten times its predicted compute (at least 10 min).
+        """
+        ckpt_dir = self.session.workdir / "checkpoints" / f"{plan.policy}-{self.run_tag}"
+        if timeout_s is None:
+            steps = self.job.epochs * math.ceil(len(self.train_set) / self.job.global_batch)
+            timeout_s = max(600.0, 10 * steps * (plan.predicted_step_s or 60.0))
         start = time.time()
         try:
             run = self.session.agents.train(
@@ -125,6 +144,7 @@ class Retraining:
                 checkpoint_dir=ckpt_dir,
                 state=self.state_path,
                 on_step=on_step,
+                timeout_s=timeout_s,
             )
         finally:
             self.session.mark(plan.policy, start)

@@ -29,6 +29,7 @@ __all__ = [
     "Plan",
     "load_spec",
     "parse_spec",
+    "read_spec_file",
 ]
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -101,15 +102,6 @@ class ClusterSpec(_Spec):
                 )
         return self
 
-    def device(self, name: str) -> DeviceSpec:
-        for d in self.devices:
-            if d.name == name:
-                return d
-        raise SpecError(f"no device named {name!r} in cluster {self.name!r}")
-
-    def apps_on(self, device: str) -> list[AppSpec]:
-        return [a for a in self.apps if a.device == device]
-
 
 class DriftSpec(_Spec):
     """How the target domain differs from the source: the data drift to re-train for."""
@@ -158,7 +150,7 @@ class JobSpec(_Spec):
     epochs: Annotated[int, Field(gt=0, le=10_000)] = 2
     global_batch: Annotated[int, Field(gt=0)] = 128
     optimizer: OptimizerSpec = OptimizerSpec()
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
 
 
 class ExcludedDevice(_Spec):
@@ -224,6 +216,11 @@ def parse_spec(model: type[S], data: Any, *, source: str = "input") -> S:
 
 def load_spec(model: type[S], path: str | Path) -> S:
     """Load a YAML or JSON file into ``model``."""
+    return parse_spec(model, read_spec_file(path, expect=model.__name__), source=str(path))
+
+
+def read_spec_file(path: str | Path, *, expect: str = "spec") -> Any:
+    """The parsed YAML/JSON content of ``path``; a one-line SpecError if unreadable or empty."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -238,5 +235,5 @@ def load_spec(model: type[S], path: str | Path) -> S:
             f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}{where}"
         ) from None
     if data is None:
-        raise SpecError(f"{p} is empty", hint=f"write a {model.__name__} in it")
-    return parse_spec(model, data, source=str(p))
+        raise SpecError(f"{p} is empty", hint=f"write a {expect} in it")
+    return data

@@ -130,15 +130,15 @@ def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    ckpt_dir = out / "checkpoints" / "proportional"
+    pattern = "checkpoints/proportional-*/*.ckpt"  # one directory per run
     deadline = time.monotonic() + 180
-    while not list(ckpt_dir.glob("*.ckpt")):
+    while not list(out.glob(pattern)):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert load_checkpoint(sorted(ckpt_dir.glob("*.ckpt"))[-1])["epoch"] >= 0
+    assert load_checkpoint(sorted(out.glob(pattern))[-1])["epoch"] >= 0
     driver, _ = detect_cgroups()
     assert not [d for d in driver.dirs(PARENT) if list(d.glob(f"{proc.pid}_*"))]

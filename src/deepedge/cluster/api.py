@@ -40,7 +40,7 @@ class DeviceHandle(Protocol):
 
     @property
     def address(self) -> str:
-        """Host address at which the device's servers are reachable (a netns later)."""
+        """Address at which the device's servers are reachable (its netns address, or loopback)."""
         ...
 
     @property

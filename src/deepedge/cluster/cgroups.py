@@ -35,6 +35,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PARENT = "deepedge"
+_NO_CGROUP_HINT = "run as root, or set DEEPEDGE_NO_CGROUPS=1 for the (weaker) fallback emulation"
 
 
 def owner_tag(pid: int | None = None) -> str:
@@ -59,7 +60,7 @@ def _write(path: Path, value: str) -> None:
     except OSError as err:
         raise ClusterError(
             f"cannot write {value!r} to {path}: {err.strerror}",
-            hint="run as root with writable cgroups, or use the fallback emulation",
+            hint=_NO_CGROUP_HINT,
         ) from None
 
 
@@ -101,7 +102,7 @@ class CgroupDriver(ABC):
             except OSError as err:
                 raise ClusterError(
                     f"cannot create cgroup {d}: {err.strerror}",
-                    hint="run as root, or use the fallback emulation",
+                    hint=_NO_CGROUP_HINT,
                 ) from None
         self.set_limits(group, cpu_cores=cpu_cores, period_us=period_us, memory_bytes=memory_bytes)
 
@@ -142,15 +143,18 @@ class CgroupDriver(ABC):
                 self.remove(f"{group}/{child}")
             self.kill_all(group)
         for d in self.dirs(group):
-            for _ in range(50):
+            for attempt in range(50):
                 try:
                     d.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError as err:
-                    if err.errno != errno.EBUSY:
-                        raise ClusterError(f"cannot remove cgroup {d}: {err.strerror}") from None
+                    if err.errno != errno.EBUSY or attempt == 49:
+                        raise ClusterError(
+                            f"cannot remove cgroup {d}: {err.strerror}",
+                            hint="`deepedge cluster cleanup` retries; check for stuck processes",
+                        ) from None
                     time.sleep(0.02)
 
     def children(self, group: str) -> list[str]:

@@ -142,7 +142,7 @@ class LocalDevice:
             [str(f) for f in self._driver.procs_files(self._group)] if self._driver else []
         )
 
-        netns_fd = os.open(self.link.netns_path, os.O_RDONLY) if self.link else None
+        netns_fd: int | None = None
 
         def enter_device() -> None:  # runs in the child between fork and exec
             _die_with_parent()
@@ -153,24 +153,25 @@ class LocalDevice:
             if netns_fd is not None and _libc.setns(netns_fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns into the device's network namespace")
 
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                env={**os.environ, **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=enter_device,
-                start_new_session=True,
-            )
-        except (OSError, subprocess.SubprocessError) as err:
-            raise ClusterError(f"cannot start {argv[0]} on device {self.name!r}: {err}") from None
-        finally:
-            if log_path:
-                out.close()  # type: ignore[union-attr]
-            if netns_fd is not None:
-                os.close(netns_fd)
+        with contextlib.ExitStack() as stack:
+            try:
+                if self.link:
+                    netns_fd = os.open(self.link.netns_path, os.O_RDONLY)
+                    stack.callback(os.close, netns_fd)
+                out = stack.enter_context(open(log_path, "ab")) if log_path else subprocess.DEVNULL
+                proc = subprocess.Popen(
+                    list(argv),
+                    env={**os.environ, **(env or {})},
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=enter_device,
+                    start_new_session=True,
+                )
+            except (OSError, subprocess.SubprocessError) as err:
+                raise ClusterError(
+                    f"cannot start {argv[0]} on device {self.name!r}: {err}"
+                ) from None
         self._procs.append(proc)
         if self_paced:
             self._self_paced.add(proc.pid)

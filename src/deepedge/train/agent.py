@@ -2,7 +2,8 @@
 
 It imports torch once (seconds on a slow board) and then runs what the coordinator asks:
 a throughput probe, or its rank of a DDP run. Messages are dicts over a
-``multiprocessing.connection`` socket on loopback, authenticated with a per-session key.
+``multiprocessing.connection`` socket to the coordinator (loopback, or the bridge with
+per-device network namespaces), authenticated with a per-session key.
 On the Ray backend the same operations become methods of a per-node actor.
 
 Run as ``python -m deepedge.train.agent --address HOST:PORT --device NAME`` with the key in
@@ -165,6 +166,7 @@ def _serve(conn: Connection) -> None:
         except DeepEdgeError as err:
             conn.send({"event": "done", "ok": False, "error": err.one_line()})
         except Exception as err:  # report, then keep serving: the coordinator decides
+            traceback.print_exc()  # into the agent's log, which the coordinator's error names
             conn.send(
                 {
                     "event": "done",

@@ -25,8 +25,9 @@ from typing import Any
 import torch.distributed as dist
 
 from deepedge.cluster.api import DeviceHandle
-from deepedge.errors import ClusterError, TrainingError
+from deepedge.errors import CheckpointError, ClusterError, TrainingError
 from deepedge.spec import JobSpec, Plan
+from deepedge.train.checkpoint import CheckpointManager
 from deepedge.train.ddp import StepRecord
 
 __all__ = ["AgentPool", "ProbeResult", "TrainRun"]
@@ -38,7 +39,7 @@ class ProbeResult:
     batch: int
     median_step_s: float
     step_times: list[float]
-    peak_rss_mb: float
+    peak_rss_mb: float  # the agent process's peak resident memory so far (ru_maxrss)
 
     @property
     def samples_per_s(self) -> float:
@@ -56,6 +57,13 @@ class TrainRun:
     @property
     def wall_s(self) -> float:
         return self.finished - self.started
+
+    def final_state(self) -> dict[str, Any]:
+        """The last epoch's checkpoint of this run (model and optimiser state)."""
+        latest = CheckpointManager(self.checkpoint_dir).latest()
+        if latest is None:
+            raise CheckpointError(f"run wrote no checkpoint in {self.checkpoint_dir}")
+        return latest[1]
 
     @property
     def startup_s(self) -> float:
@@ -81,7 +89,7 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 class AgentPool:
-    """One training agent per device, reached over authenticated loopback sockets."""
+    """One training agent per device, reached over authenticated sockets (loopback or bridge)."""
 
     def __init__(
         self, devices: Mapping[str, DeviceHandle], log_dir: Path, *, host: str = "127.0.0.1"
