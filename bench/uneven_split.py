@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -83,7 +84,7 @@ def main() -> int:
         "benchmark": "uneven_split",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "emulation": session.cluster.mode.value,

@@ -74,9 +74,10 @@ class CgroupDriver(ABC):
         """Every directory that makes up ``group`` (one per hierarchy)."""
 
     @abstractmethod
-    def _apply_limits(
-        self, group: str, cpu_cores: float | None, period_us: int, memory_bytes: int | None
-    ) -> None: ...
+    def set_limits(
+        self, group: str, *, cpu_cores: float | None, period_us: int, memory_bytes: int | None
+    ) -> None:
+        """CPU quota in cores over ``period_us`` and memory limit; None lifts a limit."""
 
     @abstractmethod
     def cpu_usage_ns(self, group: str) -> int: ...
@@ -105,11 +106,6 @@ class CgroupDriver(ABC):
                     hint=_NO_CGROUP_HINT,
                 ) from None
         self.set_limits(group, cpu_cores=cpu_cores, period_us=period_us, memory_bytes=memory_bytes)
-
-    def set_limits(
-        self, group: str, *, cpu_cores: float | None, period_us: int, memory_bytes: int | None
-    ) -> None:
-        self._apply_limits(group, cpu_cores, period_us, memory_bytes)
 
     def procs_files(self, group: str) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs(group)]
@@ -195,8 +191,8 @@ class CgroupV1Driver(CgroupDriver):
         extra = [self.cpuacct_root / group] if self.cpuacct_root else []
         return [self.cpu_root / group, self.memory_root / group, *extra]
 
-    def _apply_limits(
-        self, group: str, cpu_cores: float | None, period_us: int, memory_bytes: int | None
+    def set_limits(
+        self, group: str, *, cpu_cores: float | None, period_us: int, memory_bytes: int | None
     ) -> None:
         cpu = self.cpu_root / group
         _write(cpu / "cpu.cfs_period_us", str(period_us))
@@ -254,8 +250,8 @@ class CgroupV2Driver(CgroupDriver):
                 if ctrl not in enabled:
                     _write(control, f"+{ctrl}")
 
-    def _apply_limits(
-        self, group: str, cpu_cores: float | None, period_us: int, memory_bytes: int | None
+    def set_limits(
+        self, group: str, *, cpu_cores: float | None, period_us: int, memory_bytes: int | None
     ) -> None:
         d = self.root / group
         quota = "max" if cpu_cores is None else str(max(1000, round(cpu_cores * period_us)))

@@ -188,6 +188,10 @@ class LocalDevice:
                     pids.update(c.pid for c in psutil.Process(p.pid).children(recursive=True))
         return pids
 
+    def duty_cycled_pids(self) -> set[int]:
+        """The processes the fallback's duty cycle may stop: all but the self-paced ones."""
+        return self.pids() - self._self_paced
+
     def usage(self) -> DeviceUsage:
         if self._driver:
             return DeviceUsage(
@@ -227,7 +231,7 @@ class _DutyCycleThrottler(threading.Thread):
         self._stop_event = threading.Event()
 
     def _signal(self, device: LocalDevice, sig: signal.Signals) -> None:
-        for pid in device.pids() - device._self_paced:
+        for pid in device.duty_cycled_pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
 

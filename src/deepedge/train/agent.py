@@ -121,7 +121,6 @@ def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
                         "job": msg["job"],
                     },
                 )
-            conn.send({"event": "epoch", "epoch": epoch})
 
         def on_step(rec: Any) -> None:
             if rank == 0:
