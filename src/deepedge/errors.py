@@ -12,6 +12,8 @@ __all__ = [
     "ClusterError",
     "DataError",
     "DeepEdgeError",
+    "KnowledgeBaseError",
+    "MonitorError",
     "PlanInfeasible",
     "SpecError",
     "TrainingError",
@@ -52,3 +54,11 @@ class CheckpointError(DeepEdgeError):
 
 class TrainingError(DeepEdgeError):
     """A training run failed: a worker died, diverged or timed out."""
+
+
+class KnowledgeBaseError(DeepEdgeError):
+    """The profile knowledge base is unreadable, corrupt or of another schema version."""
+
+
+class MonitorError(DeepEdgeError):
+    """The monitor's time-series store or metrics endpoint cannot be used."""
