@@ -74,8 +74,11 @@ def test_open_loop_load_is_served_and_recorded(server: int) -> None:
     pid = gen.pid
     assert gen.started_at is not None and pid is not None
     time.sleep(2.0)
+    live = gen.drain()
     records = gen.stop()
     assert not running(pid), "generator process outlived stop()"
+    # the live stream delivered completed requests while running, each also in the final set
+    assert len(live) >= 20 and set(live) <= set(records), (len(live), len(records))
 
     assert records and all(r.ok and r.error is None for r in records), records[:3]
     assert all(r.app == "cam" for r in records)

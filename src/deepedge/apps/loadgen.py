@@ -32,14 +32,15 @@ import threading
 import time
 import weakref
 from array import array
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from deepedge.apps.server import HEADER, REPLY, request_bytes
-from deepedge.apps.stats import RequestRecord, load_records, save_records
+from deepedge.apps.stats import RequestRecord, load_records, rows_to_records, save_records
 from deepedge.errors import ClusterError
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class LoadGenerator:
         max_connections: int = 32,
         duration_s: float | None = None,
         python: str = sys.executable,
+        live_buffer: int = 100_000,
     ) -> None:
         if not targets:
             raise ValueError("LoadGenerator needs at least one target")
@@ -113,6 +115,8 @@ class LoadGenerator:
         self._dir: Path | None = None
         self._records: list[RequestRecord] | None = None
         self._finalizer: weakref.finalize | None = None
+        self._live: deque[RequestRecord] = deque(maxlen=live_buffer)
+        self._live_lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
@@ -164,6 +168,30 @@ class LoadGenerator:
                 hint="is deepedge (and numpy) importable by the child python?",
             )
         self.started_at = float(json.loads(line)["t0"])
+        threading.Thread(
+            target=self._read_live, args=(self._proc.stdout,), daemon=True, name="loadgen-live"
+        ).start()
+
+    def _read_live(self, stdout: IO[bytes]) -> None:
+        """Keep the child's live stream drained (a full pipe would block its event loop)."""
+        names = [t.app for t in self.targets]
+        with contextlib.suppress(OSError, ValueError):
+            for line in stdout:
+                msg = json.loads(line)
+                recs = rows_to_records(names, msg["errors"], msg["rows"])
+                with self._live_lock:
+                    self._live.extend(recs)
+
+    def drain(self) -> list[RequestRecord]:
+        """Requests completed since the last call, as they finish (about every 0.5 s).
+
+        For live monitoring; the full, ordered record set still comes from :meth:`stop`.
+        At most ``live_buffer`` undrained records are kept (the oldest are dropped).
+        """
+        with self._live_lock:
+            out = list(self._live)
+            self._live.clear()
+        return out
 
     def stop(self, *, timeout_s: float | None = None) -> list[RequestRecord]:
         """Stop sending, wait for in-flight requests (up to the request timeout) and return
@@ -284,6 +312,7 @@ class _Run:
         # Flat rows of (app, scheduled, sent, done, service_ms, error index or -1): 48 bytes
         # a request, so hours of load stay small.
         self.rows = array("d")
+        self.streamed = 0  # rows already sent to the parent's live stream
         self.errors: dict[str, int] = {}
         self.t0_wall = time.time()
         self.t0_mono = time.monotonic()
@@ -333,6 +362,16 @@ class _Run:
                 (i, self.wall(scheduled), self.wall(sent), self.wall(time.monotonic()), svc, code)
             )
 
+    def stream(self) -> None:
+        """Send the rows completed since the last call to the parent (one JSON line)."""
+        if len(self.rows) == self.streamed:
+            return
+        new = self.rows[self.streamed :].tolist()
+        self.streamed = len(self.rows)
+        errors = sorted(self.errors, key=self.errors.__getitem__)
+        with contextlib.suppress(OSError):  # the parent stopped reading: records still saved
+            print(json.dumps({"rows": new, "errors": errors}), flush=True)
+
     async def run(self, out: Path) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -361,6 +400,7 @@ class _Run:
                 if os.getppid() != parent:  # re-parented: the parent died without EOF
                     orphaned.set()
                     break
+                self.stream()
                 if self.duration_s and all(s.done() for s in schedulers) and not self.inflight:
                     break
         finally:

@@ -30,6 +30,7 @@ __all__ = [
     "RequestRecord",
     "latency_summary",
     "load_records",
+    "rows_to_records",
     "save_records",
     "summarize_apps",
 ]
@@ -83,10 +84,32 @@ def load_records(path: Path) -> list[RequestRecord]:
         sched, sent, done, svc = (z[k].tolist() for k in ("scheduled", "sent", "done", "service"))
         app_idx, err = z["app"].tolist(), z["err"].tolist()
     rows = zip(app_idx, sched, sent, done, err, svc, strict=True)
+    return [_record(apps, errors, a, s, se, d, e, sv) for a, s, se, d, e, sv in rows]
+
+
+def rows_to_records(
+    apps: Sequence[str], errors: Sequence[str], flat: Sequence[float]
+) -> list[RequestRecord]:
+    """Flat rows of (app index, scheduled, sent, done, service_ms, error index or -1)."""
     return [
-        RequestRecord(apps[a], s, se, d, (d - s) * 1000.0, e < 0, errors[e] if e >= 0 else None, sv)
-        for a, s, se, d, e, sv in rows
+        _record(apps, errors, int(flat[i]), *flat[i + 1 : i + 4], int(flat[i + 5]), flat[i + 4])
+        for i in range(0, len(flat), 6)
     ]
+
+
+def _record(
+    apps: Sequence[str],
+    errors: Sequence[str],
+    a: int,
+    s: float,
+    se: float,
+    d: float,
+    e: int,
+    sv: float,
+) -> RequestRecord:
+    return RequestRecord(
+        apps[a], s, se, d, (d - s) * 1000.0, e < 0, errors[e] if e >= 0 else None, sv
+    )
 
 
 @dataclass(frozen=True)

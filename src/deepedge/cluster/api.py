@@ -30,6 +30,7 @@ class DeviceUsage:
     cpu_seconds: float
     memory_bytes: int | None
     throttled_periods: int | None
+    throttled_s: float | None = None
 
 
 class DeviceHandle(Protocol):

@@ -194,10 +194,12 @@ class LocalDevice:
 
     def usage(self) -> DeviceUsage:
         if self._driver:
+            periods, throttled_ns = self._driver.cpu_throttled(self._group)
             return DeviceUsage(
                 cpu_seconds=self._driver.cpu_usage_ns(self._group) / 1e9,
                 memory_bytes=self._driver.memory_usage_bytes(self._group),
-                throttled_periods=self._driver.cpu_throttled(self._group)[0],
+                throttled_periods=periods,
+                throttled_s=throttled_ns / 1e9,
             )
         cpu, rss = 0.0, 0
         for pid in self.pids():
