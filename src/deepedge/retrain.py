@@ -1,8 +1,9 @@
-"""One re-training job on a running edge session: exclude, probe, plan, train per policy.
+"""One re-training job on a running edge session: exclude, profile, plan, train per policy.
 
 Shared by ``deepedge demo``, ``deepedge train`` and the benchmarks, so every number they
-report comes from the same steps: memory filter → timed probe on each remaining device
-(under its live LC load) → plans → DDP runs from the same starting weights.
+report comes from the same steps: memory filter → throughput profile of each remaining
+device under its live LC load (reused from the knowledge base when still valid) and the
+all-reduce model → plans → DDP runs from the same starting weights.
 """
 
 from __future__ import annotations
@@ -11,24 +12,37 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from deepedge.data import ArrayDataset
 from deepedge.errors import PlanInfeasible
-from deepedge.models import estimate_training_memory_mb
+from deepedge.models import estimate_training_memory_mb, model_signature
 from deepedge.plan import (
     equal_split,
     fastest_single,
-    lower_bound_s,
+    lower_bound_from_models,
     memory_exclusions,
-    proportional_split,
+    profiled_split,
+    with_prediction,
+)
+from deepedge.profile import (
+    DEFAULT_KB_PATH,
+    CommModel,
+    DeviceProfile,
+    KnowledgeBase,
+    ProfileSettings,
+    default_batches,
+    fabric_key,
+    measure_comm,
+    measure_profiles,
+    profile_key,
 )
 from deepedge.session import EdgeSession
 from deepedge.spec import ExcludedDevice, JobSpec, Plan
 from deepedge.train.local import job_model
-from deepedge.train.pool import ProbeResult, TrainRun
+from deepedge.train.pool import TrainRun
 
 __all__ = ["POLICIES", "Planning", "Retraining"]
 
@@ -37,15 +51,27 @@ POLICIES = ("proportional", "equal", "fastest-single")
 
 @dataclass(frozen=True)
 class Planning:
-    probes: dict[str, ProbeResult]
+    profiles: dict[str, DeviceProfile]
+    comm: CommModel | None
     excluded: list[ExcludedDevice]
     plans: dict[str, Plan]
     lower_bound_s: float
     total_samples: int
+    profiling_s: float  # wall time of profiling, near 0 when everything was reused
+    comm_reused: bool = False
+    grad_bytes: int = 0  # what one all-reduce moves per step
 
     @property
     def throughput(self) -> dict[str, float]:
-        return {n: p.samples_per_s for n, p in self.probes.items()}
+        """Samples/s of each profiled device at the share the first plan gives it
+        (or at its largest measured batch where that plan leaves it out)."""
+        plan = next(iter(self.plans.values()), None)
+        shares = plan.local_batches if plan else {}
+        return {n: p.samples_per_s(shares.get(n, max(p.timings))) for n, p in self.profiles.items()}
+
+    def comm_s(self, workers: int) -> float:
+        """Predicted all-reduce seconds per step over ``workers`` devices."""
+        return self.comm.predict(workers, self.grad_bytes) if self.comm else 0.0
 
 
 @dataclass
@@ -54,6 +80,9 @@ class Retraining:
     job: JobSpec
     train_set: ArrayDataset
     initial_state: dict[str, torch.Tensor]
+    kb: KnowledgeBase | None = None
+    """Where profiles are reused from and stored; the user's default knowledge base if None."""
+    profile_settings: ProfileSettings = field(default_factory=ProfileSettings)
 
     def __post_init__(self) -> None:
         # A fresh name per job: agents cache data sets by path for the session's lifetime.
@@ -63,6 +92,14 @@ class Retraining:
         self.data_path = self.train_set.save(data_dir / "train.npz")
         self.state_path = data_dir / "initial-state.pt"
         torch.save(self.initial_state, self.state_path)
+        if self.kb is None:
+            self.kb = KnowledgeBase(DEFAULT_KB_PATH)
+        model = job_model(self.job, self.train_set)
+        self.grad_bytes = sum(p.numel() * 4 for p in model.parameters())
+        # the optimiser is part of the step's cost, so part of what a profile is valid for
+        self.workload = (
+            f"{model_signature(model, self.train_set.images.shape[1:])}/{self.job.optimizer.name}"
+        )
 
     def required_memory_mb(self) -> dict[str, float]:
         """Worker runtime (measured) + data + model, optimiser, activations at the whole batch.
@@ -79,43 +116,96 @@ class Retraining:
         data_mb = self.train_set.images.nbytes * 5 / 2**20
         return {n: rt + job_mb + data_mb for n, rt in self.session.agents.runtime_mb.items()}
 
-    def plan(self, policies: Sequence[str] = POLICIES, *, probe_steps: int = 5) -> Planning:
+    def plan(
+        self,
+        policies: Sequence[str] = POLICIES,
+        *,
+        refresh: bool = False,
+        on_point: Callable[[str, object], None] | None = None,
+    ) -> Planning:
+        """Profile (or reuse profiles), then build each policy's plan from the same models."""
+        assert self.kb is not None
         spec = self.session.spec
         excluded = memory_exclusions(spec.devices, spec.apps, self.required_memory_mb())
-        usable = [d.name for d in spec.devices if d.name not in {e.device for e in excluded}]
+        usable = [d for d in spec.devices if d.name not in {e.device for e in excluded}]
         if not usable:
             raise PlanInfeasible(
                 "no device can hold the job: "
                 + "; ".join(f"{e.device}: {e.reason}" for e in excluded),
                 hint="use a smaller model or global batch, or add devices with more memory",
             )
-        probe_batch = max(1, math.ceil(self.job.global_batch / len(usable)))
-        probes = self.session.agents.probe(
+        emulation = self.session.cluster.mode.value
+        keys = {d.name: profile_key(d, spec, self.workload, emulation) for d in usable}
+        batches = default_batches(
+            {d.name: d.cpu_cores or 1.0 for d in usable}, self.job.global_batch
+        )
+        started = time.monotonic()
+        profiles, failed = measure_profiles(
+            self.session.agents,
+            self.kb,
+            keys,
             self.job,
             self.data_path,
-            dict.fromkeys(usable, probe_batch),
-            steps=probe_steps,
+            batches=batches,
+            refresh=refresh,
             state=self.state_path,
+            settings=self.profile_settings,
+            on_point=on_point,
         )
-        throughput = {n: p.samples_per_s for n, p in probes.items()}
+        excluded += [
+            ExcludedDevice(device=n, reason=f"failed while profiling: {why}")
+            for n, why in failed.items()
+        ]
+        if not profiles:
+            raise PlanInfeasible(
+                "every device failed while profiling: "
+                + "; ".join(f"{n}: {why}" for n, why in failed.items()),
+                hint="see the agents' logs in the session's logs/ folder",
+            )
+        share = {
+            n: p.samples_per_s(self.job.global_batch / len(profiles)) for n, p in profiles.items()
+        }
+        fastest_first = sorted(profiles, key=lambda n: -share[n])
+        comm, comm_reused = measure_comm(
+            self.session.agents,
+            self.kb,
+            fabric_key(spec, fastest_first, emulation),
+            fastest_first,
+            self.grad_bytes,
+            refresh=refresh,
+        )
+        profiling_s = time.monotonic() - started
+        models = {n: p.model for n, p in profiles.items()}
+
+        def comm_s(k: int) -> float:
+            return comm.predict(k, self.grad_bytes) if comm else 0.0
+
+        B = self.job.global_batch
         builders: dict[str, Callable[[], Plan]] = {
-            "proportional": lambda: proportional_split(
-                throughput, self.job.global_batch, excluded=excluded
+            "proportional": lambda: profiled_split(
+                models, B, excluded=excluded, comm_s=comm_s(len(models))
             ),
-            "equal": lambda: equal_split(
-                usable, self.job.global_batch, excluded=excluded, throughput=throughput
+            "equal": lambda: with_prediction(
+                equal_split(list(models), B, excluded=excluded), models, comm_s(len(models))
             ),
-            "fastest-single": lambda: fastest_single(
-                throughput, self.job.global_batch, excluded=excluded
+            "fastest-single": lambda: with_prediction(
+                fastest_single(
+                    {n: p.samples_per_s(B) for n, p in profiles.items()}, B, excluded=excluded
+                ),
+                models,
             ),
         }
         total = self.job.epochs * len(self.train_set)
         return Planning(
-            probes,
+            profiles,
+            comm,
             excluded,
             {p: builders[p]() for p in policies},
-            lower_bound_s(total, throughput),
+            lower_bound_from_models(models, len(self.train_set), B, self.job.epochs),
             total,
+            profiling_s,
+            comm_reused,
+            self.grad_bytes,
         )
 
     def run(

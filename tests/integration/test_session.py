@@ -1,4 +1,4 @@
-"""End to end on a real 2-device emulated cluster: probe, plan, uneven DDP, LC load, teardown.
+"""End to end on a real 2-device emulated cluster: profile, plan, uneven DDP, LC load, teardown.
 
 One session is shared by the module's tests (booting devices costs seconds).
 """
@@ -22,6 +22,7 @@ from deepedge.cluster.cgroups import PARENT
 from deepedge.data import build_dataset
 from deepedge.errors import TrainingError
 from deepedge.models import build_model
+from deepedge.profile import KnowledgeBase, ProfileSettings
 from deepedge.retrain import Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import ClusterSpec, JobSpec
@@ -32,11 +33,12 @@ pytestmark = [needs_cgroups, pytest.mark.root, pytest.mark.timeout(300)]
 
 CLUSTER = {
     "name": "it",
+    "cpu_period_us": 5000,
     "devices": [{"name": "fast", "kind": "orin-nano"}, {"name": "slow", "kind": "jetson-nano"}],
     "apps": [{"name": "cam", "device": "slow", "rate_rps": 10, "deadline_ms": 200}],
 }
 JOB = {
-    "model": {"arch": "small_cnn", "width": 8},
+    "model": {"arch": "small_cnn", "width": 16},
     "dataset": {"kind": "synthetic", "train_size": 200, "test_size": 50, "image_size": 16},
     "epochs": 2,
     "global_batch": 48,
@@ -53,21 +55,35 @@ def session(tmp_path_factory):
         assert not any(d.exists() for d in s.cluster.driver.dirs(dev._group))
 
 
+FAST = ProfileSettings(min_steps=3, max_steps=6, max_s=1.0)
+
+
 @pytest.fixture(scope="module")
-def retraining(session):
+def retraining(session, tmp_path_factory):
     job = JobSpec.model_validate(JOB)
     train_set = build_dataset(job.dataset, "train", drifted=True)
     torch.manual_seed(0)
     model = build_model(job.model, in_channels=3, num_classes=train_set.num_classes, image_size=16)
-    return Retraining(session, job, train_set, model.state_dict())
+    kb = KnowledgeBase(tmp_path_factory.mktemp("kb") / "kb.sqlite")
+    return Retraining(session, job, train_set, model.state_dict(), kb=kb, profile_settings=FAST)
 
 
-def test_probe_sees_the_faster_device(retraining):
+def test_profiles_see_the_faster_device_and_are_reused(retraining):
     planning = retraining.plan(("proportional", "equal"))
     tp = planning.throughput
     assert tp["fast"] > 1.5 * tp["slow"], tp  # 0.495 vs 0.143 host cores
     prop = planning.plans["proportional"].local_batches
-    assert prop["fast"] > prop["slow"] and sum(prop.values()) == 48
+    assert prop["fast"] > prop.get("slow", 0) and sum(prop.values()) == 48
+    if "slow" not in prop:  # its fixed cost per step can exceed the fast device's whole step
+        assert "too slow" in planning.plans["proportional"].excluded[0].reason
+    for prof in planning.profiles.values():
+        assert not prof.reused and len(prof.timings) >= 2
+        assert all(m > 50 for m in prof.memory_mb.values())  # a torch process's peak RSS
+    assert planning.comm is not None and planning.comm.predict(2, planning.grad_bytes) > 0
+    # the same job again: everything comes from the knowledge base, nothing is re-measured
+    again = retraining.plan(("proportional",))
+    assert all(p.reused for p in again.profiles.values()) and again.comm_reused
+    assert again.plans["proportional"].local_batches == prop
 
 
 def test_uneven_ddp_run_follows_the_plan_and_checkpoints(retraining, session):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["METRICS", "Labels", "MetricInfo", "Sample", "series_key"]
+__all__ = ["METRICS", "Labels", "MetricInfo", "Sample"]
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -38,7 +38,9 @@ class Sample:
     @classmethod
     def of(cls, metric: str, value: float, ts: float, **labels: object) -> Sample:
         """Build a sample with labels given as keywords (values are turned into strings)."""
-        return cls(metric, float(value), float(ts), tuple(sorted((k, str(v)) for k, v in labels.items())))
+        return cls(
+            metric, float(value), float(ts), tuple(sorted((k, str(v)) for k, v in labels.items()))
+        )
 
     @property
     def label_dict(self) -> dict[str, str]:
@@ -47,11 +49,7 @@ class Sample:
     @property
     def key(self) -> tuple[str, Labels]:
         """The series this sample belongs to."""
-        return series_key(self.metric, self.labels)
-
-
-def series_key(metric: str, labels: Labels) -> tuple[str, Labels]:
-    return (metric, labels)
+        return (self.metric, self.labels)
 
 
 @dataclass(frozen=True)
@@ -74,10 +72,20 @@ _ALL = [
     # the machine running the coordinator (all emulated devices share it)
     _m("deepedge_host_cpu_utilization_ratio", "gauge", "ratio", "Host CPU busy share, all cores."),
     _m("deepedge_host_cpu_count", "gauge", "", "Logical CPUs of the host."),
-    _m("deepedge_host_memory_used_bytes", "gauge", "bytes", "Host memory in use (total - available)."),
+    _m(
+        "deepedge_host_memory_used_bytes",
+        "gauge",
+        "bytes",
+        "Host memory in use (not available).",
+    ),
     _m("deepedge_host_memory_total_bytes", "gauge", "bytes", "Host physical memory."),
-    _m("deepedge_host_network_sent_bytes_total", "counter", "bytes", "Bytes sent, all NICs."),
-    _m("deepedge_host_network_received_bytes_total", "counter", "bytes", "Bytes received, all NICs."),
+    _m("deepedge_host_network_sent_bytes_total", "counter", "bytes", "Bytes sent."),
+    _m(
+        "deepedge_host_network_received_bytes_total",
+        "counter",
+        "bytes",
+        "Bytes received.",
+    ),
     _m("deepedge_host_disk_read_bytes_total", "counter", "bytes", "Bytes read from all disks."),
     _m("deepedge_host_disk_written_bytes_total", "counter", "bytes", "Bytes written to all disks."),
     # emulated devices (cgroups), label device
@@ -120,6 +128,12 @@ _ALL = [
         "gauge",
         "celsius",
         "Temperature of one sensor, label sensor (tegrastats).",
+    ),
+    _m(
+        "deepedge_jetson_power_watts",
+        "gauge",
+        "watts",
+        "Instantaneous power of one rail, label rail (tegrastats).",
     ),
     # latency-critical apps, label app
     _m("deepedge_app_requests_total", "counter", "", "Completed LC requests (ok or failed)."),

@@ -8,13 +8,14 @@ from deepedge.train.checkpoint import (
 )
 from deepedge.train.ddp import StepRecord, build_optimizer, global_batch_loss, wrap_ddp
 from deepedge.train.local import evaluate, job_model, train_local
-from deepedge.train.pool import AgentPool, ProbeResult, TrainRun
+from deepedge.train.pool import AgentPool, ProfilePointResult, ProfileResults, TrainRun
 from deepedge.train.sampler import UnevenBatchSampler, split_batch
 
 __all__ = [
     "AgentPool",
     "CheckpointManager",
-    "ProbeResult",
+    "ProfilePointResult",
+    "ProfileResults",
     "StepRecord",
     "TrainRun",
     "UnevenBatchSampler",

@@ -1,7 +1,7 @@
 """The training agent: one long-lived process per device, inside the device's fence.
 
 It imports torch once (seconds on a slow board) and then runs what the coordinator asks:
-a throughput probe, or its rank of a DDP run. Messages are dicts over a
+a throughput profile, an all-reduce timing, or its rank of a DDP run. Messages are dicts over a
 ``multiprocessing.connection`` socket to the coordinator (loopback, or the bridge with
 per-device network namespaces), authenticated with a per-session key.
 On the Ray backend the same operations become methods of a per-node actor.
@@ -13,14 +13,15 @@ Run as ``python -m deepedge.train.agent --address HOST:PORT --device NAME`` with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import math
 import os
 import resource
-import statistics
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ import torch.distributed as dist
 
 from deepedge.data import ArrayDataset
 from deepedge.errors import DeepEdgeError
-from deepedge.spec import JobSpec
+from deepedge.profile.stats import TimingSummary
+from deepedge.spec import JobSpec, OptimizerSpec
 from deepedge.train.checkpoint import CheckpointManager
 from deepedge.train.ddp import CpuPacer, build_optimizer, run_epochs, select_backend, wrap_ddp
 from deepedge.train.local import job_model
@@ -57,15 +59,45 @@ def _model(job: JobSpec, ds: ArrayDataset, state_path: str | None) -> torch.nn.M
     return model
 
 
-def probe(msg: dict[str, Any]) -> dict[str, Any]:
-    """Time single-process training steps at one batch size, on this device as loaded now."""
+def _peak_memory_reset(device: torch.device) -> None:
+    """Start a fresh peak-memory window: CUDA's allocator peak, or the kernel's VmHWM."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    # "5" resets the peak RSS (Linux >= 4.0); without it the peak is the lifetime one
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def profile(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
+    """Time single-process training steps at each batch size, on this device as loaded now.
+
+    Per batch size: ``warmup`` untimed steps, then timed steps until the median's 95 %
+    confidence interval is within ``rel_tol`` (at least ``min_steps``, at most
+    ``max_steps`` or ``max_s`` seconds), and the peak memory of those steps. Each batch
+    size's result is sent as an event as soon as it is measured, so a device that dies
+    half-way leaves the finished batch sizes with the coordinator.
+    """
     job = JobSpec.model_validate(msg["job"])
     x, y, ds = _dataset(msg["data"])
-    model = _model(job, ds, msg.get("state"))
+    device = torch.device("cpu")  # the emulated devices share the host; CUDA comes with Jetson
+    model = _model(job, ds, msg.get("state")).to(device)
     opt = build_optimizer(model.parameters(), job.optimizer)
-    batch, times = int(msg["batch"]), []
     gen = torch.Generator().manual_seed(0)
-    for i in range(int(msg["warmup"]) + int(msg["steps"])):
+
+    def step(batch: int) -> float:
         idx = torch.randint(0, len(x), (batch,), generator=gen)
         t0 = time.perf_counter()
         opt.zero_grad()
@@ -73,21 +105,38 @@ def probe(msg: dict[str, Any]) -> dict[str, Any]:
         opt.step()
         if _pacer:  # the fallback's slowdown is part of the step
             _pacer()
-        if i >= int(msg["warmup"]):
-            times.append(time.perf_counter() - t0)
-    return {
-        "batch": batch,
-        "step_times": times,
-        "median_step_s": statistics.median(times),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-    }
+        return time.perf_counter() - t0
+
+    points = []
+    for batch in (int(b) for b in msg["batches"]):
+        started = time.monotonic()
+        _peak_memory_reset(device)
+        for _ in range(int(msg["warmup"])):
+            step(batch)
+        times: list[float] = []
+        timed_from = time.monotonic()
+        while len(times) < int(msg["max_steps"]):
+            times.append(step(batch))
+            if len(times) >= int(msg["min_steps"]) and (
+                TimingSummary.of(times).rel_halfwidth <= float(msg["rel_tol"])
+                or time.monotonic() - timed_from > float(msg["max_s"])
+            ):
+                break
+        point = {
+            "batch": batch,
+            "step_times": times,
+            "peak_memory_mb": _peak_memory_mb(device),
+            "cost_s": time.monotonic() - started,
+        }
+        points.append(point)
+        conn.send({"event": "point", **point})
+    return {"points": points}
 
 
-def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
-    """Run this device's rank of a DDP job; rank 0 writes the per-epoch checkpoints."""
-    job = JobSpec.model_validate(msg["job"])
+@contextlib.contextmanager
+def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, int, torch.device]]:
+    """Join the run's process group through the coordinator's store; leave it on exit."""
     rank, world = int(msg["rank"]), int(msg["world"])
-    x, y, ds = _dataset(msg["data"])
     store = dist.TCPStore(
         msg["store_host"],
         int(msg["store_port"]),
@@ -103,45 +152,91 @@ def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
         timeout=datetime.timedelta(seconds=120),
     )
     try:
-        model = _model(job, ds, msg.get("state"))
-        wrapped = wrap_ddp(model, device)
-        x, y = x.to(device), y.to(device)
-        optimizer = build_optimizer(wrapped.module.parameters(), job.optimizer)
-        ckpts = CheckpointManager(Path(msg["checkpoint_dir"])) if rank == 0 else None
-
-        def on_epoch_end(epoch: int) -> None:
-            if ckpts is not None:
-                ckpts.save(
-                    epoch,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "local_batches": msg["local_batches"],
-                        "job": msg["job"],
-                    },
-                )
-
-        def on_step(rec: Any) -> None:
-            if rank == 0:
-                conn.send({"event": "step", "epoch": rec.epoch, "step": rec.step})
-
-        records = run_epochs(
-            wrapped,
-            optimizer,
-            x,
-            y,
-            rank=rank,
-            local_batches=msg["local_batches"],
-            seed=job.seed,
-            epochs=range(job.epochs),
-            on_step=on_step,
-            on_epoch_end=on_epoch_end,
-            pace=_pacer,
-        )
-        dist.barrier()
+        yield rank, world, device
     finally:
         dist.destroy_process_group()
+
+
+def allreduce(msg: dict[str, Any]) -> dict[str, Any]:
+    """Time SUM all-reduces of float32 buffers of each size, as DDP's gradient sync does.
+
+    A barrier precedes every timed call, so each duration runs from this rank's release
+    to the end of the collective; the coordinator takes the shortest across ranks (the
+    last rank released), which is the collective's own cost once everyone has arrived.
+    """
+    with _process_group(msg) as (_, _, device):
+        result = {}
+        for nbytes in (int(n) for n in msg["sizes"]):
+            buf = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
+            times = []
+            for i in range(int(msg["warmup"]) + int(msg["repeats"])):
+                dist.barrier()
+                t0 = time.perf_counter()
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= int(msg["warmup"]):
+                    times.append(time.perf_counter() - t0)
+            result[str(nbytes)] = times
+    return {"times": result}
+
+
+def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
+    """Run this device's rank of a DDP job."""
+    job = JobSpec.model_validate(msg["job"])
+    x, y, ds = _dataset(msg["data"])
+    with _process_group(msg) as (rank, _, device):
+        return _train_rank(job, x, y, ds, rank, device, msg, conn)
+
+
+def _train_rank(
+    job: JobSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ds: ArrayDataset,
+    rank: int,
+    device: torch.device,
+    msg: dict[str, Any],
+    conn: Connection,
+) -> dict[str, Any]:
+    """This rank's share of every epoch; rank 0 writes the per-epoch checkpoints."""
+    model = _model(job, ds, msg.get("state"))
+    wrapped = wrap_ddp(model, device)
+    x, y = x.to(device), y.to(device)
+    optimizer = build_optimizer(wrapped.module.parameters(), job.optimizer)
+    ckpts = CheckpointManager(Path(msg["checkpoint_dir"])) if rank == 0 else None
+
+    def on_epoch_end(epoch: int) -> None:
+        if ckpts is not None:
+            ckpts.save(
+                epoch,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "local_batches": msg["local_batches"],
+                    "job": msg["job"],
+                },
+            )
+
+    def on_step(rec: Any) -> None:
+        if rank == 0:
+            conn.send({"event": "step", "epoch": rec.epoch, "step": rec.step})
+
+    records = run_epochs(
+        wrapped,
+        optimizer,
+        x,
+        y,
+        rank=rank,
+        local_batches=msg["local_batches"],
+        seed=job.seed,
+        epochs=range(job.epochs),
+        on_step=on_step,
+        on_epoch_end=on_epoch_end,
+        pace=_pacer,
+    )
+    dist.barrier()
     return {"steps": [r.to_dict() for r in records]}
 
 
@@ -155,8 +250,10 @@ def _serve(conn: Connection) -> None:
         if op == "shutdown":
             return
         try:
-            if op == "probe":
-                result = probe(msg)
+            if op == "profile":
+                result = profile(msg, conn)
+            elif op == "allreduce":
+                result = allreduce(msg)
             elif op == "train":
                 result = train(msg, conn)
             else:
@@ -176,6 +273,19 @@ def _serve(conn: Connection) -> None:
             )
 
 
+def _warm_up() -> None:
+    """Pay torch's one-off lazy imports (the optimisers pull in torch._dynamo: about a
+    CPU-second) now, while the device boots without its CPU limit, instead of inside the
+    first profile or training run on a throttled board."""
+    model = torch.nn.Linear(4, 2)
+    for name in ("sgd", "adam"):
+        opt = build_optimizer(model.parameters(), OptimizerSpec(name=name))
+        torch.nn.functional.cross_entropy(
+            model(torch.ones(2, 4)), torch.zeros(2, dtype=torch.long)
+        ).backward()
+        opt.step()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--address", required=True)
@@ -189,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pace_cores:
         global _pacer
         _pacer = CpuPacer(args.pace_cores)
+    _warm_up()
     host, port = args.address.rsplit(":", 1)
     key = bytes.fromhex(os.environ["DEEPEDGE_AGENT_KEY"])
     with Client((host, int(port)), authkey=key) as conn:

@@ -1,4 +1,4 @@
-"""Coordinator side of the training agents: start one per device, probe, run DDP jobs.
+"""Coordinator side of the training agents: start one per device, profile, run DDP jobs.
 
 The coordinator hosts the torch.distributed TCPStore, so the rendezvous outlives any one
 worker (the fault-tolerance work builds on this), and watches every agent process while it
@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
@@ -30,20 +30,23 @@ from deepedge.spec import JobSpec, Plan
 from deepedge.train.checkpoint import CheckpointManager
 from deepedge.train.ddp import StepRecord
 
-__all__ = ["AgentPool", "ProbeResult", "TrainRun"]
+__all__ = ["AgentPool", "ProfilePointResult", "ProfileResults", "TrainRun"]
 
 
 @dataclass(frozen=True)
-class ProbeResult:
-    device: str
-    batch: int
-    median_step_s: float
-    step_times: list[float]
-    peak_rss_mb: float  # the agent process's peak resident memory so far (ru_maxrss)
+class ProfilePointResult:
+    """One device's timed steps at one batch size (see the agent's ``profile``)."""
 
-    @property
-    def samples_per_s(self) -> float:
-        return self.batch / self.median_step_s
+    batch: int
+    step_times: list[float]
+    peak_memory_mb: float  # peak RSS (or CUDA allocation) during these steps
+    cost_s: float  # wall time spent on this batch size, warm-up included
+
+
+@dataclass(frozen=True)
+class ProfileResults:
+    points: dict[str, list[ProfilePointResult]]  # per device, in the order measured
+    failures: dict[str, str]  # device -> why it stopped early (its finished points are kept)
 
 
 @dataclass(frozen=True)
@@ -187,12 +190,24 @@ class AgentPool:
         *,
         timeout_s: float,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        failures: dict[str, str] | None = None,
     ) -> dict[str, dict]:
-        """Send one message per device, wait for every 'done' reply, watching liveness."""
+        """Send one message per device, wait for every 'done' reply, watching liveness.
+
+        A worker that fails, dies or disconnects raises :class:`TrainingError`; with
+        ``failures`` given, its one-line reason goes there instead and the others go on
+        (independent work such as profiling, where one dead device must not void the rest).
+        """
         for name, msg in messages.items():
             self._conns[name].send(msg)
         pending = {self._conns[n]: n for n in messages}
         results: dict[str, dict[str, Any]] = {}
+
+        def fail(conn: Connection, err: TrainingError) -> None:
+            if failures is None:
+                raise err
+            failures[pending.pop(conn)] = err.one_line()
+
         deadline = time.monotonic() + timeout_s
         while pending:
             for conn in wait(list(pending), timeout=0.5):
@@ -200,54 +215,122 @@ class AgentPool:
                 try:
                     reply = conn.recv()
                 except (EOFError, ConnectionResetError):
-                    self._check_alive([name])
-                    raise TrainingError(f"lost the connection to the worker on {name!r}") from None
+                    try:
+                        self._check_alive([name])
+                        raise TrainingError(f"lost the connection to the worker on {name!r}")
+                    except TrainingError as err:
+                        fail(conn, err)
+                        continue
                 if reply.get("event") != "done":
                     if on_event:
                         on_event(name, reply)
                     continue
                 if not reply["ok"]:
-                    raise TrainingError(
-                        f"worker on {name!r} failed: {reply['error']}",
-                        hint=f"see {self._log_dir / f'agent-{name}.log'}",
+                    fail(
+                        conn,
+                        TrainingError(
+                            f"worker on {name!r} failed: {reply['error']}",
+                            hint=f"see {self._log_dir / f'agent-{name}.log'}",
+                        ),
                     )
+                    continue
                 results[name] = reply
                 del pending[conn]
-            self._check_alive(list(pending.values()))
-            if time.monotonic() > deadline:
+            for conn, name in list(pending.items()):
+                try:
+                    self._check_alive([name])
+                except TrainingError as err:
+                    fail(conn, err)
+            if time.monotonic() > deadline and pending:
                 raise TrainingError(
                     f"workers {sorted(pending.values())} did not finish in {timeout_s:.0f} s"
                 )
         return results
 
-    def probe(
+    def profile(
         self,
         job: JobSpec,
         data_path: Path,
-        batches: Mapping[str, int],
+        batches: Mapping[str, Sequence[int]],
         *,
-        steps: int = 5,
         warmup: int = 2,
+        min_steps: int = 5,
+        max_steps: int = 30,
+        rel_tol: float = 0.05,
+        max_s: float = 6.0,
         state: Path | None = None,
-        timeout_s: float = 300.0,
-    ) -> dict[str, ProbeResult]:
-        """Time training steps on every named device at once, each at its own batch size."""
+        on_point: Callable[[str, ProfilePointResult], None] | None = None,
+        timeout_s: float = 900.0,
+    ) -> ProfileResults:
+        """Time training steps at each batch size on every named device at once.
+
+        All devices run together, as they will in training, each under its own LC load.
+        ``on_point`` sees each (device, batch size) result as soon as it is measured, so a
+        caller can store it before a later batch size (or the device) fails.
+        """
         msgs = {
             name: {
-                "op": "probe",
+                "op": "profile",
                 "job": job.model_dump(mode="json"),
                 "data": str(data_path),
-                "batch": b,
-                "steps": steps,
+                "batches": list(bs),
                 "warmup": warmup,
+                "min_steps": min_steps,
+                "max_steps": max_steps,
+                "rel_tol": rel_tol,
+                "max_s": max_s,
                 "state": str(state) if state else None,
             }
-            for name, b in batches.items()
+            for name, bs in batches.items()
         }
-        replies = self._request(msgs, timeout_s=timeout_s)
+        points: dict[str, list[ProfilePointResult]] = {n: [] for n in batches}
+
+        def collect(name: str, event: dict[str, Any]) -> None:
+            if event.get("event") == "point":
+                point = ProfilePointResult(
+                    event["batch"], event["step_times"], event["peak_memory_mb"], event["cost_s"]
+                )
+                points[name].append(point)
+                if on_point:
+                    on_point(name, point)
+
+        failures: dict[str, str] = {}
+        self._request(msgs, timeout_s=timeout_s, on_event=collect, failures=failures)
+        return ProfileResults(points, failures)
+
+    def allreduce(
+        self,
+        names: Sequence[str],
+        sizes: Sequence[int],
+        *,
+        warmup: int = 2,
+        repeats: int = 7,
+        timeout_s: float = 300.0,
+    ) -> dict[int, list[float]]:
+        """Seconds per SUM all-reduce of each byte size among ``names`` (one list per size).
+
+        Each repetition's cost is the shortest duration over the ranks: from the last
+        rank's arrival to the end of the collective (see the agent's ``allreduce``).
+        """
+        assert self._store is not None, "start() first"
+        base = {
+            "op": "allreduce",
+            "world": len(names),
+            "sizes": list(sizes),
+            "warmup": warmup,
+            "repeats": repeats,
+            "store_host": self._host,
+            "store_port": self._store.port,
+            "run_id": uuid.uuid4().hex[:12],
+        }
+        replies = self._request(
+            {n: {**base, "rank": r} for r, n in enumerate(names)}, timeout_s=timeout_s
+        )
         return {
-            n: ProbeResult(n, r["batch"], r["median_step_s"], r["step_times"], r["peak_rss_mb"])
-            for n, r in replies.items()
+            size: [
+                min(rs) for rs in zip(*(replies[n]["times"][str(size)] for n in names), strict=True)
+            ]
+            for size in sizes
         }
 
     def train(
