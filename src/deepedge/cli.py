@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from deepedge.errors import CheckpointError, DeepEdgeError
@@ -27,6 +28,10 @@ app = typer.Typer(
 )
 cluster_app = typer.Typer(no_args_is_help=True, help="Emulated cluster housekeeping.")
 app.add_typer(cluster_app, name="cluster")
+profile_app = typer.Typer(
+    no_args_is_help=True, help="Throughput profiles in the knowledge base: run, list, invalidate."
+)
+app.add_typer(profile_app, name="profile")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
@@ -157,6 +162,219 @@ def train(
     console.print(
         f"trained in {run.wall_s:.1f} s (T_min {planning.lower_bound_s:.1f} s); "
         f"test accuracy {acc:.3f}; checkpoints in {run.checkpoint_dir}"
+    )
+
+
+KbOption = Annotated[
+    Path | None,
+    typer.Option("--kb", help="knowledge base file (default: $DEEPEDGE_KB or ~/.local/share)"),
+]
+
+
+def _kb_path(kb: Path | None) -> Path:
+    from deepedge.profile import DEFAULT_KB_PATH
+
+    return kb if kb is not None else DEFAULT_KB_PATH
+
+
+@profile_app.command("run")
+def profile_run(
+    cluster: Annotated[Path, typer.Argument(help="cluster spec")],
+    job: Annotated[Path, typer.Argument(help="job spec (its model, optimiser and batch)")],
+    kb: KbOption = None,
+    out: Annotated[Path, typer.Option(help="session directory")] = Path("runs/profile"),
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="measure again even where a profile is fresh")
+    ] = False,
+) -> None:
+    """Profile every device of CLUSTER for JOB under its LC load and store the results."""
+    from deepedge.data import build_dataset
+    from deepedge.profile import KnowledgeBase
+    from deepedge.retrain import Retraining
+    from deepedge.session import EdgeSession
+    from deepedge.spec import ClusterSpec, JobSpec, load_spec
+    from deepedge.train import job_model
+
+    cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
+    train_set = build_dataset(job_spec.dataset, "train", drifted=True)
+    state = job_model(job_spec, train_set).state_dict()
+    with (
+        KnowledgeBase(_kb_path(kb)) as base,
+        EdgeSession(cluster_spec, out, status=console.print) as session,
+    ):
+        retrain = Retraining(session, job_spec, train_set, state, kb=base)
+        console.print(f"profiling into {base.path} …")
+        planning = retrain.plan(
+            ("proportional",),
+            refresh=refresh,
+            on_point=lambda dev, pt: console.print(
+                f"    {dev}: batch {pt.batch}, {len(pt.step_times)} steps in {pt.cost_s:.1f} s"
+            ),
+        )
+    console.print(_profiles_table([p.profile for p in planning.profiles.values()]))
+    for e in planning.excluded:
+        console.print(f"excluded {e.device}: {e.reason}")
+    if planning.comm is not None:
+        c = planning.comm
+        console.print(
+            f"all-reduce model{' (reused)' if planning.comm_reused else ''}: "
+            f"{c.alpha_s * 1e3:.2f} ms + {c.per_worker_s * 1e3:.2f} ms·(k−1) + "
+            f"{c.per_byte_s * 1e9:.2f} ns/B·2(k−1)/k·bytes; "
+            f"{planning.grad_bytes / 2**20:.2f} MB over {len(planning.profiles)} devices → "
+            f"{planning.comm_s(len(planning.profiles)) * 1e3:.1f} ms"
+        )
+    console.print(f"profiling took {planning.profiling_s:.1f} s")
+
+
+def _profiles_table(profiles: list) -> Table:
+    from deepedge.profile import DeviceProfile, describe_key
+
+    table = Table(title="throughput profiles")
+    for col in ("id", "device", "key", "step time per batch (median, 95% CI)", "fit", "state"):
+        table.add_column(col)
+    for p in profiles:
+        if not p.points:
+            table.add_row(str(p.id), p.device_name or "", describe_key(p.key), "–", "–", "empty")
+            continue
+        d = DeviceProfile.from_profile(p.device_name or "", p, reused=True)
+        points = "\n".join(
+            f"b={b}: {s.median_s * 1e3:.0f} ms [{s.ci_low_s * 1e3:.0f}, {s.ci_high_s * 1e3:.0f}]"
+            + (f", {d.memory_mb[b]:.0f} MB" if b in d.memory_mb else "")
+            for b, s in sorted(d.timings.items())
+        )
+        fit = f"{d.model.intercept_s * 1e3:.1f} ms + {d.model.slope_s * 1e3:.2f} ms·b"
+        state = f"stale: {p.stale_reason}" if p.stale_reason else p.partial_reason or "fresh"
+        table.add_row(
+            str(p.id), p.device_name or "", describe_key(p.key), points, fit, escape(state)
+        )
+    return table
+
+
+@profile_app.command("list")
+def profile_list(
+    kb: KbOption = None,
+    all_: Annotated[bool, typer.Option("--all", help="include stale profiles")] = False,
+) -> None:
+    """List the stored throughput profiles."""
+    from deepedge.profile import KnowledgeBase
+
+    with KnowledgeBase(_kb_path(kb), create=False) as base:
+        profiles = base.profiles(include_stale=all_)
+        console.print(_profiles_table(profiles) if profiles else f"no profiles in {base.path}")
+
+
+@profile_app.command("invalidate")
+def profile_invalidate(
+    kb: KbOption = None,
+    profile_id: Annotated[int | None, typer.Option("--id", help="one profile")] = None,
+    kind: Annotated[str | None, typer.Option(help="every profile of a device kind")] = None,
+    model: Annotated[str | None, typer.Option(help="every profile of a model signature")] = None,
+    comm: Annotated[bool, typer.Option("--comm", help="also the all-reduce models")] = False,
+) -> None:
+    """Mark profiles stale so the next job measures again (nothing is deleted)."""
+    from deepedge.profile import KnowledgeBase
+
+    with KnowledgeBase(_kb_path(kb), create=False) as base:
+        n = base.invalidate(profile_id=profile_id, device_kind=kind, model_signature=model)
+        extra = f" and {base.invalidate_comm()} all-reduce measurements" if comm else ""
+    console.print(f"marked {n} profile(s){extra} stale")
+
+
+@profile_app.command("reset")
+def profile_reset(kb: KbOption = None) -> None:
+    """Move the knowledge base aside (e.g. corrupt or of another schema); keeps a backup."""
+    from deepedge.profile import KnowledgeBase
+
+    backup = KnowledgeBase.reset(_kb_path(kb))
+    console.print(f"moved to {backup}" if backup else f"nothing at {_kb_path(kb)}")
+
+
+@app.command()
+def monitor(
+    cluster: Annotated[
+        Path | None, typer.Argument(help="cluster spec to boot and watch (omit with --export)")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option(help="time-series file (default: OUT/monitor.sqlite)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="session directory")] = Path("runs/monitor"),
+    duration: Annotated[float | None, typer.Option(help="seconds; default until Ctrl-C")] = None,
+    interval: Annotated[float, typer.Option(help="sampling interval, seconds")] = 1.0,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus /metrics here (0 = any free port)")
+    ] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="write a time window of --db to this .csv or .json")
+    ] = None,
+    since: Annotated[
+        float | None, typer.Option(help="export from: unix time, or negative = seconds ago")
+    ] = None,
+    until: Annotated[
+        float | None, typer.Option(help="export until (same forms as --since)")
+    ] = None,
+    metric: Annotated[str | None, typer.Option(help="export only this metric")] = None,
+) -> None:
+    """Boot CLUSTER with its LC apps under load and watch devices and apps live.
+
+    With --export (and no CLUSTER) it writes a window of an existing --db instead.
+    """
+    import time
+
+    from rich.live import Live
+
+    from deepedge.monitor import TimeSeriesStore
+    from deepedge.monitor.live import LiveView
+    from deepedge.session import EdgeSession
+    from deepedge.spec import ClusterSpec, load_spec
+
+    if export is not None:
+        if cluster is not None:
+            raise DeepEdgeError(
+                "--export reads an existing --db; it does not boot a cluster",
+                hint="watch with `deepedge monitor CLUSTER`, then export with --db F --export",
+            )
+        source = db if db is not None else out / "monitor.sqlite"
+        if not source.exists():
+            raise DeepEdgeError(
+                f"no time-series file at {source}",
+                hint="pass --db (e.g. demo-out/run/monitor.sqlite)",
+            )
+        now = time.time()
+
+        def when(t: float | None) -> float | None:
+            return None if t is None else (now + t if t < 0 else t)
+
+        fmt = "json" if export.suffix == ".json" else "csv"
+        with TimeSeriesStore(source) as store:
+            n = store.export(export, start=when(since), end=when(until), metric=metric, fmt=fmt)
+        console.print(f"wrote {n} samples to {export}")
+        return
+    if cluster is None:
+        raise DeepEdgeError(
+            "no cluster spec given", hint="deepedge monitor examples/demo-cluster.yaml"
+        )
+    spec = load_spec(ClusterSpec, cluster)
+    session = EdgeSession(
+        spec,
+        out,
+        status=console.print,
+        agents_enabled=False,
+        monitor_interval_s=interval,
+        metrics_port=metrics_port,
+        monitor_db=db,
+    )
+    with session:
+        assert session.monitor is not None
+        view = LiveView(session.spec)
+        deadline = None if duration is None else time.monotonic() + duration
+        with Live(console=console, refresh_per_second=2) as live:
+            while deadline is None or time.monotonic() < deadline:
+                mon = session.monitor
+                live.update(view.render(mon.latest(), time.time(), mon.overhead()))
+                time.sleep(min(interval, 1.0))
+        overhead = session.monitor.overhead()
+    console.print(
+        f"samples in {session.monitor_db}; monitor overhead {100 * overhead:.2f}% of one core"
     )
 
 

@@ -18,6 +18,13 @@ from pathlib import Path
 from deepedge.apps import LoadGenerator, LoadTarget, RequestRecord, server_command, wait_ready
 from deepedge.cluster.local import LocalCluster
 from deepedge.errors import ClusterError
+from deepedge.monitor import (
+    MetricsServer,
+    Monitor,
+    TimeSeriesStore,
+    default_samplers,
+    serve_metrics,
+)
 from deepedge.spec import ClusterSpec
 from deepedge.train.pool import AgentPool
 
@@ -37,18 +44,31 @@ class Phase:
 
 @dataclass
 class EdgeSession:
-    """Context manager: ``with EdgeSession(spec, workdir) as s: s.agents.train(...)``."""
+    """Context manager: ``with EdgeSession(spec, workdir) as s: s.agents.train(...)``.
+
+    While it runs, a :class:`~deepedge.monitor.Monitor` samples every device, process and
+    LC app into ``workdir/monitor.sqlite`` (``monitor_interval_s=None`` turns it off),
+    and ``metrics_port`` (0 = any free port) serves them on ``/metrics``. With
+    ``agents=False`` no training agents start (monitoring only).
+    """
 
     spec: ClusterSpec
     workdir: Path
     force_fallback: bool = False
     seed: int = 0
     status: Callable[[str], None] = lambda msg: None
+    agents_enabled: bool = True
+    monitor_interval_s: float | None = 1.0
+    metrics_port: int | None = None
+    monitor_db: Path | None = None  # default: workdir/monitor.sqlite
     cluster: LocalCluster = field(init=False)
     agents: AgentPool = field(init=False)
     phases: list[Phase] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list)
+    monitor: Monitor | None = None
+    metrics: MetricsServer | None = None
     _loadgen: LoadGenerator | None = None
+    _store: TimeSeriesStore | None = None
 
     def __post_init__(self) -> None:
         self.cluster = LocalCluster(self.spec, force_fallback=self.force_fallback)
@@ -81,7 +101,8 @@ class EdgeSession:
                     log_path=logs / f"app-{app.name}.log",
                 )
                 servers[app.name] = (proc, ready)
-            self.agents.start()
+            if self.agents_enabled:
+                self.agents.start()
             ports = {
                 name: wait_ready(ready, proc, timeout_s=120)
                 for name, (proc, ready) in servers.items()
@@ -99,9 +120,28 @@ class EdgeSession:
                     seed=self.seed,
                 )
                 self._loadgen.start()
+            self._start_monitor()
         except BaseException:
             self.stop()
             raise
+
+    def _start_monitor(self) -> None:
+        if self.monitor_interval_s is None:
+            return
+        samplers, off = default_samplers(
+            self.cluster.devices,
+            lc_drain=self._loadgen.drain if self._loadgen else None,
+            apps=self.spec.apps,
+        )
+        if self.monitor_db is None:
+            self.monitor_db = self.workdir / "monitor.sqlite"
+        self._store = TimeSeriesStore(self.monitor_db)
+        self.monitor = Monitor(
+            samplers, store=self._store, interval_s=self.monitor_interval_s, unavailable=off
+        ).start()
+        if self.metrics_port is not None:
+            self.metrics = serve_metrics(self.monitor.latest, port=self.metrics_port)
+            self.status(f"metrics on {self.metrics.url}")
 
     def mark(self, label: str, start: float, end: float | None = None) -> Phase:
         phase = Phase(label, start, end if end is not None else time.time())
@@ -111,6 +151,14 @@ class EdgeSession:
     def stop(self) -> None:
         """Stop the load (keeping every record), the agents and the devices. Idempotent."""
         errors: list[BaseException] = []
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.monitor is not None:
+            self.monitor.stop()  # keeps the object: its overhead() stays readable
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         if self._loadgen is not None:
             try:
                 self.records.extend(self._loadgen.stop())
