@@ -32,6 +32,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/uneven_split.py
+	$(PY) bench/profile_accuracy.py
 
 clean:
 	rm -rf $(VENV) demo-out runs .pytest_cache .ruff_cache

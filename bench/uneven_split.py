@@ -1,9 +1,9 @@
 """Benchmark: the same re-training job on the same emulated devices, three splits.
 
-Policies: equal split over all devices (plain DDP), throughput-proportional split (planner
-v0) and the fastest single device. Each makespan is reported against the lower bound
-T_min = total work / Σ device throughput (from the same probe) and against the equal split
-run in the same session. Writes bench/results/uneven_split.json and .md.
+Policies: equal split over all devices (plain DDP), the split balanced by the profiled
+step-time models, and the fastest single device. Each makespan is reported against the
+lower bound T_min (each step ideally balanced over the profiled devices, no all-reduce)
+and against the equal split run in the same session. Writes bench/results/uneven_split.json and .md.
 
     .venv/bin/python bench/uneven_split.py [--quick] [--repeats N]
 """
@@ -24,6 +24,7 @@ from rich.console import Console
 
 from deepedge.data import build_dataset
 from deepedge.demo import default_specs
+from deepedge.profile import KnowledgeBase
 from deepedge.retrain import POLICIES, Retraining
 from deepedge.session import EdgeSession
 from deepedge.train import job_model
@@ -50,8 +51,9 @@ def main() -> int:
     startups: dict[str, list[float]] = {p: [] for p in POLICIES}
     step_medians: dict[str, list[float]] = {p: [] for p in POLICIES}
     with EdgeSession(cluster, args.workdir, status=console.print) as session:
-        retrain = Retraining(session, job, train_set, model.state_dict())
-        planning = retrain.plan(POLICIES)
+        kb = KnowledgeBase(args.workdir / "kb.sqlite")
+        retrain = Retraining(session, job, train_set, model.state_dict(), kb=kb)
+        planning = retrain.plan(POLICIES, refresh=True)
         console.print(
             f"T_min = {planning.lower_bound_s:.2f} s; throughput "
             f"{ {n: round(v, 1) for n, v in planning.throughput.items()} }"

@@ -27,3 +27,9 @@ def two_device_spec() -> ClusterSpec:
             ],
         }
     )
+
+
+@pytest.fixture(autouse=True)
+def _private_knowledge_base(tmp_path, monkeypatch):
+    """Commands run by tests profile into a throw-away knowledge base, not the user's."""
+    monkeypatch.setenv("DEEPEDGE_KB", str(tmp_path / "kb.sqlite"))

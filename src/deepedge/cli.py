@@ -50,6 +50,18 @@ def _main(
     )
 
 
+KbOption = Annotated[
+    Path | None,
+    typer.Option("--kb", help="knowledge base file (default: $DEEPEDGE_KB or ~/.local/share)"),
+]
+
+
+def _kb_path(kb: Path | None) -> Path:
+    from deepedge.profile import DEFAULT_KB_PATH
+
+    return kb if kb is not None else DEFAULT_KB_PATH
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="where report.json and the plots go")] = Path(
@@ -61,13 +73,23 @@ def demo(
     fallback: Annotated[
         bool, typer.Option("--fallback", help="force duty-cycle emulation")
     ] = False,
+    kb: KbOption = None,
+    refresh_profiles: Annotated[
+        bool, typer.Option("--refresh-profiles", help="profile again even if stored")
+    ] = False,
 ) -> None:
     """Train, drift, re-train on a 5-device emulated cluster under LC load; report and plot."""
     from deepedge.demo import DemoOptions, run_demo
 
     run_demo(
         DemoOptions(
-            out=out, quick=quick, cluster_path=cluster, job_path=job, force_fallback=fallback
+            out=out,
+            quick=quick,
+            cluster_path=cluster,
+            job_path=job,
+            force_fallback=fallback,
+            kb_path=kb,
+            refresh_profiles=refresh_profiles,
         ),
         console,
     )
@@ -126,9 +148,11 @@ def train(
         Path | None,
         typer.Option(help="start from this checkpoint (e.g. demo-out/base-model.ckpt)"),
     ] = None,
+    kb: KbOption = None,
 ) -> None:
     """Plan and run one re-training job on the emulated cluster, on the job's drifted data."""
     from deepedge.data import build_dataset
+    from deepedge.profile import KnowledgeBase
     from deepedge.retrain import POLICIES, Retraining
     from deepedge.session import EdgeSession
     from deepedge.spec import ClusterSpec, JobSpec, load_spec
@@ -148,8 +172,11 @@ def train(
                 f"{str(err).splitlines()[0]}",
                 hint="use the base-model.ckpt of a demo run with the same model spec",
             ) from None
-    with EdgeSession(cluster_spec, out, status=console.print) as session:
-        retrain = Retraining(session, job_spec, train_set, model.state_dict())
+    with (
+        KnowledgeBase(_kb_path(kb)) as base,
+        EdgeSession(cluster_spec, out, status=console.print) as session,
+    ):
+        retrain = Retraining(session, job_spec, train_set, model.state_dict(), kb=base)
         planning = retrain.plan((policy,))
         plan = planning.plans[policy]
         for e in plan.excluded:
@@ -163,18 +190,6 @@ def train(
         f"trained in {run.wall_s:.1f} s (T_min {planning.lower_bound_s:.1f} s); "
         f"test accuracy {acc:.3f}; checkpoints in {run.checkpoint_dir}"
     )
-
-
-KbOption = Annotated[
-    Path | None,
-    typer.Option("--kb", help="knowledge base file (default: $DEEPEDGE_KB or ~/.local/share)"),
-]
-
-
-def _kb_path(kb: Path | None) -> Path:
-    from deepedge.profile import DEFAULT_KB_PATH
-
-    return kb if kb is not None else DEFAULT_KB_PATH
 
 
 @profile_app.command("run")
@@ -207,8 +222,10 @@ def profile_run(
         planning = retrain.plan(
             ("proportional",),
             refresh=refresh,
-            on_point=lambda dev, pt: console.print(
-                f"    {dev}: batch {pt.batch}, {len(pt.step_times)} steps in {pt.cost_s:.1f} s"
+            on_run=lambda pts: console.print(
+                "    DDP run: "
+                + ", ".join(f"{n} b={p.batch}" for n, p in pts.items())
+                + f" in {next(iter(pts.values())).cost_s:.1f} s"
             ),
         )
     console.print(_profiles_table([p.profile for p in planning.profiles.values()]))

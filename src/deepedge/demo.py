@@ -25,6 +25,7 @@ from rich.table import Table
 
 from deepedge.apps import summarize_apps
 from deepedge.data import build_dataset
+from deepedge.profile import DEFAULT_KB_PATH, KnowledgeBase
 from deepedge.report import plot_lc_latency, plot_step_timeline
 from deepedge.retrain import Retraining
 from deepedge.session import EdgeSession
@@ -49,6 +50,8 @@ class DemoOptions:
     cluster_path: Path | None = None
     job_path: Path | None = None
     force_fallback: bool = False
+    kb_path: Path | None = None  # the user's knowledge base by default
+    refresh_profiles: bool = False
     base_epochs: int = 4
     base_batch: int = 32  # the deployed model was trained with small batches, off-cluster
 
@@ -145,14 +148,20 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
         f"{len(cluster.apps)} LC apps under load"
     )
     runs: dict[str, TrainRun] = {}
-    with session:
+    kb = KnowledgeBase(opts.kb_path if opts.kb_path is not None else DEFAULT_KB_PATH)
+    with kb, session:
         idle_start = time.time()
-        retrain = Retraining(session, job, drift_train, base_state)
+        retrain = Retraining(session, job, drift_train, base_state, kb=kb)
         time.sleep(max(0.0, IDLE_S - (time.time() - idle_start)))
         session.mark("idle", idle_start)
-        probe_start = time.time()
-        planning = retrain.plan(("proportional", "equal"))
-        session.mark("probe", probe_start)
+        profile_start = time.time()
+        planning = retrain.plan(("proportional", "equal"), refresh=opts.refresh_profiles)
+        session.mark("profile", profile_start)
+        reused = [n for n, p in planning.profiles.items() if p.reused]
+        console.print(
+            f"    profiles: {len(planning.profiles) - len(reused)} measured now, "
+            f"{len(reused)} reused from {kb.path} ({planning.profiling_s:.1f} s)"
+        )
         for e in planning.excluded:
             console.print(f"    excluded {e.device}: {e.reason}")
         for note in planning.plans["proportional"].notes:
@@ -181,6 +190,11 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     )
     report["demo_wall_s"] = time.time() - t_demo
     report["emulation"] = session.cluster.mode.value
+    report["monitor"] = {
+        "db": str(session.monitor_db),
+        "overhead_cores": session.monitor.overhead() if session.monitor else None,
+        "unavailable": session.monitor.unavailable if session.monitor else {},
+    }
     report["plots"] = {
         "step_timeline": str(opts.out / "step_timeline.png"),
         "lc_latency": str(opts.out / "lc_latency.png") if session.records else None,
@@ -241,6 +255,9 @@ def _report(
         "makespan_s": {p: r.wall_s for p, r in runs.items()},
         "lower_bound_s": planning.lower_bound_s,
         "throughput_samples_per_s": planning.throughput,
+        "profiles": {n: p.summary() for n, p in planning.profiles.items()},
+        "profiling_s": planning.profiling_s,
+        "comm_model": planning.comm.to_dict() if planning.comm else None,
         "plans": {p: pl.model_dump(mode="json") for p, pl in planning.plans.items()},
         "excluded": [e.model_dump() for e in planning.excluded],
         "apps": apps,
@@ -261,12 +278,12 @@ def render_tables(report: dict[str, Any]) -> Table:
     for p, acc in report["accuracy_after_by_policy"].items():
         table.add_row(f"accuracy after ({p})", f"{acc:.3f}", "")
     lb = report["lower_bound_s"]
-    table.add_row("lower bound T_min", f"{lb:.1f} s", "total work / Σ device throughput")
+    table.add_row("lower bound T_min", f"{lb:.1f} s", "each step ideally balanced, no all-reduce")
     for p, s in report["makespan_s"].items():
         table.add_row(f"re-training wall time ({p})", f"{s:.1f} s", f"{s / lb:.2f} × T_min")
     for name, a in report["apps"].items():
         for phase, st in a["phases"].items():
-            if phase == "probe":
+            if phase in ("probe", "profile"):
                 continue
             ok = st["requests"] and st["p95_ms"] <= a["deadline_ms"]
             colour = "green" if ok else "red"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -42,7 +42,7 @@ from deepedge.profile import (
 from deepedge.session import EdgeSession
 from deepedge.spec import ExcludedDevice, JobSpec, Plan
 from deepedge.train.local import job_model
-from deepedge.train.pool import TrainRun
+from deepedge.train.pool import ProfilePointResult, TrainRun
 
 __all__ = ["POLICIES", "Planning", "Retraining"]
 
@@ -121,7 +121,7 @@ class Retraining:
         policies: Sequence[str] = POLICIES,
         *,
         refresh: bool = False,
-        on_point: Callable[[str, object], None] | None = None,
+        on_run: Callable[[Mapping[str, ProfilePointResult]], None] | None = None,
     ) -> Planning:
         """Profile (or reuse profiles), then build each policy's plan from the same models."""
         assert self.kb is not None
@@ -136,9 +136,7 @@ class Retraining:
             )
         emulation = self.session.cluster.mode.value
         keys = {d.name: profile_key(d, spec, self.workload, emulation) for d in usable}
-        batches = default_batches(
-            {d.name: d.cpu_cores or 1.0 for d in usable}, self.job.global_batch
-        )
+        runs = default_batches({d.name: d.cpu_cores or 1.0 for d in usable}, self.job.global_batch)
         started = time.monotonic()
         profiles, failed = measure_profiles(
             self.session.agents,
@@ -146,11 +144,11 @@ class Retraining:
             keys,
             self.job,
             self.data_path,
-            batches=batches,
+            runs=runs,
             refresh=refresh,
             state=self.state_path,
             settings=self.profile_settings,
-            on_point=on_point,
+            on_run=on_run,
         )
         excluded += [
             ExcludedDevice(device=n, reason=f"failed while profiling: {why}")

@@ -1,9 +1,9 @@
 """Several real processes write one knowledge-base file at once: no lock errors, no loss.
 
 Two profilers add points (one key each, plus one key both share) and all-reduce points,
-while a stand-in for the monitor appends to a ``ts_samples`` table in the same file with
-its own plain sqlite3 connection. All start together on a file that does not exist yet, so
-the schema creation races too.
+while the monitor's time-series store appends samples to its own tables in the same
+file. All start together on a file that does not exist yet, so the schema creation races
+too.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import sqlite3
 import time
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+from deepedge.monitor import Sample, TimeSeriesStore
 from deepedge.profile.kb import KnowledgeBase, ProfileKey, SoftwareVersions
 
 SW = SoftwareVersions(torch="2.13.0", deepedge="0.1.0", python="3.11.7")
@@ -27,9 +29,10 @@ def _key(kind: str) -> ProfileKey:
     return ProfileKey.build(kind, {"cpu_cores": 1.0}, "0123456789abcdef", [])
 
 
-def _profiler(path: str, kind: str, start: mp.synchronize.Event, errors: mp.Queue) -> None:
+def _profiler(path: str, kind: str, start: Barrier, out: mp.Queue) -> None:
     try:
-        start.wait(30)
+        start.wait(60)  # every writer has imported everything: go together
+        began = time.time()
         with KnowledgeBase(path) as kb:
             own = kb.open_profile(_key(kind), device_name=f"{kind}-1", software=SW)
             shared = kb.open_profile(_key("shared"), software=SW)
@@ -40,68 +43,60 @@ def _profiler(path: str, kind: str, start: mp.synchronize.Event, errors: mp.Queu
                 if i < COMM_POINTS:
                     kb.add_comm_point(FABRIC, 2, 1024 * (i + 1), [0.001], software=SW)
             kb.mark_partial(own, f"{kind} done")
+        out.put((kind, began, time.time()))
     except BaseException as err:  # report to the parent instead of dying silently
-        errors.put(f"{kind}: {err!r}")
+        out.put((kind, f"{err!r}", None))
         raise
 
 
-def _monitor(path: str, start: mp.synchronize.Event, errors: mp.Queue) -> None:
+def _monitor(path: str, start: Barrier, out: mp.Queue) -> None:
     try:
-        start.wait(30)
-        conn = sqlite3.connect(path, timeout=30)
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        with conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS ts_samples (metric TEXT, labels TEXT, ts REAL, v REAL)"
-            )
-        for i in range(TS_ROWS):
-            with conn:
-                conn.execute(
-                    "INSERT INTO ts_samples VALUES (?, ?, ?, ?)",
-                    ("deepedge_step_seconds", '{"device":"a"}', time.time(), float(i)),
-                )
-        conn.close()
+        start.wait(60)
+        began = time.time()
+        with TimeSeriesStore(path) as store:
+            for i in range(TS_ROWS):
+                store.write([Sample.of("deepedge_device_cpu_seconds_total", float(i), 1e9 + i)])
+        out.put(("monitor", began, time.time()))
     except BaseException as err:
-        errors.put(f"monitor: {err!r}")
+        out.put(("monitor", f"{err!r}", None))
         raise
 
 
 def test_concurrent_writers(tmp_path: Path) -> None:
     path = str(tmp_path / "kb.sqlite")
     ctx = mp.get_context("spawn")
-    start = ctx.Event()
-    errors = ctx.Queue()
+    start = ctx.Barrier(3)
+    out = ctx.Queue()
     procs = [
-        ctx.Process(target=_profiler, args=(path, "nano", start, errors)),
-        ctx.Process(target=_profiler, args=(path, "orin", start, errors)),
-        ctx.Process(target=_monitor, args=(path, start, errors)),
+        ctx.Process(target=_profiler, args=(path, "nano", start, out)),
+        ctx.Process(target=_profiler, args=(path, "orin", start, out)),
+        ctx.Process(target=_monitor, args=(path, start, out)),
     ]
     for p in procs:
         p.start()
-    time.sleep(0.5)  # let the interpreters come up, then release them together
-    start.set()
-    for p in procs:
-        p.join(60)
-    alive = [p.pid for p in procs if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    reported = []
-    while not errors.empty():
-        reported.append(errors.get())
-    assert not alive, f"writers still running: {alive}"
-    assert reported == []
+    reports = []
+    try:
+        for _ in procs:
+            reports.append(out.get(timeout=90))
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    failed = [r for r in reports if r[2] is None]
+    assert failed == []
     assert [p.exitcode for p in procs] == [0, 0, 0]
+    # the writers really ran at the same time (else this test would prove nothing)
+    assert max(r[1] for r in reports) < min(r[2] for r in reports)
 
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert conn.execute("SELECT COUNT(*) FROM ts_samples").fetchone()[0] == TS_ROWS
-        values = [r[0] for r in conn.execute("SELECT v FROM ts_samples ORDER BY v")]
-        assert values == [float(i) for i in range(TS_ROWS)]
     finally:
         conn.close()
+    with TimeSeriesStore(path) as store:
+        values = [s.value for s in store.query("deepedge_device_cpu_seconds_total")]
+        assert values == [float(i) for i in range(TS_ROWS)]
 
     with KnowledgeBase(path, create=False) as kb:
         fresh = kb.profiles()

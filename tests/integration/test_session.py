@@ -55,7 +55,7 @@ def session(tmp_path_factory):
         assert not any(d.exists() for d in s.cluster.driver.dirs(dev._group))
 
 
-FAST = ProfileSettings(min_steps=3, max_steps=6, max_s=1.0)
+FAST = ProfileSettings(steps=4, warmup=1)
 
 
 @pytest.fixture(scope="module")

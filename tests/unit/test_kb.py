@@ -22,7 +22,9 @@ SIG = "0123456789abcdef"
 LOAD = [["cnn_inference", 20.0]]
 
 
-def key(kind: str = "jetson-nano", sig: str = SIG, hw: dict[str, object] | None = None) -> ProfileKey:
+def key(
+    kind: str = "jetson-nano", sig: str = SIG, hw: dict[str, object] | None = None
+) -> ProfileKey:
     return ProfileKey.build(kind, hw if hw is not None else HW_NANO, sig, LOAD)
 
 
@@ -258,6 +260,11 @@ def test_garbage_file_is_refused_and_untouched(tmp_path: Path) -> None:
     assert "profile reset" in info.value.one_line()
     assert str(path) in info.value.one_line()
     assert path.read_bytes() == garbage
+
+
+def test_directory_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(KnowledgeBaseError, match="is a directory"):
+        KnowledgeBase(tmp_path)
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

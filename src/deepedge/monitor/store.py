@@ -142,7 +142,7 @@ class TimeSeriesStore:
             ) from None
         try:
             db.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(db)
             db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable up to the last checkpoint
             db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as err:
@@ -360,3 +360,21 @@ def _store_error(path: Path, err: sqlite3.Error) -> MonitorError:
         f"time-series store {path} failed: {err}",
         hint="another process may hold the database locked; retry, or pass another --db path",
     )
+
+
+def _enable_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL, retrying while another process holds the lock.
+
+    The switch fails at once with "database is locked" (the busy timeout does not apply)
+    when another process, e.g. the profiler opening its knowledge base in the same file,
+    is creating or switching the database at that moment.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -331,23 +331,27 @@ class KnowledgeBase:
     # --- opening
 
     def _check_header(self) -> None:
-        """Refuse a non-SQLite file before SQLite touches it, so it is never modified."""
-        if not self.path.is_file():
-            if self.path.exists():
-                raise KnowledgeBaseError(
-                    f"knowledge base {self.path} is not a file",
-                    hint="pick a file path with --kb or $DEEPEDGE_KB",
-                )
-            return
+        """Refuse a non-SQLite file before SQLite touches it, so it is never modified.
+
+        A missing or empty file is fine: SQLite creates the database in it (another
+        process may be doing so right now, so existence is not checked separately).
+        """
+        if self.path.is_dir():
+            raise KnowledgeBaseError(
+                f"knowledge base {self.path} is a directory, not a file",
+                hint="pick a file path with --kb or $DEEPEDGE_KB",
+            )
         try:
             with self.path.open("rb") as fh:
                 head = fh.read(len(_SQLITE_MAGIC))
+        except FileNotFoundError:
+            return
         except OSError as err:
             raise KnowledgeBaseError(
                 f"cannot read knowledge base {self.path}: {err.strerror}",
                 hint="check the file's permissions",
             ) from None
-        if head and head != _SQLITE_MAGIC:
+        if not _SQLITE_MAGIC.startswith(head):  # a prefix: being written this instant
             raise KnowledgeBaseError(
                 f"knowledge base {self.path} is not a SQLite database "
                 f"(it starts with {head[:8]!r})",

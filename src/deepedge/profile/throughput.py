@@ -7,9 +7,12 @@ that answer (device kind and capacity, the host it is emulated on, the model's s
 the LC load on the device) and reused across jobs until one of those or the software
 versions change.
 
-Measured batch sizes are chosen around the share each device is expected to get (its
-catalog capacity's share of the global batch, ×½, ×1, ×2), so the fit is accurate where
-the planner will ask and a slow board is not made to grind through a fast board's batch.
+Profiles are measured in short real DDP runs over all the devices at once, at batch sizes
+around the share each device is expected to get (its catalog capacity's share of the
+global batch, ×½, ×1, ×1½): so the fit is accurate where the planner will ask, a slow
+board is not made to grind through a fast board's batch, and every device is timed in
+the regime it will train in (compute, then wait for the all-reduce while its LC app
+catches up).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from deepedge.errors import TrainingError
 from deepedge.profile.kb import KnowledgeBase, Profile, ProfileKey
 from deepedge.profile.stats import AffineModel, TimingSummary
 from deepedge.spec import ClusterSpec, DeviceSpec, JobSpec
@@ -31,23 +37,26 @@ __all__ = [
     "ProfileSettings",
     "default_batches",
     "describe_key",
+    "expected_step_s",
     "host_fingerprint",
     "measure_profiles",
     "profile_key",
 ]
 
-SHARE_FACTORS = (0.5, 1.0, 2.0)
+SHARE_FACTORS = (0.5, 1.0, 1.5)
 
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    """How hard to measure: see the agent's ``profile`` op for each knob."""
+    """How much to measure: DDP steps per batch size, after ``warmup`` untimed ones.
 
-    warmup: int = 2
-    min_steps: int = 5
-    max_steps: int = 30
-    rel_tol: float = 0.05
-    max_s: float = 6.0
+    On the emulated cluster one step's compute varies by 10-20 % (CFS throttling, the LC
+    app's Poisson load, the shared host), so the median of 16 steps is good to about
+    ±5 %; fewer steps profile faster and less exactly.
+    """
+
+    steps: int = 16
+    warmup: int = 3
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,13 @@ class DeviceProfile:
 
     def samples_per_s(self, batch: float) -> float:
         return self.model.throughput(batch)
+
+    def relative_spread(self) -> np.ndarray:
+        """Every measured step time over its batch size's median: the step-to-step noise."""
+        latest = {p.batch: p for p in self.profile.points}
+        return np.concatenate(
+            [np.asarray(p.step_times_s) / self.timings[b].median_s for b, p in latest.items()]
+        )
 
     def summary(self) -> dict[str, object]:
         """Plain dict for reports."""
@@ -126,14 +142,15 @@ def profile_key(
 
 def default_batches(
     cores: Mapping[str, float], global_batch: int, factors: Sequence[float] = SHARE_FACTORS
-) -> dict[str, list[int]]:
-    """Batch sizes to measure per device: its expected share of the batch × ``factors``."""
+) -> list[dict[str, int]]:
+    """One profiling run per factor: each device at its expected share × the factor.
+
+    The expected share is the device's catalog capacity's share of the global batch.
+    """
     total = sum(cores.values())
-    out = {}
-    for name, c in cores.items():
-        share = global_batch * c / total
-        out[name] = sorted({min(global_batch, max(1, round(share * f))) for f in factors})
-    return out
+    return [
+        {n: max(1, round(global_batch * c / total * f)) for n, c in cores.items()} for f in factors
+    ]
 
 
 def measure_profiles(
@@ -143,21 +160,24 @@ def measure_profiles(
     job: JobSpec,
     data_path: Path,
     *,
-    batches: Mapping[str, Sequence[int]],
+    runs: Sequence[Mapping[str, int]],
     refresh: bool = False,
     state: Path | None = None,
     settings: ProfileSettings = ProfileSettings(),
-    on_point: Callable[[str, ProfilePointResult], None] | None = None,
+    on_run: Callable[[Mapping[str, ProfilePointResult]], None] | None = None,
 ) -> tuple[dict[str, DeviceProfile], dict[str, str]]:
     """Profiles for the named devices: reused from ``kb`` where fresh, measured otherwise.
 
-    A stored profile is reused when it has at least two measured batch sizes (enough for
-    the fit) and is not partial; ``refresh`` measures again regardless. Every measured
-    point is written to the knowledge base the moment it arrives. A device that dies or
-    fails while profiling keeps its finished points, its profile is marked partial, and
-    it is returned in the second dict with the reason (and not in the first).
+    Measuring means short real DDP runs (see :meth:`AgentPool.profile`), one per entry
+    of ``runs`` (device → local batch). Every device of ``keys`` takes part, so each is
+    measured in the company it will train in, but only the devices without a usable
+    stored profile (at least two batch sizes, not partial) record points, unless
+    ``refresh``. Points are written to the knowledge base after every run. A device
+    that dies or fails keeps the points of the runs before, its profile is marked
+    partial, and it is returned in the second dict (and not the first); the run it
+    broke is repeated without it.
     """
-    ids: dict[str, int] = {}
+    measure: dict[str, int] = {}
     reused: dict[str, DeviceProfile] = {}
     for name, key in keys.items():
         stored = kb.profile_for(key)
@@ -169,44 +189,79 @@ def measure_profiles(
         ):
             reused[name] = DeviceProfile.from_profile(name, stored, reused=True)
         else:
-            ids[name] = kb.open_profile(key, device_name=name)
-    if not ids:
+            measure[name] = kb.open_profile(key, device_name=name)
+    if not measure:
         return reused, {}
-
-    def store(name: str, point: ProfilePointResult) -> None:
-        kb.add_point(
-            ids[name], point.batch, point.step_times, point.peak_memory_mb, cost_s=point.cost_s
-        )
-        if on_point:
-            on_point(name, point)
-
-    result = agents.profile(
-        job,
-        data_path,
-        {n: batches[n] for n in ids},
-        warmup=settings.warmup,
-        min_steps=settings.min_steps,
-        max_steps=settings.max_steps,
-        rel_tol=settings.rel_tol,
-        max_s=settings.max_s,
-        state=state,
-        on_point=store,
-    )
-    failed = {}
-    for name, reason in result.failures.items():
-        done = len(result.points[name])
-        kb.mark_partial(
-            ids[name],
-            f"device {name!r} stopped after {done} of {len(batches[name])} batch sizes: "
-            + reason,
-        )
-        failed[name] = reason
+    failed: dict[str, str] = {}
+    done = 0
+    for run in runs:
+        for _attempt in range(2):
+            members = {n: b for n, b in run.items() if n in keys and n not in failed}
+            if not members:
+                break
+            result = agents.profile(
+                job,
+                data_path,
+                members,
+                steps=settings.steps,
+                warmup=settings.warmup,
+                state=state,
+            )
+            dead = agents.dead_devices()
+            for name in dead & set(members):
+                failed[name] = result.failures.get(name, "the worker died")
+                if name in measure:
+                    kb.mark_partial(
+                        measure[name],
+                        f"device {name!r} failed after {done} of {len(runs)} profiling runs: "
+                        + failed[name],
+                    )
+            if result.failures and not dead & set(members):  # not a death: a real error
+                name, why = next(iter(result.failures.items()))
+                raise TrainingError(f"profiling failed on {name!r}: {why}")
+            if result.failures:
+                continue  # repeat the run without the dead devices
+            for name, point in result.points.items():
+                if name in measure:
+                    kb.add_point(
+                        measure[name],
+                        point.batch,
+                        point.step_times,
+                        point.peak_memory_mb,
+                        cost_s=point.cost_s,
+                    )
+            if on_run:
+                on_run(result.points)
+            break
+        done += 1
     profiles = dict(reused)
-    for name, pid in ids.items():
+    for name, pid in measure.items():
         if name not in failed:
             kb.mark_partial(pid, None)
             profiles[name] = DeviceProfile.from_profile(name, kb.get(pid), reused=False)
     return profiles, failed
+
+
+def expected_step_s(
+    profiles: Mapping[str, DeviceProfile],
+    local_batches: Mapping[str, int],
+    comm_s: float = 0.0,
+    *,
+    draws: int = 4000,
+    seed: int = 0,
+) -> float:
+    """Expected synchronous step time: E[max_i compute_i] + all-reduce.
+
+    The slowest device decides every step, and with noisy step times the expected
+    maximum exceeds the largest median (five devices at 15 % noise: about +20 %). Each
+    device's noise is resampled from its own profile's measured spread.
+    """
+    rng = np.random.default_rng(seed)
+    cols = [
+        profiles[n].step_s(b) * rng.choice(profiles[n].relative_spread(), draws)
+        for n, b in local_batches.items()
+    ]
+    return float(np.mean(np.max(np.column_stack(cols), axis=1))) + comm_s
 
 
 def describe_key(key: ProfileKey) -> str:

@@ -1,9 +1,10 @@
 """The training agent: one long-lived process per device, inside the device's fence.
 
 It imports torch once (seconds on a slow board) and then runs what the coordinator asks:
-a throughput profile, an all-reduce timing, or its rank of a DDP run. Messages are dicts over a
-``multiprocessing.connection`` socket to the coordinator (loopback, or the bridge with
-per-device network namespaces), authenticated with a per-session key.
+an all-reduce timing, or its rank of a DDP run (training, or profiling with a step
+limit). Messages are dicts over a ``multiprocessing.connection`` socket to the
+coordinator (loopback, or the bridge with per-device network namespaces), authenticated
+with a per-session key.
 On the Ray backend the same operations become methods of a per-node actor.
 
 Run as ``python -m deepedge.train.agent --address HOST:PORT --device NAME`` with the key in
@@ -32,7 +33,6 @@ import torch.distributed as dist
 
 from deepedge.data import ArrayDataset
 from deepedge.errors import DeepEdgeError
-from deepedge.profile.stats import TimingSummary
 from deepedge.spec import JobSpec, OptimizerSpec
 from deepedge.train.checkpoint import CheckpointManager
 from deepedge.train.ddp import CpuPacer, build_optimizer, run_epochs, select_backend, wrap_ddp
@@ -79,58 +79,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def profile(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
-    """Time single-process training steps at each batch size, on this device as loaded now.
-
-    Per batch size: ``warmup`` untimed steps, then timed steps until the median's 95 %
-    confidence interval is within ``rel_tol`` (at least ``min_steps``, at most
-    ``max_steps`` or ``max_s`` seconds), and the peak memory of those steps. Each batch
-    size's result is sent as an event as soon as it is measured, so a device that dies
-    half-way leaves the finished batch sizes with the coordinator.
-    """
-    job = JobSpec.model_validate(msg["job"])
-    x, y, ds = _dataset(msg["data"])
-    device = torch.device("cpu")  # the emulated devices share the host; CUDA comes with Jetson
-    model = _model(job, ds, msg.get("state")).to(device)
-    opt = build_optimizer(model.parameters(), job.optimizer)
-    gen = torch.Generator().manual_seed(0)
-
-    def step(batch: int) -> float:
-        idx = torch.randint(0, len(x), (batch,), generator=gen)
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-        if _pacer:  # the fallback's slowdown is part of the step
-            _pacer()
-        return time.perf_counter() - t0
-
-    points = []
-    for batch in (int(b) for b in msg["batches"]):
-        started = time.monotonic()
-        _peak_memory_reset(device)
-        for _ in range(int(msg["warmup"])):
-            step(batch)
-        times: list[float] = []
-        timed_from = time.monotonic()
-        while len(times) < int(msg["max_steps"]):
-            times.append(step(batch))
-            if len(times) >= int(msg["min_steps"]) and (
-                TimingSummary.of(times).rel_halfwidth <= float(msg["rel_tol"])
-                or time.monotonic() - timed_from > float(msg["max_s"])
-            ):
-                break
-        point = {
-            "batch": batch,
-            "step_times": times,
-            "peak_memory_mb": _peak_memory_mb(device),
-            "cost_s": time.monotonic() - started,
-        }
-        points.append(point)
-        conn.send({"event": "point", **point})
-    return {"points": points}
 
 
 @contextlib.contextmanager
@@ -204,7 +152,8 @@ def _train_rank(
     wrapped = wrap_ddp(model, device)
     x, y = x.to(device), y.to(device)
     optimizer = build_optimizer(wrapped.module.parameters(), job.optimizer)
-    ckpts = CheckpointManager(Path(msg["checkpoint_dir"])) if rank == 0 else None
+    ckpt_dir = msg.get("checkpoint_dir")
+    ckpts = CheckpointManager(Path(ckpt_dir)) if rank == 0 and ckpt_dir else None
 
     def on_epoch_end(epoch: int) -> None:
         if ckpts is not None:
@@ -223,6 +172,7 @@ def _train_rank(
         if rank == 0:
             conn.send({"event": "step", "epoch": rec.epoch, "step": rec.step})
 
+    _peak_memory_reset(device)
     records = run_epochs(
         wrapped,
         optimizer,
@@ -235,9 +185,11 @@ def _train_rank(
         on_step=on_step,
         on_epoch_end=on_epoch_end,
         pace=_pacer,
+        max_steps=msg.get("max_steps"),
     )
+    peak_mb = _peak_memory_mb(device)
     dist.barrier()
-    return {"steps": [r.to_dict() for r in records]}
+    return {"steps": [r.to_dict() for r in records], "peak_memory_mb": peak_mb}
 
 
 def _serve(conn: Connection) -> None:
@@ -250,9 +202,7 @@ def _serve(conn: Connection) -> None:
         if op == "shutdown":
             return
         try:
-            if op == "profile":
-                result = profile(msg, conn)
-            elif op == "allreduce":
+            if op == "allreduce":
                 result = allreduce(msg)
             elif op == "train":
                 result = train(msg, conn)

@@ -148,8 +148,13 @@ def run_epochs(
     on_step: Callable[[StepRecord], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     pace: Callable[[], None] | None = None,
+    max_steps: int | None = None,
 ) -> list[StepRecord]:
-    """Train ``epochs`` on this rank's share of every global step; returns its step log."""
+    """Train ``epochs`` on this rank's share of every global step; returns its step log.
+
+    ``max_steps`` stops after that many steps (a profiling run); every rank must be
+    given the same value, as every rank must take part in every step.
+    """
     sampler = UnevenBatchSampler(len(images), list(local_batches), seed=seed)
     model, clock = wrapped.module, wrapped.clock
     model.train()
@@ -157,6 +162,8 @@ def run_epochs(
     for epoch in epochs:
         sizes = sampler.step_sizes(epoch)
         for step, idx in enumerate(sampler.rank_steps(epoch, rank)):
+            if max_steps is not None and len(records) >= max_steps:
+                return records
             if pace:
                 pace()
             start = time.time()

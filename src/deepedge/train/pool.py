@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch.distributed as dist
 
 from deepedge.cluster.api import DeviceHandle
@@ -35,18 +36,24 @@ __all__ = ["AgentPool", "ProfilePointResult", "ProfileResults", "TrainRun"]
 
 @dataclass(frozen=True)
 class ProfilePointResult:
-    """One device's timed steps at one batch size (see the agent's ``profile``)."""
+    """One device's timed steps at one local batch size (see :meth:`AgentPool.profile`)."""
 
     batch: int
-    step_times: list[float]
-    peak_memory_mb: float  # peak RSS (or CUDA allocation) during these steps
-    cost_s: float  # wall time spent on this batch size, warm-up included
+    step_times: list[float]  # per-step compute, without the wait for the all-reduce
+    peak_memory_mb: float  # peak RSS (or CUDA allocation) during the run
+    cost_s: float  # wall time of the profiling run, warm-up and start-up included
 
 
 @dataclass(frozen=True)
 class ProfileResults:
-    points: dict[str, list[ProfilePointResult]]  # per device, in the order measured
-    failures: dict[str, str]  # device -> why it stopped early (its finished points are kept)
+    points: dict[str, ProfilePointResult]  # per device; empty when the run failed
+    failures: dict[str, str]  # device -> why it failed or died
+
+
+def _dataset_size(path: Path) -> int:
+    """Number of samples in a saved :class:`ArrayDataset` (reads only the labels)."""
+    with np.load(path, allow_pickle=False) as z:
+        return len(z["labels"])
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,10 @@ class AgentPool:
             timeout=datetime.timedelta(seconds=60),
         )
 
+    def dead_devices(self) -> set[str]:
+        """Devices whose agent process has exited."""
+        return {name for name, proc in self._procs.items() if proc.poll() is not None}
+
     def _check_alive(self, names: list[str] | None = None) -> None:
         for name in names or list(self._procs):
             code = self._procs[name].poll()
@@ -251,52 +262,50 @@ class AgentPool:
         self,
         job: JobSpec,
         data_path: Path,
-        batches: Mapping[str, Sequence[int]],
+        local_batches: Mapping[str, int],
         *,
+        steps: int = 8,
         warmup: int = 2,
-        min_steps: int = 5,
-        max_steps: int = 30,
-        rel_tol: float = 0.05,
-        max_s: float = 6.0,
         state: Path | None = None,
-        on_point: Callable[[str, ProfilePointResult], None] | None = None,
-        timeout_s: float = 900.0,
+        timeout_s: float = 600.0,
     ) -> ProfileResults:
-        """Time training steps at each batch size on every named device at once.
+        """Time ``warmup + steps`` real DDP steps with these local batches, all devices at once.
 
-        All devices run together, as they will in training, each under its own LC load.
-        ``on_point`` sees each (device, batch size) result as soon as it is measured, so a
-        caller can store it before a later batch size (or the device) fails.
+        Profiling inside a real DDP group measures each device in the regime it will
+        train in: computing its share while its LC app runs, then waiting for the
+        all-reduce while the LC app catches up. (Timing steps back to back in one process
+        overstated step times by 20-40 % under LC load on the demo cluster.) Per device
+        and timed step the compute is forward + backward + optimiser step, without the
+        wait. A device that dies or fails goes to ``failures``; the run is lost for all.
         """
-        msgs = {
-            name: {
-                "op": "profile",
-                "job": job.model_dump(mode="json"),
-                "data": str(data_path),
-                "batches": list(bs),
-                "warmup": warmup,
-                "min_steps": min_steps,
-                "max_steps": max_steps,
-                "rel_tol": rel_tol,
-                "max_s": max_s,
-                "state": str(state) if state else None,
-            }
-            for name, bs in batches.items()
-        }
-        points: dict[str, list[ProfilePointResult]] = {n: [] for n in batches}
-
-        def collect(name: str, event: dict[str, Any]) -> None:
-            if event.get("event") == "point":
-                point = ProfilePointResult(
-                    event["batch"], event["step_times"], event["peak_memory_mb"], event["cost_s"]
-                )
-                points[name].append(point)
-                if on_point:
-                    on_point(name, point)
-
+        names = list(local_batches)
+        samples = sum(local_batches.values()) * (steps + warmup)
+        epochs = -(-samples // max(1, _dataset_size(data_path))) + 1
+        msgs = self._train_messages(
+            job.model_copy(update={"epochs": epochs}),
+            data_path,
+            names,
+            [local_batches[n] for n in names],
+            state=state,
+            checkpoint_dir=None,
+            max_steps=steps + warmup,
+        )
         failures: dict[str, str] = {}
-        self._request(msgs, timeout_s=timeout_s, on_event=collect, failures=failures)
-        return ProfileResults(points, failures)
+        started = time.monotonic()
+        replies = self._request(msgs, timeout_s=timeout_s, failures=failures)
+        cost = time.monotonic() - started
+        points = {}
+        for name, reply in replies.items():
+            recs = [StepRecord(**s) for s in reply["steps"]][warmup:]
+            # an epoch's last step can be partial: only full steps time this batch size
+            recs = [r for r in recs if r.batch == local_batches[name]] or recs
+            points[name] = ProfilePointResult(
+                local_batches[name],
+                [(r.local_done - r.start) + (r.end - r.synced) for r in recs],
+                reply["peak_memory_mb"],
+                cost,
+            )
+        return ProfileResults(points if not failures else {}, failures)
 
     def allreduce(
         self,
@@ -333,6 +342,34 @@ class AgentPool:
             for size in sizes
         }
 
+    def _train_messages(
+        self,
+        job: JobSpec,
+        data_path: Path,
+        names: Sequence[str],
+        batches: Sequence[int],
+        *,
+        state: Path | None,
+        checkpoint_dir: Path | None,
+        max_steps: int | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """One 'train' message per device; rank = position in ``names``."""
+        assert self._store is not None, "start() first"
+        base = {
+            "op": "train",
+            "job": job.model_dump(mode="json"),
+            "data": str(data_path),
+            "world": len(names),
+            "local_batches": list(batches),
+            "store_host": self._host,
+            "store_port": self._store.port,
+            "run_id": uuid.uuid4().hex[:12],
+            "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+            "state": str(state) if state else None,
+            "max_steps": max_steps,
+        }
+        return {n: {**base, "rank": r} for r, n in enumerate(names)}
+
     def train(
         self,
         job: JobSpec,
@@ -345,23 +382,15 @@ class AgentPool:
         on_step: Callable[[int, int], None] | None = None,
     ) -> TrainRun:
         """Run a DDP job on the plan's devices with their local batches; rank = plan order."""
-        assert self._store is not None, "start() first"
         names = plan.devices
-        batches = [plan.local_batches[n] for n in names]
-        run_id = uuid.uuid4().hex[:12]
-        base = {
-            "op": "train",
-            "job": job.model_dump(mode="json"),
-            "data": str(data_path),
-            "world": len(names),
-            "local_batches": batches,
-            "store_host": self._host,
-            "store_port": self._store.port,
-            "run_id": run_id,
-            "checkpoint_dir": str(checkpoint_dir),
-            "state": str(state) if state else None,
-        }
-        msgs = {n: {**base, "rank": r} for r, n in enumerate(names)}
+        msgs = self._train_messages(
+            job,
+            data_path,
+            names,
+            [plan.local_batches[n] for n in names],
+            state=state,
+            checkpoint_dir=checkpoint_dir,
+        )
 
         def forward(_: str, event: dict[str, Any]) -> None:
             if on_step and event.get("event") == "step":
