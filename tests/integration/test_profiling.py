@@ -80,6 +80,7 @@ def test_a_device_dying_while_profiling_keeps_its_points_and_the_others_go_on(tm
     with KnowledgeBase(tmp_path / "kb.sqlite") as kb:
         (slow,) = [p for p in kb.profiles() if p.device_name == "slow"]
         assert slow.partial_reason and "after 1 of 3" in slow.partial_reason
+        assert "exit code -9" in slow.partial_reason
         assert len(slow.points) == 1  # the run it finished is kept
     with TimeSeriesStore(tmp_path / "s" / "monitor.sqlite") as store:
         cpu = store.query("deepedge_device_cpu_seconds_total", labels={"device": "fast"})

@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -147,6 +148,12 @@ class NetworkFabric:
 
 
 def _teardown(short: str) -> None:
+    # Delete the host veth ends first: that removes each pair at once, whereas a deleted
+    # namespace frees its end asynchronously, and a new fabric of the same owner (a
+    # second session in one process) could find the old name still taken.
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for veth in re.findall(rf"^\d+: (dev{short}\d+)[@:]", links, flags=re.MULTILINE):
+        subprocess.run(["ip", "link", "del", veth], capture_output=True, check=False)
     if NETNS_DIR.is_dir():
         for ns in NETNS_DIR.glob(f"deepedge-{short}-*"):
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, check=False)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,8 +194,24 @@ def measure_profiles(
         return reused, {}
     failed: dict[str, str] = {}
     done = 0
+
+    def lose(name: str, why: str) -> None:
+        failed[name] = why
+        if name in measure:
+            kb.mark_partial(
+                measure[name],
+                f"device {name!r} failed after {done} of {len(runs)} profiling runs: {why}",
+            )
+
+    def died(names: Iterable[str]) -> set[str]:
+        dead = agents.dead_devices()
+        for name in set(names) & set(dead) - set(failed):
+            lose(name, f"the worker died (exit code {dead[name]})")
+        return set(names) & set(dead)
+
     for run in runs:
         for _attempt in range(2):
+            died(keys)  # before the run: a dead member would stall the others' rendezvous
             members = {n: b for n, b in run.items() if n in keys and n not in failed}
             if not members:
                 break
@@ -207,16 +223,7 @@ def measure_profiles(
                 warmup=settings.warmup,
                 state=state,
             )
-            dead = agents.dead_devices()
-            for name in dead & set(members):
-                failed[name] = result.failures.get(name, "the worker died")
-                if name in measure:
-                    kb.mark_partial(
-                        measure[name],
-                        f"device {name!r} failed after {done} of {len(runs)} profiling runs: "
-                        + failed[name],
-                    )
-            if result.failures and not dead & set(members):  # not a death: a real error
+            if result.failures and not died(members):  # nobody died: a real error
                 name, why = next(iter(result.failures.items()))
                 raise TrainingError(f"profiling failed on {name!r}: {why}")
             if result.failures:

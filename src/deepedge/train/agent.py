@@ -85,11 +85,13 @@ def _peak_memory_mb(device: torch.device) -> float:
 def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, int, torch.device]]:
     """Join the run's process group through the coordinator's store; leave it on exit."""
     rank, world = int(msg["rank"]), int(msg["world"])
+    # how long a rank waits for a missing peer (rendezvous or collective) before failing
+    timeout = datetime.timedelta(seconds=float(msg.get("peer_timeout_s") or 120))
     store = dist.TCPStore(
         msg["store_host"],
         int(msg["store_port"]),
         is_master=False,
-        timeout=datetime.timedelta(seconds=60),
+        timeout=min(timeout, datetime.timedelta(seconds=60)),
     )
     backend, device = select_backend(rank, world)
     dist.init_process_group(
@@ -97,7 +99,7 @@ def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, int, torch.device
         store=dist.PrefixStore(msg["run_id"], store),
         rank=rank,
         world_size=world,
-        timeout=datetime.timedelta(seconds=120),
+        timeout=timeout,
     )
     try:
         yield rank, world, device

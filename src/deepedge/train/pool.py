@@ -181,9 +181,10 @@ class AgentPool:
             timeout=datetime.timedelta(seconds=60),
         )
 
-    def dead_devices(self) -> set[str]:
-        """Devices whose agent process has exited."""
-        return {name for name, proc in self._procs.items() if proc.poll() is not None}
+    def dead_devices(self) -> dict[str, int]:
+        """Devices whose agent process has exited, with its exit code (-N: killed by N)."""
+        codes = {name: proc.poll() for name, proc in self._procs.items()}
+        return {name: code for name, code in codes.items() if code is not None}
 
     def _check_alive(self, names: list[str] | None = None) -> None:
         for name in names or list(self._procs):
@@ -289,6 +290,7 @@ class AgentPool:
             state=state,
             checkpoint_dir=None,
             max_steps=steps + warmup,
+            peer_timeout_s=30.0,  # steps take seconds: a silent peer has died
         )
         failures: dict[str, str] = {}
         started = time.monotonic()
@@ -352,6 +354,7 @@ class AgentPool:
         state: Path | None,
         checkpoint_dir: Path | None,
         max_steps: int | None = None,
+        peer_timeout_s: float | None = None,
     ) -> dict[str, dict[str, Any]]:
         """One 'train' message per device; rank = position in ``names``."""
         assert self._store is not None, "start() first"
@@ -367,6 +370,7 @@ class AgentPool:
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
             "state": str(state) if state else None,
             "max_steps": max_steps,
+            "peer_timeout_s": peer_timeout_s,
         }
         return {n: {**base, "rank": r} for r, n in enumerate(names)}
 
