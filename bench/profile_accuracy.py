@@ -29,7 +29,7 @@ from _common import machine, write_results  # bench/ is on sys.path when run as 
 from deepedge.data import build_dataset
 from deepedge.demo import default_specs
 from deepedge.plan import equal_split, profiled_split
-from deepedge.profile import KnowledgeBase, expected_step_s
+from deepedge.profile import KnowledgeBase, ProfileSettings, expected_step_s
 from deepedge.retrain import Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import JobSpec, Plan
@@ -62,6 +62,9 @@ def _ape(predicted: float, measured: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="DDP steps per evaluation run")
+    parser.add_argument(
+        "--profile-steps", type=int, default=ProfileSettings().steps, help="timed steps per profile"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-profile-accuracy"))
     args = parser.parse_args()
     console = Console()
@@ -78,7 +81,14 @@ def main() -> int:
         job = _job(base_job, 128, args.steps)
         train_set = build_dataset(job.dataset, "train", drifted=True)
         state = job_model(job, train_set).state_dict()
-        first = Retraining(session, job, train_set, state, kb=kb)
+        first = Retraining(
+            session,
+            job,
+            train_set,
+            state,
+            kb=kb,
+            profile_settings=ProfileSettings(steps=args.profile_steps),
+        )
         planning = first.plan(("proportional",))
         profiles = planning.profiles
         models = {n: p.model for n, p in profiles.items()}
@@ -178,16 +188,19 @@ def main() -> int:
         "summary": summary,
         "per_device": rows,
         "global_steps": steps,
-        "command": f"python bench/profile_accuracy.py --steps {args.steps}",
+        "profile_steps": args.profile_steps,
+        "command": "python bench/profile_accuracy.py "
+        f"--steps {args.steps} --profile-steps {args.profile_steps}",
     }
     pd = summary["per_device_step"]
     md = [
         "# profile_accuracy",
         "",
         f"Demo cluster ({len(profiles)} devices, {emulation}, LC apps under load), "
-        f"{base_job.model.arch} w{base_job.model.width}, {args.steps} DDP steps per run "
-        "(first step skipped). Per-device step = forward + backward + optimiser step in the "
-        "DDP run, without the all-reduce wait; predicted from each device's affine profile.",
+        f"{base_job.model.arch} w{base_job.model.width}, {args.profile_steps} timed steps per "
+        f"profiled batch size, {args.steps} DDP steps per evaluation run (first skipped). "
+        "Per-device step = forward + backward + optimiser step in the DDP run, without the "
+        "all-reduce wait; predicted from each device's affine profile.",
         "",
         "| per-device step time | median APE | worst APE | n |",
         "|---|---:|---:|---:|",

@@ -137,7 +137,11 @@ class EdgeSession:
             self.monitor_db = self.workdir / "monitor.sqlite"
         self._store = TimeSeriesStore(self.monitor_db)
         self.monitor = Monitor(
-            samplers, store=self._store, interval_s=self.monitor_interval_s, unavailable=off
+            samplers,
+            store=self._store,
+            interval_s=self.monitor_interval_s,
+            unavailable=off,
+            on_unavailable=lambda name, why: self.status(f"monitor: {name} off ({why})"),
         ).start()
         if self.metrics_port is not None:
             self.metrics = serve_metrics(self.monitor.latest, port=self.metrics_port)

@@ -97,7 +97,10 @@ class Monitor:
         store: TimeSeriesStore | None = None,
         interval_s: float = 1.0,
         unavailable: Mapping[str, str] | None = None,
+        on_unavailable: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``on_unavailable(sampler, reason)`` hears of each sampler that is off, once
+        (default: a logged warning)."""
         if not interval_s > 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
         self.interval_s = interval_s
@@ -112,6 +115,9 @@ class Monitor:
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._on_unavailable = on_unavailable or (
+            lambda name, reason: log.warning("monitor: %s sampler off: %s", name, reason)
+        )
         for name, reason in (unavailable or {}).items():
             self._report(name, reason)
 
@@ -119,7 +125,7 @@ class Monitor:
 
     def _report(self, name: str, reason: str) -> None:
         self.unavailable[name] = reason
-        log.warning("monitor: %s sampler off: %s", name, reason)
+        self._on_unavailable(name, reason)
 
     def _drop(self, sampler: Sampler, reason: str) -> None:
         self._samplers.remove(sampler)

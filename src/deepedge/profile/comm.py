@@ -21,13 +21,16 @@ import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import optimize
 
 from deepedge.profile.kb import CommPoint, KnowledgeBase
 from deepedge.spec import ClusterSpec
-from deepedge.train.pool import AgentPool
+
+if TYPE_CHECKING:  # the agents import torch; the knowledge base alone must not
+    from deepedge.train.pool import AgentPool
 
 __all__ = ["CommModel", "fabric_key", "measure_comm", "message_sizes"]
 

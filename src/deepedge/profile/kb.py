@@ -262,6 +262,16 @@ refused with the reset hint rather than guessed at.
 """
 
 
+def _mark_stale(conn: sqlite3.Connection, reasons: Sequence[tuple[int, str]]) -> int:
+    """Mark each (profile id, reason) stale now; returns how many."""
+    now = time.time()
+    conn.executemany(
+        "UPDATE kb_profiles SET stale_reason = ?, updated_at = ? WHERE id = ?",
+        [(reason, now, pid) for pid, reason in reasons],
+    )
+    return len(reasons)
+
+
 def _create_schema(conn: sqlite3.Connection) -> None:
     # executescript would COMMIT the open transaction; run the statements one by one.
     for statement in _SCHEMA_V1.split(";"):
@@ -555,14 +565,13 @@ class KnowledgeBase:
             "AND hardware = ? AND model_signature = ? AND load = ? AND software != ?",
             (*_key_tuple(key), sw.as_json()),
         ).fetchall()
-        now = time.time()
-        for profile_id, old in rows:
-            reason = f"software changed: {sw.changes_from(SoftwareVersions.from_json(old))}"
-            conn.execute(
-                "UPDATE kb_profiles SET stale_reason = ?, updated_at = ? WHERE id = ?",
-                (reason, now, profile_id),
-            )
-        return len(rows)
+        return _mark_stale(
+            conn,
+            [
+                (pid, f"software changed: {sw.changes_from(SoftwareVersions.from_json(old))}")
+                for pid, old in rows
+            ],
+        )
 
     def add_point(
         self,
@@ -681,14 +690,13 @@ class KnowledgeBase:
                 "AND device_kind = ? AND hardware != ?",
                 (device_kind, hardware),
             ).fetchall()
-            now = time.time()
-            for profile_id, old in rows:
-                reason = f"hardware of {device_kind!r} changed: {_describe_change(old, hardware)}"
-                conn.execute(
-                    "UPDATE kb_profiles SET stale_reason = ?, updated_at = ? WHERE id = ?",
-                    (reason, now, profile_id),
-                )
-            return len(rows)
+            return _mark_stale(
+                conn,
+                [
+                    (pid, f"hardware of {device_kind!r} changed: {_describe_change(old, hardware)}")
+                    for pid, old in rows
+                ],
+            )
 
     def _load_profiles(self, conn: sqlite3.Connection, rows: Sequence[Any]) -> list[Profile]:
         if not rows:

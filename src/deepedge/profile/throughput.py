@@ -23,6 +23,7 @@ import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,7 +31,9 @@ from deepedge.errors import TrainingError
 from deepedge.profile.kb import KnowledgeBase, Profile, ProfileKey
 from deepedge.profile.stats import AffineModel, TimingSummary
 from deepedge.spec import ClusterSpec, DeviceSpec, JobSpec
-from deepedge.train.pool import AgentPool, ProfilePointResult
+
+if TYPE_CHECKING:  # the agents import torch; the knowledge base alone must not
+    from deepedge.train.pool import AgentPool, ProfilePointResult
 
 __all__ = [
     "DeviceProfile",
