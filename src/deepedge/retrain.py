@@ -136,6 +136,12 @@ class Retraining:
             )
         emulation = self.session.cluster.mode.value
         keys = {d.name: profile_key(d, spec, self.workload, emulation) for d in usable}
+        hardware_by_kind: dict[str, set[str]] = {}
+        for key in keys.values():
+            hardware_by_kind.setdefault(key.device_kind, set()).add(key.hardware)
+        for kind, hardware in hardware_by_kind.items():
+            if len(hardware) == 1:  # this kind now runs as this: older set-ups are stale
+                self.kb.mark_stale_hardware(kind, hardware.pop())
         runs = default_batches({d.name: d.cpu_cores or 1.0 for d in usable}, self.job.global_batch)
         started = time.monotonic()
         profiles, failed = measure_profiles(

@@ -91,6 +91,18 @@ class TrainRun:
         ]
 
 
+# glibc returns freed heap tops to the kernel once they exceed a threshold that adapts to
+# the sizes seen so far; a step's activations (megabytes, freed every step) then fault
+# their pages in again on the next step, in kernel time charged to the device's small CPU
+# quota. Measured on the demo cluster: the first profiling run at small batches was
+# 20-50 % slower than the same run repeated after a larger one. Fixed thresholds keep
+# the heap, so every step costs what a long training run's steps cost.
+_STEADY_MALLOC = {
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # glibc's maximum on 64-bit
+}
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     try:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
@@ -143,7 +155,7 @@ class AgentPool:
             ]
             if dev.pace_cores is not None:
                 argv += ["--pace-cores", str(dev.pace_cores)]
-            env = {"DEEPEDGE_AGENT_KEY": key.hex()}
+            env = {"DEEPEDGE_AGENT_KEY": key.hex(), **_STEADY_MALLOC}
             if dev.interface:  # gloo must use the device's link, not resolve the hostname
                 env["GLOO_SOCKET_IFNAME"] = dev.interface
             self._procs[name] = dev.spawn(
