@@ -142,7 +142,8 @@ class Retraining:
         for kind, hardware in hardware_by_kind.items():
             if len(hardware) == 1:  # this kind now runs as this: older set-ups are stale
                 self.kb.mark_stale_hardware(kind, hardware.pop())
-        runs = default_batches({d.name: d.cpu_cores or 1.0 for d in usable}, self.job.global_batch)
+        cores = {d.name: d.cpu_cores or 1.0 for d in usable}
+        runs = default_batches(cores, self.job.global_batch)
         started = time.monotonic()
         profiles, failed = measure_profiles(
             self.session.agents,
@@ -166,10 +167,9 @@ class Retraining:
                 + "; ".join(f"{n}: {why}" for n, why in failed.items()),
                 hint="see the agents' logs in the session's logs/ folder",
             )
-        share = {
-            n: p.samples_per_s(self.job.global_batch / len(profiles)) for n, p in profiles.items()
-        }
-        fastest_first = sorted(profiles, key=lambda n: -share[n])
+        # by catalog capacity, not by the (noisy) profiles: the same cluster must map to the
+        # same all-reduce key every time for the stored model to be reused
+        fastest_first = sorted(profiles, key=lambda n: -cores[n])
         comm, comm_reused = measure_comm(
             self.session.agents,
             self.kb,
