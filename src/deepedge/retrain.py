@@ -136,12 +136,6 @@ class Retraining:
             )
         emulation = self.session.cluster.mode.value
         keys = {d.name: profile_key(d, spec, self.workload, emulation) for d in usable}
-        hardware_by_kind: dict[str, set[str]] = {}
-        for key in keys.values():
-            hardware_by_kind.setdefault(key.device_kind, set()).add(key.hardware)
-        for kind, hardware in hardware_by_kind.items():
-            if len(hardware) == 1:  # this kind now runs as this: older set-ups are stale
-                self.kb.mark_stale_hardware(kind, hardware.pop())
         cores = {d.name: d.cpu_cores or 1.0 for d in usable}
         runs = default_batches(cores, self.job.global_batch)
         started = time.monotonic()
