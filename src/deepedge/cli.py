@@ -236,7 +236,8 @@ def profile_run(
         console.print(
             f"all-reduce model{' (reused)' if planning.comm_reused else ''}: "
             f"{c.alpha_s * 1e3:.2f} ms + {c.per_worker_s * 1e3:.2f} ms·(k−1) + "
-            f"{c.per_byte_s * 1e9:.2f} ns/B·2(k−1)/k·bytes; "
+            f"{c.per_byte_s * 1e9:.2f} ns·2(k−1)/k·bytes / bottleneck "
+            f"({'Mbit/s' if cluster_spec.network == 'netns' else 'unshaped'}); "
             f"{planning.grad_bytes / 2**20:.2f} MB over {len(planning.profiles)} devices → "
             f"{planning.comm_s(len(planning.profiles)) * 1e3:.1f} ms"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from deepedge.profile import AffineModel, CommModel, CommPoint, TimingSummary, median_ci
+from deepedge.profile.comm import bottleneck_mbps
 from deepedge.profile.throughput import default_batches
 
 
@@ -69,12 +71,37 @@ def test_comm_model_recovers_ring_allreduce_coefficients():
         for k in (2, 3, 4, 5)
         for n in (100_000, 400_000, 1_600_000)
     ]
-    model = CommModel.fit(points)
+    model = CommModel.fit(points, (1.0, 1.0, 1.0, 1.0))
     assert model.alpha_s == pytest.approx(alpha, rel=1e-3)
     assert model.per_worker_s == pytest.approx(beta, rel=1e-3)
     assert model.per_byte_s == pytest.approx(gamma, rel=1e-3)
     assert model.predict(1, 10**6) == 0.0  # nothing to reduce alone
     assert model.predict(6, 10**6) > model.predict(5, 10**6)
+
+
+def test_comm_model_divides_bytes_by_the_bottleneck_link():
+    fabric = json.dumps(
+        {
+            "network": "netns",
+            "emulation": "cgroup-v1",
+            "cpu_period_us": 5000,
+            "devices": [["a", 0.3, None], ["b", 0.2, 100.0], ["c", 0.1, 50.0]],
+        }
+    )
+    bw = bottleneck_mbps(fabric)
+    assert bw == (100.0, 50.0)  # k=2: min(1000, 100); k=3: adds the 50 Mbit/s link
+    gamma = 8e-6  # a byte at 1 Mbit/s
+    points = [
+        CommPoint(fabric, k, n, (0.001 + gamma * n * 2 * (k - 1) / k / bw[k - 2],) * 3, 0.0)
+        for k in (2, 3)
+        for n in (10_000, 100_000, 1_000_000)
+    ]
+    model = CommModel.fit(points, bw)
+    assert model.per_byte_s == pytest.approx(gamma, rel=1e-3)
+    # 1 MB over 3 workers through 50 Mbit/s: 2/3·2 MB·8 bit / 50 Mbit/s ≈ 0.213 s
+    assert model.predict(3, 1_000_000) == pytest.approx(0.001 + 0.2133, rel=1e-2)
+    loopback = json.loads(fabric) | {"network": "loopback"}
+    assert bottleneck_mbps(json.dumps(loopback)) == (1.0, 1.0)
 
 
 def test_default_batches_follow_each_devices_capacity_share():
