@@ -3,8 +3,8 @@
 Step times on a loaded edge device are skewed: most steps take the device's share of CPU,
 a few collide with a burst of LC requests and take longer. The *median* is what a long
 training run sees step after step, so it is the point estimate, with a distribution-free
-confidence interval from order statistics (no normality assumption). The profiler keeps
-timing until that interval is narrow enough, which makes its cost adapt to the noise.
+confidence interval from order statistics (no normality assumption), which the reports
+show next to it.
 
 Across batch sizes the per-step time of a data-parallel worker is close to affine,
 ``t(b) = a + s·b``: a fixed part (optimiser step, Python and framework overhead, kernel
@@ -34,8 +34,7 @@ def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float
     n = len(xs)
     if n == 0:
         raise ValueError("median_ci needs at least one sample")
-    # largest k with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2; pure Python so the
-    # training agent can use it without importing scipy
+    # largest k with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2
     tail, k, cdf = (1 - confidence) / 2, 0, 0.0
     while k < n and cdf + math.comb(n, k) / 2**n <= tail:
         cdf += math.comb(n, k) / 2**n
@@ -59,11 +58,6 @@ class TimingSummary:
     def of(cls, times: Sequence[float]) -> TimingSummary:
         lo, hi = median_ci(times)
         return cls(len(times), float(np.median(times)), lo, hi, float(np.mean(times)))
-
-    @property
-    def rel_halfwidth(self) -> float:
-        """Half the interval's width relative to the median (0.05 = ±5 %)."""
-        return (self.ci_high_s - self.ci_low_s) / 2 / self.median_s if self.median_s else math.inf
 
 
 @dataclass(frozen=True)
