@@ -49,7 +49,7 @@ class EdgeSession:
     While it runs, a :class:`~deepedge.monitor.Monitor` samples every device, process and
     LC app into ``workdir/monitor.sqlite`` (``monitor_interval_s=None`` turns it off),
     and ``metrics_port`` (0 = any free port) serves them on ``/metrics``. With
-    ``agents=False`` no training agents start (monitoring only).
+    ``agents_enabled=False`` no training agents start (monitoring only).
     """
 
     spec: ClusterSpec

@@ -344,7 +344,10 @@ def test_monitor_thread_ticks_and_stale_series_leave_latest():
     time.sleep(0.05)
     assert good.calls == calls  # stopped
     mon.stop()  # idempotent
-    assert math.isfinite(mon.overhead()) and 0 <= mon.overhead() < 1
+    overhead = mon.overhead()
+    assert math.isfinite(overhead) and 0 < overhead < 1
+    time.sleep(0.05)
+    assert mon.overhead() == overhead  # frozen at stop: reports read it later
 
     mon = Monitor([], interval_s=1.0)
     mon._remember([Sample.of("deepedge_process_cpu_seconds_total", 1.0, 10.0, pid="7")], 10.0)

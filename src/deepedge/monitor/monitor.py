@@ -115,6 +115,7 @@ class Monitor:
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stopped: float | None = None
         self._on_unavailable = on_unavailable or (
             lambda name, reason: log.warning("monitor: %s sampler off: %s", name, reason)
         )
@@ -201,7 +202,7 @@ class Monitor:
         A fraction of one core (0.01 = 1 %). Counts the sampling thread only, not
         tegrastats's reader thread (which sleeps on a pipe) nor scrapes of the exporter.
         """
-        wall = time.perf_counter() - self._created
+        wall = (self._stopped or time.perf_counter()) - self._created  # frozen once stopped
         with self._lock:
             cpu = self._cpu_s
         return cpu / wall if wall > 0 else 0.0
@@ -249,6 +250,7 @@ class Monitor:
         if self._closed:
             return
         self._closed = True
+        self._stopped = time.perf_counter()
         for sampler in self._samplers:
             close = getattr(sampler, "close", None)
             if callable(close):
