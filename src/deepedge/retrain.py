@@ -175,16 +175,14 @@ class Retraining:
         profiling_s = time.monotonic() - started
         models = {n: p.model for n, p in profiles.items()}
 
-        def comm_s(k: int) -> float:
-            return comm.predict(k, self.grad_bytes) if comm else 0.0
-
+        allreduce_s = comm.predict(len(models), self.grad_bytes) if comm else 0.0
         B = self.job.global_batch
         builders: dict[str, Callable[[], Plan]] = {
             "proportional": lambda: profiled_split(
-                models, B, excluded=excluded, comm_s=comm_s(len(models))
+                models, B, excluded=excluded, comm_s=allreduce_s
             ),
             "equal": lambda: with_prediction(
-                equal_split(list(models), B, excluded=excluded), models, comm_s(len(models))
+                equal_split(list(models), B, excluded=excluded), models, allreduce_s
             ),
             "fastest-single": lambda: with_prediction(
                 fastest_single(
