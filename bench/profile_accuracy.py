@@ -46,7 +46,7 @@ def _job(job: JobSpec, global_batch: int, steps: int) -> JobSpec:
 def _compute_s(run: TrainRun, device: str) -> float:
     """Median per-step compute of one rank, skipping the run's first step (warm-up)."""
     recs = run.steps[device][1:]
-    return statistics.median((r.local_done - r.start) + (r.end - r.synced) for r in recs)
+    return statistics.median(r.compute_s for r in recs)
 
 
 def _where(batch: int, profiled: list[int]) -> str:

@@ -94,7 +94,7 @@ class Retraining:
         torch.save(self.initial_state, self.state_path)
         if self.kb is None:
             self.kb = KnowledgeBase(DEFAULT_KB_PATH)
-        model = job_model(self.job, self.train_set)
+        self._model = model = job_model(self.job, self.train_set)  # architecture, for sizes
         self.grad_bytes = sum(p.numel() * 4 for p in model.parameters())
         # the optimiser is part of the step's cost, so part of what a profile is valid for
         self.workload = (
@@ -107,7 +107,7 @@ class Retraining:
         The whole global batch is the worst case any one device can be handed.
         """
         job_mb = estimate_training_memory_mb(
-            job_model(self.job, self.train_set),
+            self._model,
             self.train_set.images.shape[1:],
             self.job.global_batch,
             optimizer=self.job.optimizer.name,

@@ -82,7 +82,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 @contextlib.contextmanager
-def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, int, torch.device]]:
+def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, torch.device]]:
     """Join the run's process group through the coordinator's store; leave it on exit."""
     rank, world = int(msg["rank"]), int(msg["world"])
     # how long a rank waits for a missing peer (rendezvous or collective) before failing
@@ -102,7 +102,7 @@ def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, int, torch.device
         timeout=timeout,
     )
     try:
-        yield rank, world, device
+        yield rank, device
     finally:
         dist.destroy_process_group()
 
@@ -114,7 +114,7 @@ def allreduce(msg: dict[str, Any]) -> dict[str, Any]:
     to the end of the collective; the coordinator takes the shortest across ranks (the
     last rank released), which is the collective's own cost once everyone has arrived.
     """
-    with _process_group(msg) as (_, _, device):
+    with _process_group(msg) as (_, device):
         result = {}
         for nbytes in (int(n) for n in msg["sizes"]):
             buf = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
@@ -135,7 +135,7 @@ def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
     """Run this device's rank of a DDP job."""
     job = JobSpec.model_validate(msg["job"])
     x, y, ds = _dataset(msg["data"])
-    with _process_group(msg) as (rank, _, device):
+    with _process_group(msg) as (rank, device):
         return _train_rank(job, x, y, ds, rank, device, msg, conn)
 
 

@@ -198,15 +198,21 @@ class AgentPool:
         codes = {name: proc.poll() for name, proc in self._procs.items()}
         return {name: code for name, code in codes.items() if code is not None}
 
+    def _death(self, name: str) -> TrainingError | None:
+        """The error naming how ``name``'s agent died, or None while it runs."""
+        code = self._procs[name].poll()
+        if code is None:
+            return None
+        log = self._log_dir / f"agent-{name}.log"
+        return TrainingError(
+            f"worker on device {name!r} died (exit code {code}): {_tail(log, 2)}",
+            hint=f"full log: {log}; a negative code is the signal that killed it",
+        )
+
     def _check_alive(self, names: list[str] | None = None) -> None:
         for name in names or list(self._procs):
-            code = self._procs[name].poll()
-            if code is not None:
-                log = self._log_dir / f"agent-{name}.log"
-                raise TrainingError(
-                    f"worker on device {name!r} died (exit code {code}): {_tail(log, 2)}",
-                    hint=f"full log: {log}; a negative code is the signal that killed it",
-                )
+            if (err := self._death(name)) is not None:
+                raise err
 
     def _request(
         self,
@@ -239,12 +245,9 @@ class AgentPool:
                 try:
                     reply = conn.recv()
                 except (EOFError, ConnectionResetError):
-                    try:
-                        self._check_alive([name])
-                        raise TrainingError(f"lost the connection to the worker on {name!r}")
-                    except TrainingError as err:
-                        fail(conn, err)
-                        continue
+                    lost = TrainingError(f"lost the connection to the worker on {name!r}")
+                    fail(conn, self._death(name) or lost)
+                    continue
                 if reply.get("event") != "done":
                     if on_event:
                         on_event(name, reply)
@@ -261,9 +264,7 @@ class AgentPool:
                 results[name] = reply
                 del pending[conn]
             for conn, name in list(pending.items()):
-                try:
-                    self._check_alive([name])
-                except TrainingError as err:
+                if (err := self._death(name)) is not None:
                     fail(conn, err)
             if time.monotonic() > deadline and pending:
                 raise TrainingError(
@@ -315,7 +316,7 @@ class AgentPool:
             recs = [r for r in recs if r.batch == local_batches[name]] or recs
             points[name] = ProfilePointResult(
                 local_batches[name],
-                [(r.local_done - r.start) + (r.end - r.synced) for r in recs],
+                [r.compute_s for r in recs],
                 reply["peak_memory_mb"],
                 cost,
             )
