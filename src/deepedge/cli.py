@@ -32,6 +32,11 @@ profile_app = typer.Typer(
     no_args_is_help=True, help="Throughput profiles in the knowledge base: run, list, invalidate."
 )
 app.add_typer(profile_app, name="profile")
+interference_app = typer.Typer(
+    no_args_is_help=True,
+    help="Interference profiling and prediction (FECBench method): profile, fit, predict.",
+)
+app.add_typer(interference_app, name="interference")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
@@ -305,6 +310,163 @@ def profile_reset(kb: KbOption = None) -> None:
 
     backup = KnowledgeBase.reset(_kb_path(kb))
     console.print(f"moved to {backup}" if backup else f"nothing at {_kb_path(kb)}")
+
+
+@interference_app.command("profile")
+def interference_profile(
+    cluster: Annotated[Path, typer.Argument(help="cluster spec (its devices are profiled)")],
+    job: Annotated[Path, typer.Argument(help="job spec (the training co-runner)")],
+    kb: KbOption = None,
+    runs: Annotated[int, typer.Option(help="designed co-location runs (Latin hypercube)")] = 48,
+    seed: Annotated[int, typer.Option(help="seed of the design")] = 0,
+    devices: Annotated[
+        str | None, typer.Option(help="comma-separated device names (default: all)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="lab directory")] = Path("runs/interference"),
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="re-measure solo usage even where it is stored")
+    ] = False,
+) -> None:
+    """Measure how co-runners slow each LC app kind on CLUSTER's devices; store the runs."""
+    from rich.progress import Progress
+
+    from deepedge.interference import (
+        CampaignSettings,
+        InterferenceLab,
+        profile_interference,
+    )
+    from deepedge.profile import KnowledgeBase
+    from deepedge.spec import ClusterSpec, JobSpec, load_spec
+
+    if runs < 1:
+        raise typer.BadParameter("--runs must be at least 1")
+    cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
+    names = [n.strip() for n in devices.split(",")] if devices else None
+    settings = CampaignSettings(runs=runs, seed=seed)
+    with (
+        KnowledgeBase(_kb_path(kb)) as base,
+        InterferenceLab(cluster_spec, job_spec, out, devices=names, status=console.print) as lab,
+        Progress(console=console) as bar,
+    ):
+        task = bar.add_task("co-location runs", total=runs)
+
+        def advance(i: int, n: int, r: object) -> None:
+            bar.update(task, completed=i)
+
+        results = profile_interference(
+            lab, base, settings, refresh=refresh, status=bar.console.print, progress=advance
+        )
+        skipped = {d: dict(k) for d, k in lab.skipped.items()}
+    for device, kinds in skipped.items():
+        for kind, why in kinds.items():
+            console.print(f"[yellow]skipped stressor {kind} on {device}: {why}[/yellow]")
+    console.print(f"stored {len(results)} co-location runs in {_kb_path(kb)}")
+
+
+@interference_app.command("fit")
+def interference_fit(
+    job: Annotated[Path, typer.Argument(help="job spec whose training co-runner to model")],
+    kb: KbOption = None,
+    plots: Annotated[Path | None, typer.Option(help="write PNG plots into this folder")] = None,
+    seed: Annotated[int, typer.Option(help="seed of cross-validation and models")] = 0,
+) -> None:
+    """Fit the surrogates on the stored runs (model chosen by cross-validation); store it."""
+    from deepedge.interference import InterferenceModel, load_books, observations
+    from deepedge.interference.plots import oof_scatter, plot_sensitivity
+    from deepedge.profile import KnowledgeBase
+    from deepedge.spec import JobSpec, load_spec
+
+    job_spec = load_spec(JobSpec, job)
+    with KnowledgeBase(_kb_path(kb)) as base:
+        books = load_books(base, job_spec)
+        obs = observations(base.interference_runs(), books)
+        model = InterferenceModel.fit(obs, books, seed=seed)
+        model.save(base)
+    table = Table(title=f"interference model ({len(obs)} runs)")
+    table.add_column("target")
+    table.add_column("chosen")
+    for name in ("gbr", "rf", "gp", "linear"):
+        table.add_column(f"{name} CV median APE", justify="right")
+    table.add_column("bound ×", justify="right")
+    for name, part in (("p95", model.p95), ("p99", model.p99), ("throughput", model.throughput)):
+        if part is None:
+            table.add_row(name, "not fitted (too few runs with training)")
+            continue
+        table.add_row(
+            name,
+            part.chosen,
+            *(f"{part.cv_error.get(c, float('nan')):.1f} %" for c in ("gbr", "rf", "gp", "linear")),
+            f"{(2.718281828459045**part.log_margin):.2f} ({part.bound})",
+        )
+    console.print(table)
+    if plots is not None:
+        written = [oof_scatter(model, obs, plots / "predicted_vs_measured.png")]
+        for key in model.books:
+            kind = json.loads(key)["kind"]
+            written.append(plot_sensitivity(model, key, plots / f"sensitivity_{kind}.png"))
+        console.print("plots: " + ", ".join(str(w) for w in written))
+
+
+@interference_app.command("predict")
+def interference_predict(
+    cluster: Annotated[Path, typer.Argument(help="cluster spec")],
+    device: Annotated[str, typer.Option(help="device name in CLUSTER")],
+    batch: Annotated[int, typer.Option(help="local training batch on the device (0: none)")],
+    intensity: Annotated[float, typer.Option(help="training's share of the device CPU")] = 1.0,
+    kb: KbOption = None,
+) -> None:
+    """Predict each LC app's p95/p99 on DEVICE if training runs there with BATCH."""
+    from deepedge.cluster import LocalCluster
+    from deepedge.interference import InterferenceModel, TrainLoad, device_key
+    from deepedge.profile import KnowledgeBase
+    from deepedge.spec import ClusterSpec, load_spec
+
+    spec = LocalCluster(load_spec(ClusterSpec, cluster)).spec
+    dev = next((d for d in spec.devices if d.name == device), None)
+    if dev is None:
+        raise typer.BadParameter(f"no device {device!r}; devices: {[d.name for d in spec.devices]}")
+    if batch < 0 or not 0 < intensity <= 1:
+        raise typer.BadParameter("need --batch >= 0 and 0 < --intensity <= 1")
+    apps = {a.name: (a.kind, a.rate_rps) for a in spec.apps if a.device == device}
+    if not apps:
+        console.print(f"{device} runs no LC app: nothing can miss a deadline there")
+        return
+    with KnowledgeBase(_kb_path(kb), create=False) as base:
+        model = InterferenceModel.load(base)
+    key = device_key(dev, spec, LocalCluster(spec).mode.value)
+    train = TrainLoad(batch, intensity) if batch > 0 else None
+    preds = model.apps_beside_training(key, apps, train)
+    table = Table(
+        title=f"{device}: LC apps with training "
+        + (f"b={batch} c={intensity:g}" if train else "off")
+    )
+    for col in (
+        "app",
+        "kind",
+        "rate",
+        "p95 alone",
+        "p95",
+        "p95 bound",
+        "p99 bound",
+        "deadline",
+        "verdict",
+    ):
+        table.add_column(col, justify="left" if col in ("app", "kind", "verdict") else "right")
+    deadlines = {a.name: a.deadline_ms for a in spec.apps}
+    for name, p in preds.items():
+        ok = p.p95_upper_ms <= deadlines[name]
+        table.add_row(
+            name,
+            apps[name][0],
+            f"{apps[name][1]:g}/s",
+            f"{p.solo_p95_ms:.1f} ms",
+            f"{p.p95_ms:.1f} ms",
+            f"{p.p95_upper_ms:.1f} ms",
+            f"{p.p99_upper_ms:.1f} ms",
+            f"{deadlines[name]:g} ms",
+            "[green]safe[/green]" if ok else "[red]may miss[/red]",
+        )
+    console.print(table)
 
 
 @app.command()

@@ -70,7 +70,7 @@ class AppSpec(_Spec):
 
     name: Name
     device: Name
-    kind: Literal["cnn_inference"] = "cnn_inference"
+    kind: Literal["cnn_inference", "kv_lookup", "log_ingest", "frame_relay"] = "cnn_inference"
     rate_rps: PositiveFloat
     deadline_ms: PositiveFloat
     memory_mb: Annotated[int, Field(gt=0)] = 300  # the torch inference server measures ~240 MB RSS

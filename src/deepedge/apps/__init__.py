@@ -1,8 +1,22 @@
-"""Latency-critical (LC) apps: the inference server, its load generator and latency stats.
+"""Latency-critical (LC) apps: the app servers, their load generator and latency stats.
 
 The server runs inside a device's cgroup (launched by the cluster code from
 :func:`server_command`, then :func:`wait_ready`); the :class:`LoadGenerator` runs on the
 host and records every request, which :func:`latency_summary` turns into SLO numbers.
+
+An app's ``kind`` (one of :data:`APP_KINDS`) decides which resource re-training can take
+from it, so a plan that only watches CPU shares cannot protect them all:
+
+* ``cnn_inference``: a small CNN per image; CPU-bound (quota, throttling, co-runners).
+* ``kv_lookup``: a feature-store lookup of random keys in a large table; memory-bound
+  (last-level cache evictions and memory bandwidth taken by training).
+* ``log_ingest``: a sensor-log write-ahead log, ``fsync``-ed per request; disk-bound
+  (storage latency, e.g. behind checkpoint writes).
+* ``frame_relay``: a 48 KiB camera frame per request, checksummed; network-bound (the
+  device's link, shared with gradient and model traffic).
+
+All kinds speak the same wire protocol; only the payload size differs
+(:func:`deepedge.apps.server.payload_bytes`, carried by :class:`LoadTarget`).
 
 The load generator and stats are imported lazily on first use: importing this package
 must stay cheap, and ``python -m deepedge.apps.server`` (run under a device's small
@@ -33,6 +47,7 @@ if TYPE_CHECKING:
     from deepedge.spec import AppSpec
 
 __all__ = [
+    "APP_KINDS",
     "AppLatencyStats",
     "LoadGenerator",
     "LoadTarget",
@@ -43,6 +58,9 @@ __all__ = [
     "summarize_apps",
     "wait_ready",
 ]
+
+APP_KINDS: tuple[str, ...] = ("cnn_inference", "kv_lookup", "log_ingest", "frame_relay")
+"""The LC app kinds a server can run (``AppSpec.kind``); see the module doc."""
 
 _LAZY = {
     "AppLatencyStats": "deepedge.apps.stats",
@@ -78,14 +96,19 @@ def server_command(
     threads: int = 1,
     seed: int = 0,
     parent_pid: int | None = None,
+    data_dir: Path | None = None,
+    table_mb: int | None = None,
 ) -> list[str]:
-    """The command line that starts ``app``'s inference server.
+    """The command line that starts ``app``'s server, of kind ``app.kind``.
 
     The child must be able to import ``deepedge`` (installed, or ``PYTHONPATH`` set by
     the launcher). ``ready_file`` should be a fresh path per launch. With ``parent_pid``
     the server also exits when that process is gone, so a crashed launcher leaves no
     server behind. ``threads`` stays 1 by default: a device's quota is a fraction of a
-    core, and more threads would only add contention.
+    core, and more threads would only add contention (it only matters to
+    ``cnn_inference``). ``data_dir`` is where a ``log_ingest`` app keeps its log (default:
+    a temporary directory the server removes at exit); ``table_mb`` sizes a ``kv_lookup``
+    app's table (default 64). Both are ignored by the other kinds.
     """
     cmd = [
         python,
@@ -93,6 +116,8 @@ def server_command(
         "deepedge.apps.server",
         "--name",
         app.name,
+        "--kind",
+        app.kind,
         "--host",
         host,
         "--port",
@@ -108,6 +133,10 @@ def server_command(
     ]
     if parent_pid is not None:
         cmd += ["--parent-pid", str(parent_pid)]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    if table_mb is not None:
+        cmd += ["--table-mb", str(table_mb)]
     return cmd
 
 

@@ -1,4 +1,4 @@
-"""Open-loop Poisson load generator for the LC inference servers.
+"""Open-loop Poisson load generator for the LC app servers.
 
 Open loop means each request is sent at a time drawn in advance from exponential gaps,
 whether or not earlier requests have completed, and its latency is measured from that
@@ -40,6 +40,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from deepedge.apps.server import HEADER, REPLY, request_bytes
+from deepedge.apps.server import payload_bytes as kind_payload_bytes
 from deepedge.apps.stats import RequestRecord, load_records, rows_to_records, save_records
 from deepedge.errors import ClusterError
 
@@ -54,13 +55,20 @@ _TMP_PREFIX = "deepedge-loadgen-"
 
 @dataclass(frozen=True)
 class LoadTarget:
-    """One app to load: where its server listens and the mean request rate."""
+    """One app to load: where its server listens, the mean request rate and the size of
+    each request's payload.
+
+    ``payload_bytes`` must be what the server expects (it closes the connection on any
+    other length); left out, it is a ``cnn_inference`` image of ``image_size``, and it is
+    always an ``int`` after construction. :meth:`from_app` sets it from the app's kind.
+    """
 
     app: str
     host: str
     port: int
     rate_rps: float
     image_size: int = 32
+    payload_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not (self.rate_rps > 0 and math.isfinite(self.rate_rps)):
@@ -69,13 +77,20 @@ class LoadTarget:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.image_size < 4:
             raise ValueError(f"image_size must be >= 4, got {self.image_size}")
+        if self.payload_bytes is None:
+            object.__setattr__(self, "payload_bytes", request_bytes(self.image_size))
+        elif not 0 < self.payload_bytes < 2**32:
+            raise ValueError(f"payload_bytes must be in 1..2**32-1, got {self.payload_bytes}")
 
     @classmethod
     def from_app(
         cls, app: AppSpec, port: int, *, host: str = "127.0.0.1", image_size: int = 32
     ) -> LoadTarget:
-        """The target for an :class:`~deepedge.spec.AppSpec` whose server listens on ``port``."""
-        return cls(app.name, host, port, app.rate_rps, image_size)
+        """The target for an :class:`~deepedge.spec.AppSpec` whose server listens on ``port``
+        (started with the same ``image_size``): the payload fits ``app.kind``."""
+        return cls(
+            app.name, host, port, app.rate_rps, image_size, kind_payload_bytes(app.kind, image_size)
+        )
 
 
 class LoadGenerator:
@@ -304,8 +319,7 @@ class _Run:
         self.pools = [_Pool(t.host, t.port, int(cfg["max_connections"])) for t in self.targets]
         rng = np.random.default_rng([self.seed, 1 << 20])
         self.messages = [
-            HEADER.pack(request_bytes(t.image_size))
-            + rng.integers(0, 256, request_bytes(t.image_size), np.uint8).tobytes()
+            HEADER.pack(t.payload_bytes) + rng.integers(0, 256, t.payload_bytes, np.uint8).tobytes()
             for t in self.targets
         ]
         self.inflight: set[asyncio.Task[None]] = set()

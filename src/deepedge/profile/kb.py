@@ -44,19 +44,29 @@ __all__ = [
     "DEFAULT_KB_PATH",
     "SCHEMA_VERSION",
     "CommPoint",
+    "InterferenceRow",
     "KnowledgeBase",
     "Profile",
     "ProfileKey",
     "ProfilePoint",
     "SoftwareVersions",
+    "UsageRow",
 ]
 
-SCHEMA_VERSION: int = 1
+SCHEMA_VERSION: int = 2
 """Stored as ``PRAGMA user_version``; bump it (and add a migration) when the tables change."""
 
 _BUSY_TIMEOUT_S = 30.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_KB_TABLES = ("kb_meta", "kb_profiles", "kb_points", "kb_comm")
+_KB_TABLES = (
+    "kb_meta",
+    "kb_profiles",
+    "kb_points",
+    "kb_comm",
+    "kb_usage",
+    "kb_interference",
+    "kb_models",
+)
 
 
 def _default_kb_path() -> Path:
@@ -205,6 +215,28 @@ class CommPoint:
     measured_at: float
 
 
+@dataclass(frozen=True)
+class UsageRow:
+    """What one resident consumed alone on a device (see :meth:`KnowledgeBase.add_usage`)."""
+
+    device: str  # canonical JSON device key
+    resident: str  # e.g. "stressor:cpu", "app:kv_lookup", "train:<model sig>/<optimizer>"
+    setting: dict[str, Any]
+    usage: dict[str, float]
+    measured_at: float
+
+
+@dataclass(frozen=True)
+class InterferenceRow:
+    """One co-location run (see :meth:`KnowledgeBase.add_interference`)."""
+
+    device: str
+    campaign: str
+    scenario: dict[str, Any]
+    result: dict[str, Any]
+    measured_at: float
+
+
 # ---------------------------------------------------------------------------------------
 # schema
 
@@ -254,11 +286,58 @@ CREATE TABLE IF NOT EXISTS kb_comm (
 CREATE INDEX IF NOT EXISTS kb_comm_fabric ON kb_comm (fabric, workers, nbytes);
 """
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+# Schema 2: interference profiling (FECBench method). ``kb_usage`` holds what each resident
+# (a stressor at an intensity, an LC app at a rate, the training job at a batch and
+# intensity) consumes running alone on a device, so combinations never run together can be
+# composed; ``kb_interference`` holds co-location runs and what they measured;
+# ``kb_models`` the fitted surrogate models.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS kb_usage (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    device       TEXT NOT NULL,
+    resident     TEXT NOT NULL,
+    setting      TEXT NOT NULL,
+    usage        TEXT NOT NULL,
+    software     TEXT NOT NULL,
+    measured_at  REAL NOT NULL,
+    stale_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS kb_usage_device ON kb_usage (device, resident);
+CREATE TABLE IF NOT EXISTS kb_interference (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    device       TEXT NOT NULL,
+    campaign     TEXT NOT NULL,
+    scenario     TEXT NOT NULL,
+    result       TEXT NOT NULL,
+    software     TEXT NOT NULL,
+    measured_at  REAL NOT NULL,
+    stale_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS kb_interference_campaign ON kb_interference (campaign, device);
+CREATE TABLE IF NOT EXISTS kb_models (
+    name      TEXT PRIMARY KEY,
+    blob      BLOB NOT NULL,
+    meta      TEXT NOT NULL,
+    software  TEXT NOT NULL,
+    fitted_at REAL NOT NULL
+);
+"""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript would COMMIT the open transaction; run the statements one by one.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: lambda conn: _run_script(conn, _SCHEMA_V2),
+}
 """``_MIGRATIONS[n]`` upgrades a schema-``n`` file to ``n + 1`` inside the open transaction.
 
-Empty while there is only schema 1; a file of an older schema without a migration path is
-refused with the reset hint rather than guessed at.
+A file of an older schema without a migration path is refused with the reset hint rather
+than guessed at.
 """
 
 
@@ -273,10 +352,8 @@ def _mark_stale(conn: sqlite3.Connection, reasons: Sequence[tuple[int, str]]) ->
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
-    # executescript would COMMIT the open transaction; run the statements one by one.
-    for statement in _SCHEMA_V1.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    _run_script(conn, _SCHEMA_V1)
+    _run_script(conn, _SCHEMA_V2)
     conn.execute(
         "INSERT OR IGNORE INTO kb_meta (key, value) VALUES ('created_by', ?), ('created_at', ?)",
         (f"deepedge {_deepedge_version()}", datetime.now(UTC).isoformat(timespec="seconds")),
@@ -803,6 +880,129 @@ class KnowledgeBase:
             return conn.execute(
                 f"UPDATE kb_comm SET stale_reason = 'invalidated by user' WHERE {where}", args
             ).rowcount
+
+    # --- interference profiling (schema 2)
+
+    def add_usage(
+        self,
+        device: str,
+        resident: str,
+        setting: Mapping[str, object],
+        usage: Mapping[str, float],
+        *,
+        software: SoftwareVersions | None = None,
+    ) -> None:
+        """Record what ``resident`` consumed running alone on ``device`` at ``setting``."""
+        sw = software or SoftwareVersions.current()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO kb_usage (device, resident, setting, usage, software, measured_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    device,
+                    resident,
+                    _canonical(dict(setting)),
+                    _canonical(dict(usage)),
+                    sw.as_json(),
+                    time.time(),
+                ),
+            )
+
+    def usages(self, device: str | None = None) -> list[UsageRow]:
+        """Fresh solo-usage rows (of one device key, or all), oldest first."""
+        where, args = "stale_reason IS NULL", ()
+        if device is not None:
+            where, args = where + " AND device = ?", (device,)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT device, resident, setting, usage, measured_at FROM kb_usage "
+                f"WHERE {where} ORDER BY id",
+                args,
+            ).fetchall()
+        return [
+            UsageRow(d, r, json.loads(st), json.loads(u), float(at)) for d, r, st, u, at in rows
+        ]
+
+    def add_interference(
+        self,
+        device: str,
+        campaign: str,
+        scenario: Mapping[str, object],
+        result: Mapping[str, object],
+        *,
+        software: SoftwareVersions | None = None,
+    ) -> None:
+        """Record one co-location run (its scenario and what it measured); commits."""
+        sw = software or SoftwareVersions.current()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO kb_interference (device, campaign, scenario, result, software, "
+                "measured_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    device,
+                    campaign,
+                    _canonical(dict(scenario)),
+                    _canonical(dict(result)),
+                    sw.as_json(),
+                    time.time(),
+                ),
+            )
+
+    def interference_runs(
+        self, *, campaign: str | None = None, device: str | None = None
+    ) -> list[InterferenceRow]:
+        """Fresh co-location runs, oldest first, optionally of one campaign or device key."""
+        where, args = ["stale_reason IS NULL"], []
+        for column, value in (("campaign", campaign), ("device", device)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT device, campaign, scenario, result, measured_at FROM kb_interference "
+                f"WHERE {' AND '.join(where)} ORDER BY id",
+                args,
+            ).fetchall()
+        return [
+            InterferenceRow(d, c, json.loads(sc), json.loads(r), float(at))
+            for d, c, sc, r, at in rows
+        ]
+
+    def invalidate_interference(self, device: str | None = None) -> int:
+        """Mark usage rows and co-location runs stale (of one device key, or all)."""
+        where, args = "stale_reason IS NULL", ()
+        if device is not None:
+            where, args = where + " AND device = ?", (device,)
+        with self._write() as conn:
+            n = 0
+            for table in ("kb_usage", "kb_interference"):
+                n += conn.execute(
+                    f"UPDATE {table} SET stale_reason = 'invalidated by user' WHERE {where}", args
+                ).rowcount
+            return n
+
+    def save_model(self, name: str, blob: bytes, meta: Mapping[str, object]) -> None:
+        """Store (replace) a fitted model under ``name``."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO kb_models (name, blob, meta, software, fitted_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    name,
+                    sqlite3.Binary(blob),
+                    _canonical(dict(meta)),
+                    SoftwareVersions.current().as_json(),
+                    time.time(),
+                ),
+            )
+
+    def load_model(self, name: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The stored model ``name`` and its metadata, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT blob, meta FROM kb_models WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else (bytes(row[0]), json.loads(row[1]))
 
     # --- admin
 

@@ -1,0 +1,386 @@
+"""Benchmark: how well the interference model predicts LC tail latency under co-location.
+
+On real emulated devices (cgroups), it
+1. calibrates every resident alone (LC apps at three loads, stressors at three
+   intensities, the demo's training job on a batch × intensity grid);
+2. runs a Latin-hypercube design of co-locations and fits the surrogates on it;
+3. measures held-out scenarios drawn at random, every one with the *real training job*
+   as a co-runner (plus stressors), and scenarios composing two LC apps and training
+   (combinations never run in step 2), and reports the absolute percentage error of the
+   predicted p95 (median, p90, worst) and the coverage of its upper bound;
+4. repeats some held-out scenarios to measure the noise floor (two runs of one scenario);
+5. (unless --skip-study) on a 4-factor slice, compares a full grid with Latin hypercubes
+   of growing size on the same held-out points: how many runs LHS needs to be as
+   accurate as the grid.
+
+Writes bench/results/interference_accuracy.json, .md and a predicted-vs-measured PNG.
+
+    .venv/bin/python bench/interference_accuracy.py [--train-runs 48] [--skip-study]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from _common import RESULTS, machine, write_results
+from deepedge.demo import default_specs
+from deepedge.interference import (
+    LATENCY_FEATURES,
+    CampaignSettings,
+    Factor,
+    FactorSpace,
+    InterferenceLab,
+    InterferenceModel,
+    RunResult,
+    calibrate,
+    coverage,
+    design,
+    factor_space,
+    fit_surrogate,
+    latency_features,
+    load_books,
+    observations,
+    run_scenarios,
+    scenario_from_point,
+)
+from deepedge.interference.plots import plot_predicted_vs_measured
+from deepedge.interference.surrogate import ape
+from deepedge.profile import KnowledgeBase
+from deepedge.spec import ClusterSpec
+
+FECBENCH = {"median_ape_pct": 7.6, "best_ape_pct": 5.4, "worst_ape_pct": 13.5}
+"""FECBench's reported prediction errors (seed abstract), for the table."""
+
+
+def bench_cluster(period_us: int) -> ClusterSpec:
+    return ClusterSpec.model_validate(
+        {
+            "name": "interference-bench",
+            "cpu_period_us": period_us,
+            "devices": [
+                {"name": "mini", "kind": "x86-mini"},
+                {"name": "orin", "kind": "orin-nano"},
+            ],
+        }
+    )
+
+
+def errors(measured: Sequence[float], predicted: Sequence[float]) -> dict[str, float]:
+    e = ape(np.asarray(measured, float), np.asarray(predicted, float))
+    return {
+        "n": len(e),
+        "median_ape_pct": float(np.median(e)),
+        "p90_ape_pct": float(np.percentile(e, 90)),
+        "worst_ape_pct": float(np.max(e)),
+    }
+
+
+def evaluate(model: InterferenceModel, lab: InterferenceLab, runs: Sequence[RunResult]) -> dict:
+    """p95/p99 errors and upper-bound coverage of ``model`` on measured ``runs``."""
+    rows = [r for r in runs if math.isfinite(r.p95_ms) and math.isfinite(r.p99_ms)]
+    preds = [model.predict_latency(lab.device_key(r.scenario.device), r.scenario) for r in rows]
+    out = {
+        "p95": errors([r.p95_ms for r in rows], [p.p95_ms for p in preds])
+        | {"coverage": coverage([r.p95_ms for r in rows], [p.p95_upper_ms for p in preds])},
+        "p99": errors([r.p99_ms for r in rows], [p.p99_ms for p in preds])
+        | {"coverage": coverage([r.p99_ms for r in rows], [p.p99_upper_ms for p in preds])},
+        "unfinished_runs": len(runs) - len(rows),
+    }
+    trained = [r for r in rows if r.train_samples_per_s and model.throughput is not None]
+    if trained:
+        tp = [
+            model.predict_throughput(lab.device_key(r.scenario.device), r.scenario) for r in trained
+        ]
+        measured = [float(r.train_samples_per_s or 0) for r in trained]
+        out["throughput"] = errors(measured, [p for p, _ in tp]) | {
+            "coverage": coverage(measured, [lo for _, lo in tp], "lower")
+        }
+    out["_pairs"] = [(r, p) for r, p in zip(rows, preds, strict=True)]
+    return out
+
+
+def slice_study(
+    lab: InterferenceLab,
+    kb: KnowledgeBase,
+    books: dict,
+    device: str,
+    batch: int,
+    *,
+    levels: int,
+    lhs_sizes: Sequence[int],
+    n_test: int,
+    console: Console,
+) -> dict:
+    """Full grid vs Latin hypercubes on a 4-factor slice, judged on the same random points."""
+    space = FactorSpace(
+        (
+            Factor("device", levels=(device,)),
+            Factor("app", levels=("cnn_inference",)),
+            Factor("app_load", 0.05, 0.4),
+            Factor("train_intensity", 0.1, 0.8),
+            Factor("train_batch", levels=(str(batch),)),
+            Factor("stressor", levels=("cpu",)),
+            Factor("stressor_level", 0.0, 0.6),
+            Factor("second", levels=("membw",)),
+            Factor("second_level", 0.0, 0.4),
+        )
+    )
+    book = books[device]
+
+    def run(points: list, campaign: str) -> list[RunResult]:
+        scenarios = [scenario_from_point(p, book) for p in points]
+        console.print(f"slice study: {campaign} ({len(scenarios)} runs)")
+        return run_scenarios(lab, kb, scenarios, campaign=campaign)
+
+    test = run(space.random(n_test, seed=202), "slice-test")
+    grid = run(space.grid(levels), f"slice-grid-{levels}")
+    designs = {f"lhs-{n}": run(space.lhs(n, seed=3), f"slice-lhs-{n}") for n in lhs_sizes}
+
+    def features(runs: Sequence[RunResult]) -> np.ndarray:
+        return np.array([latency_features(book, r.scenario) for r in runs], float)
+
+    all_x = features([*test, *grid, *(r for d in designs.values() for r in d)])
+    varying = [i for i in range(all_x.shape[1]) if np.ptp(all_x[:, i]) > 1e-12]
+    names = [LATENCY_FEATURES[i] for i in varying]
+
+    def score(train: Sequence[RunResult]) -> dict[str, float]:
+        x = features(train)[:, varying]
+        y = [r.p95_ms for r in train]
+        # Point accuracy only: the bound is not compared here, so a loose alpha lets the
+        # smallest designs fit (the conformal quantile needs ~1/alpha points).
+        s = fit_surrogate(x, y, names, target="p95 (slice)", alpha=0.5, folds=4)
+        pred = s.predict(features(test)[:, varying])
+        return errors([r.p95_ms for r in test], pred) | {"runs": len(train), "chosen": s.chosen}
+
+    results = {f"grid-{levels}^4": score(grid)} | {
+        name: score(runs) for name, runs in designs.items()
+    }
+    grid_err = results[f"grid-{levels}^4"]["median_ape_pct"]
+    matching = [
+        results[name]["runs"] for name in designs if results[name]["median_ape_pct"] <= grid_err
+    ]
+    return {
+        "factors": ["app_load", "train_intensity", "cpu stressor", "membw stressor"],
+        "test_points": len(test),
+        "designs": results,
+        "grid_runs": len(grid),
+        "lhs_runs_matching_grid": min(matching) if matching else None,
+        "run_ratio": len(grid) / min(matching) if matching else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-runs", type=int, default=48)
+    parser.add_argument("--test-runs", type=int, default=24)
+    parser.add_argument("--compose-runs", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=6, help="held-out scenarios run twice")
+    parser.add_argument("--grid-levels", type=int, default=3)
+    parser.add_argument("--lhs-sizes", default="12,16,24")
+    parser.add_argument("--study-test", type=int, default=16)
+    parser.add_argument("--skip-study", action="store_true")
+    parser.add_argument("--period-us", type=int, default=5000, help="CFS period (the demo's)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/bench-interference"))
+    parser.add_argument(
+        "--smoke", action="store_true", help="one device, 1-2 s windows: checks the script only"
+    )
+    args = parser.parse_args()
+    console = Console()
+    cluster = bench_cluster(args.period_us)
+    lab_options: dict = {}
+    if args.smoke:
+        cluster = cluster.model_copy(update={"devices": cluster.devices[:1]})
+        lab_options = {"requests_per_run": 100, "window_s": (1.0, 2.0), "settle_s": 0.3}
+    _, job = default_specs()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    kb_path = args.workdir / "kb.sqlite"
+    KnowledgeBase.reset(kb_path)  # a fresh, private knowledge base every run
+    settings = CampaignSettings(runs=args.train_runs)
+    phases: dict[str, dict[str, float]] = {}
+
+    def phase(name: str, started: float, runs: int) -> None:
+        phases[name] = {"runs": runs, "wall_s": round(time.monotonic() - started, 1)}
+        console.print(f"{name}: {runs} runs in {phases[name]['wall_s']} s")
+
+    with (
+        KnowledgeBase(kb_path) as kb,
+        InterferenceLab(
+            cluster, job, args.workdir / "lab", status=console.print, **lab_options
+        ) as lab,
+    ):
+        t = time.monotonic()
+        calib_runs = 0
+        for name in lab.devices:
+            before = lab.run_count
+            calibrate(lab, kb, name, settings, progress=console.print)
+            calib_runs += lab.run_count - before
+        phase("calibration", t, calib_runs)
+        books_by_key = load_books(kb, job)
+        books = {n: books_by_key[lab.device_key(n)] for n in lab.devices}
+        kinds = sorted({k for b in books.values() for k in b.stressors})
+        batches = settings.batch_levels(job)
+
+        t = time.monotonic()
+        space = factor_space(list(lab.devices), lab.app_kinds, kinds, batches, settings)
+        train = run_scenarios(lab, kb, design(space, books, args.train_runs), campaign="train")
+        phase("train (LHS)", t, len(train))
+
+        t = time.monotonic()
+        held_out = replace(settings, train_intensity=(0.2, 0.8))
+        test_space = factor_space(list(lab.devices), lab.app_kinds, kinds, batches, held_out)
+        test_sc = design(test_space, books, args.test_runs, seed=101, sampler="random")
+        test = run_scenarios(lab, kb, test_sc, campaign="test")
+        phase("held-out (random, with training)", t, len(test))
+
+        t = time.monotonic()
+        rng = np.random.default_rng(7)
+        compose_sc = []
+        for sc in design(test_space, books, args.compose_runs, seed=303, sampler="random"):
+            other = str(rng.choice([k for k in lab.app_kinds if k != sc.app]))
+            rate = books[sc.device].rate_for_load(other, float(rng.uniform(0.05, 0.2)))
+            compose_sc.append(replace(sc, stressors={}, other_apps={other: rate}))
+        compose = run_scenarios(lab, kb, compose_sc, campaign="compose")
+        phase("composed (two LC apps + training)", t, len(compose))
+
+        t = time.monotonic()
+        repeat = run_scenarios(lab, kb, test_sc[: args.repeats], campaign="repeat")
+        phase("repeats (noise floor)", t, len(repeat))
+
+        t = time.monotonic()
+        obs = observations(
+            [(lab.device_key(r.scenario.device), r.scenario, r) for r in train], books_by_key
+        )
+        model = InterferenceModel.fit(obs, books_by_key)
+        fit_s = time.monotonic() - t
+        held = evaluate(model, lab, test)
+        composed = evaluate(model, lab, compose)
+        pairs = held.pop("_pairs") + composed.pop("_pairs")
+        noise = errors([r.p95_ms for r in test[: args.repeats]], [r.p95_ms for r in repeat])
+
+        study = None
+        if not args.skip_study:
+            t, before = time.monotonic(), lab.run_count
+            sizes = [int(s) for s in args.lhs_sizes.split(",") if s]
+            study = slice_study(
+                lab,
+                kb,
+                books,
+                next(iter(lab.devices)),
+                batches[len(batches) // 2],
+                levels=args.grid_levels,
+                lhs_sizes=sizes,
+                n_test=args.study_test,
+                console=console,
+            )
+            phase("grid vs LHS slice study", t, lab.run_count - before)
+        skipped = {d: dict(k) for d, k in lab.skipped.items()}
+        emulation = lab.cluster.mode.value
+
+    result = {
+        "machine": machine(emulation),
+        "cluster": cluster.model_dump(mode="json"),
+        "job": job.model_dump(mode="json"),
+        "phases": phases,
+        "skipped_stressors": skipped,
+        "model": model.summary(),
+        "fit_s": round(fit_s, 2),
+        "held_out": held,
+        "composed": composed,
+        "noise_floor_p95": noise,
+        "slice_study": study,
+        "fecbench": FECBENCH,
+        "goals": {"median_ape_pct": 5, "worst_ape_pct": 12, "coverage": 0.95, "run_ratio": 5},
+    }
+    if args.smoke:
+        console.print_json(data={k: v for k, v in result.items() if k not in ("cluster", "job")})
+        return 0
+    plot_predicted_vs_measured(
+        [r.p95_ms for r, _ in pairs],
+        [p.p95_ms for _, p in pairs],
+        [p.p95_upper_ms for _, p in pairs],
+        [f"{r.scenario.app}{' (composed)' if r.scenario.other_apps else ''}" for r, _ in pairs],
+        RESULTS / "interference_accuracy.png",
+        title="held-out p95: predicted vs measured",
+    )
+    write_results("interference_accuracy", result, markdown(result))
+    console.print("\n".join(markdown(result)))
+    return 0
+
+
+def markdown(r: dict) -> list[str]:
+    h, c, n = r["held_out"]["p95"], r["composed"]["p95"], r["noise_floor_p95"]
+    f = r["fecbench"]
+    lines = [
+        "# Interference prediction accuracy (LC p95 latency)",
+        "",
+        f"Emulated devices on {r['machine']['cpus']} CPUs ({r['machine']['emulation']}); "
+        f"model: {r['model']['p95']['chosen']} chosen by CV on {r['model']['p95']['points']} "
+        "Latin-hypercube runs.",
+        "",
+        "| scenario set | runs | median APE | p90 APE | worst APE | upper-bound coverage |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| held-out, real training as co-runner | {h['n']} | {h['median_ape_pct']:.1f} % | "
+        f"{h['p90_ape_pct']:.1f} % | {h['worst_ape_pct']:.1f} % | {h['coverage']:.0%} |",
+        f"| composed: 2 LC apps + training (never run together) | {c['n']} | "
+        f"{c['median_ape_pct']:.1f} % | {c['p90_ape_pct']:.1f} % | {c['worst_ape_pct']:.1f} % | "
+        f"{c['coverage']:.0%} |",
+        f"| noise floor: same scenario run twice | {n['n']} | {n['median_ape_pct']:.1f} % | "
+        f"{n['p90_ape_pct']:.1f} % | {n['worst_ape_pct']:.1f} % | |",
+        f"| FECBench (paper) | | {f['median_ape_pct']} % | | {f['worst_ape_pct']} % "
+        f"(best {f['best_ape_pct']} %) | |",
+        "",
+    ]
+    if "throughput" in r["held_out"]:
+        t = r["held_out"]["throughput"]
+        lines += [
+            f"Training throughput beside the apps: median APE {t['median_ape_pct']:.1f} %, "
+            f"worst {t['worst_ape_pct']:.1f} %, lower-bound coverage {t['coverage']:.0%}.",
+            "",
+        ]
+    p99 = r["held_out"]["p99"]
+    lines += [
+        f"p99 (held-out): median APE {p99['median_ape_pct']:.1f} %, worst "
+        f"{p99['worst_ape_pct']:.1f} %, upper-bound coverage {p99['coverage']:.0%}.",
+        "",
+    ]
+    s = r.get("slice_study")
+    if s:
+        lines += [
+            f"## Full grid vs Latin hypercube ({', '.join(s['factors'])}; "
+            f"{s['test_points']} random held-out points)",
+            "",
+            "| design | runs | model | median APE | p90 APE | worst APE |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        for name, d in s["designs"].items():
+            lines.append(
+                f"| {name} | {d['runs']} | {d['chosen']} | {d['median_ape_pct']:.1f} % | "
+                f"{d['p90_ape_pct']:.1f} % | {d['worst_ape_pct']:.1f} % |"
+            )
+        ratio = s["run_ratio"]
+        lines += [
+            "",
+            f"LHS runs needed to match the grid's median error: {s['lhs_runs_matching_grid']} "
+            f"vs {s['grid_runs']} ({ratio:.1f}× fewer)."
+            if ratio
+            else "No LHS size tried matched the grid's median error.",
+            "",
+        ]
+    lines += [
+        "Phases: "
+        + "; ".join(f"{k} {v['runs']} runs {v['wall_s']} s" for k, v in r["phases"].items())
+    ]
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Interference profiling and prediction (FECBench method).
+
+How much does a co-runner (a resource stressor, or the training job at batch b and
+intensity c) slow each latency-critical app on a device? The :class:`InterferenceLab`
+measures it on real emulated devices; :func:`calibrate` stores each resident's solo
+resource-usage vector in the knowledge base; a Latin-hypercube design
+(:class:`FactorSpace`) picks co-location runs; :class:`InterferenceModel` fits surrogate
+models (chosen by cross-validation) from composed usage vectors to p95/p99 latency and
+training throughput, each with a conformal bound the planner can trust.
+"""
+
+from deepedge.interference.campaign import (
+    CampaignSettings,
+    calibrate,
+    design,
+    distinct_devices,
+    factor_space,
+    load_books,
+    profile_interference,
+    run_scenarios,
+    scenario_from_point,
+    train_resident,
+)
+from deepedge.interference.doe import Factor, FactorSpace
+from deepedge.interference.lab import (
+    RESOURCE_STRESSORS,
+    InterferenceLab,
+    RunResult,
+    Scenario,
+    TrainLoad,
+    device_key,
+)
+from deepedge.interference.model import (
+    MODEL_NAME,
+    InterferenceModel,
+    LatencyPrediction,
+    NoInterferenceModel,
+    Observation,
+    observations,
+)
+from deepedge.interference.stressors import (
+    STRESSOR_KINDS,
+    StressorProcess,
+    StressorUnavailable,
+    Usage,
+)
+from deepedge.interference.surrogate import (
+    NotEnoughPoints,
+    Surrogate,
+    coverage,
+    fit_surrogate,
+    min_points,
+)
+from deepedge.interference.usage import (
+    LATENCY_FEATURES,
+    THROUGHPUT_FEATURES,
+    MissingUsage,
+    UsageBook,
+    latency_features,
+    throughput_features,
+)
+
+__all__ = [
+    "LATENCY_FEATURES",
+    "MODEL_NAME",
+    "RESOURCE_STRESSORS",
+    "STRESSOR_KINDS",
+    "THROUGHPUT_FEATURES",
+    "CampaignSettings",
+    "Factor",
+    "FactorSpace",
+    "InterferenceLab",
+    "InterferenceModel",
+    "LatencyPrediction",
+    "MissingUsage",
+    "NoInterferenceModel",
+    "NotEnoughPoints",
+    "Observation",
+    "RunResult",
+    "Scenario",
+    "StressorProcess",
+    "StressorUnavailable",
+    "Surrogate",
+    "TrainLoad",
+    "Usage",
+    "UsageBook",
+    "calibrate",
+    "coverage",
+    "design",
+    "device_key",
+    "distinct_devices",
+    "factor_space",
+    "fit_surrogate",
+    "latency_features",
+    "load_books",
+    "min_points",
+    "observations",
+    "profile_interference",
+    "run_scenarios",
+    "scenario_from_point",
+    "throughput_features",
+    "train_resident",
+]

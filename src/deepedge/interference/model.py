@@ -1,0 +1,296 @@
+"""The fitted interference model the planner asks: "p95 of app A on device D if training
+runs there with batch b at intensity c?" and "how fast does training go beside the apps?"
+
+It bundles three surrogates (LC p95 and p99 latency with an upper bound, training
+throughput with a lower bound) and the usage books of the devices it was fitted on, so a
+prediction needs only the stored model, not a live cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepedge.errors import DeepEdgeError
+from deepedge.interference.lab import RunResult, Scenario, TrainLoad
+from deepedge.interference.surrogate import NotEnoughPoints, Surrogate, fit_surrogate
+from deepedge.interference.usage import (
+    LATENCY_FEATURES,
+    THROUGHPUT_FEATURES,
+    UsageBook,
+    latency_features,
+    throughput_features,
+)
+from deepedge.profile.kb import InterferenceRow, KnowledgeBase
+
+__all__ = [
+    "MODEL_NAME",
+    "InterferenceModel",
+    "LatencyPrediction",
+    "NoInterferenceModel",
+    "Observation",
+    "latency_rows",
+    "observations",
+    "throughput_rows",
+]
+
+MODEL_NAME = "interference"
+_FORMAT = 1
+
+
+class NoInterferenceModel(DeepEdgeError):
+    """No fitted model (or none for this device) in the knowledge base."""
+
+
+@dataclass(frozen=True)
+class LatencyPrediction:
+    """Predicted tail latency of one LC app, with upper bounds at the model's coverage."""
+
+    app: str
+    p95_ms: float
+    p95_upper_ms: float
+    p99_ms: float
+    p99_upper_ms: float
+    solo_p95_ms: float
+
+    def to_dict(self) -> dict[str, float | str]:
+        return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured run, ready for fitting: its scenario, device book and outcomes."""
+
+    scenario: Scenario
+    book: UsageBook
+    p95_ms: float
+    p99_ms: float
+    train_samples_per_s: float | None
+    campaign: str
+
+
+def observations(
+    rows: Sequence[InterferenceRow] | Sequence[tuple[str, Scenario, RunResult]],
+    books: Mapping[str, UsageBook],
+) -> list[Observation]:
+    """Knowledge-base runs whose device has a usage book, as fitting rows.
+
+    Runs that failed outright (no request completed) carry no latency to learn from and
+    are left out of the latency fit.
+    """
+    out = []
+    for row in rows:
+        if isinstance(row, tuple):
+            key, sc, r = row
+            result, campaign = r.to_dict(), ""
+        else:
+            key, sc, result, campaign = (
+                row.device,
+                Scenario.from_dict(row.scenario),
+                row.result,
+                row.campaign,
+            )
+        book = books.get(key)
+        if book is None:
+            continue
+        out.append(
+            Observation(
+                sc,
+                book,
+                float(result["p95_ms"]),
+                float(result["p99_ms"]),
+                result.get("train_samples_per_s"),
+                campaign,
+            )
+        )
+    return out
+
+
+def latency_rows(obs: Sequence[Observation]) -> list[Observation]:
+    return [
+        o
+        for o in obs
+        if o.scenario.app is not None and math.isfinite(o.p95_ms) and math.isfinite(o.p99_ms)
+    ]
+
+
+def throughput_rows(obs: Sequence[Observation]) -> list[Observation]:
+    return [
+        o
+        for o in obs
+        if o.scenario.train is not None and o.train_samples_per_s and o.train_samples_per_s > 0
+    ]
+
+
+@dataclass
+class InterferenceModel:
+    p95: Surrogate
+    p99: Surrogate
+    throughput: Surrogate | None
+    books: dict[str, UsageBook]
+
+    # --- fitting
+
+    @classmethod
+    def fit(
+        cls,
+        obs: Sequence[Observation],
+        books: Mapping[str, UsageBook],
+        *,
+        alpha: float = 0.05,
+        seed: int = 0,
+        folds: int = 5,
+    ) -> InterferenceModel:
+        """Fit the latency and throughput surrogates on ``obs`` (see :func:`observations`).
+
+        Raises :class:`~deepedge.interference.surrogate.NotEnoughPoints` saying how many
+        more runs a model needs. Throughput is left out (None) when too few runs had the
+        training job and fitting it alone would fail.
+        """
+        lat = latency_rows(obs)
+        X = np.array([latency_features(o.book, o.scenario) for o in lat], dtype=float)
+        kwargs: dict[str, Any] = {"alpha": alpha, "seed": seed, "folds": folds}
+        p95 = fit_surrogate(
+            X.reshape(-1, len(LATENCY_FEATURES)),
+            [o.p95_ms for o in lat],
+            LATENCY_FEATURES,
+            target="LC p95 latency",
+            **kwargs,
+        )
+        p99 = fit_surrogate(
+            X, [o.p99_ms for o in lat], LATENCY_FEATURES, target="LC p99 latency", **kwargs
+        )
+        thr = throughput_rows(obs)
+        throughput = None
+        Xt = np.array([throughput_features(o.book, o.scenario) for o in thr], dtype=float)
+        with contextlib.suppress(NotEnoughPoints):
+            throughput = fit_surrogate(
+                Xt.reshape(-1, len(THROUGHPUT_FEATURES)),
+                [float(o.train_samples_per_s or 0) for o in thr],
+                THROUGHPUT_FEATURES,
+                target="training throughput",
+                bound="lower",
+                **kwargs,
+            )
+        return cls(p95, p99, throughput, dict(books))
+
+    # --- prediction
+
+    def book(self, device_key: str) -> UsageBook:
+        book = self.books.get(device_key)
+        if book is None:
+            kind = json.loads(device_key).get("kind", "?")
+            raise NoInterferenceModel(
+                f"the interference model has no profile of device kind {kind!r} "
+                "with this hardware and emulation",
+                hint="run `deepedge interference profile` on a cluster with this device, "
+                "then `deepedge interference fit`",
+            )
+        return book
+
+    def predict_latency(self, device_key: str, sc: Scenario) -> LatencyPrediction:
+        """Tail latency of ``sc``'s target app beside its co-runners."""
+        book = self.book(device_key)
+        x = [latency_features(book, sc)]
+        p95, p95_up = self.p95.predict_bound(x)
+        p99, p99_up = self.p99.predict_bound(x)
+        solo = book.app(str(sc.app), sc.rate_rps).get("p95_ms", math.nan)
+        return LatencyPrediction(
+            str(sc.app),
+            float(p95[0]),
+            float(p95_up[0]),
+            float(p99[0]),
+            float(p99_up[0]),
+            float(solo),
+        )
+
+    def predict_throughput(self, device_key: str, sc: Scenario) -> tuple[float, float]:
+        """Training samples/s of ``sc`` beside its co-runners, and a lower bound."""
+        if self.throughput is None:
+            raise NoInterferenceModel(
+                "the interference model has no training-throughput part",
+                hint="profile with runs that include the training job, then refit",
+            )
+        pred, low = self.throughput.predict_bound([throughput_features(self.book(device_key), sc)])
+        return float(pred[0]), float(low[0])
+
+    def apps_beside_training(
+        self,
+        device_key: str,
+        apps: Mapping[str, tuple[str, float]],
+        train: TrainLoad | None,
+    ) -> dict[str, LatencyPrediction]:
+        """The planner's question for one device: each LC app's latency when training runs
+        there at ``train`` (None: no training). ``apps`` maps app name -> (kind, rate);
+        the device's other apps count as co-runners of each."""
+        out = {}
+        for name, (kind, rate) in apps.items():
+            others: dict[str, float] = {}
+            for other, (k, r) in apps.items():
+                if other != name:
+                    others[k] = others.get(k, 0.0) + r
+            if kind in others:  # two apps of one kind: the model knows one per kind
+                rate += others.pop(kind)
+            sc = Scenario(device="", app=kind, rate_rps=rate, train=train, other_apps=others)
+            out[name] = self.predict_latency(device_key, sc)
+        return out
+
+    # --- storage
+
+    def save(self, kb: KnowledgeBase, name: str = MODEL_NAME) -> None:
+        blob = pickle.dumps(
+            {
+                "format": _FORMAT,
+                "p95": self.p95.save(),
+                "p99": self.p99.save(),
+                "throughput": self.throughput.save() if self.throughput else None,
+                "books": {k: b.to_dict() for k, b in self.books.items()},
+            }
+        )
+        kb.save_model(name, blob, self.summary())
+
+    @classmethod
+    def load(cls, kb: KnowledgeBase, name: str = MODEL_NAME) -> InterferenceModel:
+        stored = kb.load_model(name)
+        if stored is None:
+            raise NoInterferenceModel(
+                f"knowledge base {kb.path} has no fitted interference model",
+                hint="run `deepedge interference profile` then `deepedge interference fit`",
+            )
+        data = pickle.loads(stored[0])
+        if data.get("format") != _FORMAT:
+            raise NoInterferenceModel(
+                "the stored interference model has an unknown format",
+                hint="refit it with `deepedge interference fit`",
+            )
+        return cls(
+            Surrogate.load(data["p95"]),
+            Surrogate.load(data["p99"]),
+            Surrogate.load(data["throughput"]) if data["throughput"] else None,
+            {k: UsageBook.from_dict(b) for k, b in data["books"].items()},
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What was fitted and how well it cross-validated (for reports and `fit`'s table)."""
+        parts = {"p95": self.p95, "p99": self.p99, "throughput": self.throughput}
+        return {
+            name: None
+            if s is None
+            else {
+                "chosen": s.chosen,
+                "points": s.n_points,
+                "cv_median_ape_pct": s.cv_error,
+                "cv_p90_ape_pct": s.cv_p90_error,
+                "bound": s.bound,
+                "alpha": s.alpha,
+                "bound_factor": math.exp(s.log_margin),
+            }
+            for name, s in parts.items()
+        } | {"devices": [json.loads(k)["kind"] for k in self.books]}

@@ -1,0 +1,262 @@
+"""Resource-usage vectors of residents, and composing them into co-location features.
+
+FECBench's knowledge base of application combinations: each resident (a stressor at an
+intensity, an LC app at a rate, the training job at a batch and intensity) is measured
+*alone* on a device once, as a vector of what it consumes. A combination that was never
+run together is then described by the sum of its residents' vectors, and the surrogate
+model maps that description to latency. :class:`UsageBook` holds one device's solo
+measurements and interpolates between measured settings; :func:`latency_features` and
+:func:`throughput_features` turn a scenario into the model's inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deepedge.apps import APP_KINDS
+from deepedge.errors import DeepEdgeError
+from deepedge.interference.lab import Scenario, TrainLoad
+from deepedge.interference.stressors import Usage
+from deepedge.profile.kb import UsageRow
+
+__all__ = [
+    "LATENCY_FEATURES",
+    "THROUGHPUT_FEATURES",
+    "MissingUsage",
+    "UsageBook",
+    "latency_features",
+    "throughput_features",
+]
+
+_VECTOR = tuple(f for f in Usage.FIELDS if f != "samples_per_s")
+"""The consumption fields that compose by addition (throughput is an outcome, not a load)."""
+
+
+class MissingUsage(DeepEdgeError):
+    """A scenario names a resident whose solo usage was never measured on that device."""
+
+
+def _curve(points: list[tuple[float, dict[str, float]]], x: float, name: str) -> dict[str, float]:
+    """Linear interpolation of dict-valued ``points`` (sorted by x) at ``x``.
+
+    Below the first point it interpolates towards the origin when the curve starts at a
+    positive x (nothing running consumes nothing); above the last it extrapolates with the
+    last segment's slope, clipped at zero, which is right for rate-proportional costs.
+    """
+    xs = [p[0] for p in points]
+    keys = sorted(set().union(*(p[1] for p in points)))
+    if len(points) == 1:
+        x0, v0 = points[0]
+        scale = x / x0 if x0 > 0 else 1.0
+        return {k: v0.get(k, 0.0) * scale for k in keys}
+    out = {}
+    for k in keys:
+        ys = [p[1].get(k, 0.0) for p in points]
+        if x <= xs[0] and xs[0] > 0:
+            out[k] = ys[0] * x / xs[0]
+        elif x >= xs[-1]:
+            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) if xs[-1] > xs[-2] else 0.0
+            out[k] = max(0.0, ys[-1] + slope * (x - xs[-1]))
+        else:
+            out[k] = float(np.interp(x, xs, ys))
+    return out
+
+
+@dataclass
+class UsageBook:
+    """One device's solo measurements: stressor, app and training curves."""
+
+    device: str  # canonical device key
+    quota_cores: float
+    stressors: dict[str, list[tuple[float, dict[str, float]]]] = field(default_factory=dict)
+    apps: dict[str, list[tuple[float, dict[str, float]]]] = field(default_factory=dict)
+    train: dict[tuple[int, float], dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(cls, device: str, quota_cores: float, rows: Iterable[UsageRow]) -> UsageBook:
+        """Build from knowledge-base rows; a later row for the same setting wins."""
+        book = cls(device, quota_cores)
+        stress: dict[str, dict[float, dict[str, float]]] = {}
+        apps: dict[str, dict[float, dict[str, float]]] = {}
+        for row in rows:
+            if row.device != device:
+                continue
+            kind, _, name = row.resident.partition(":")
+            if kind == "stressor":
+                stress.setdefault(name, {})[float(row.setting["intensity"])] = row.usage
+            elif kind == "app":
+                apps.setdefault(name, {})[float(row.setting["rate_rps"])] = row.usage
+            elif kind == "train":
+                key = (int(row.setting["batch"]), float(row.setting["intensity"]))
+                book.train[key] = row.usage
+        book.stressors = {k: sorted(v.items()) for k, v in stress.items()}
+        book.apps = {k: sorted(v.items()) for k, v in apps.items()}
+        return book
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "quota_cores": self.quota_cores,
+            "stressors": self.stressors,
+            "apps": self.apps,
+            "train": [[b, c, u] for (b, c), u in sorted(self.train.items())],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsageBook:
+        return cls(
+            device=data["device"],
+            quota_cores=float(data["quota_cores"]),
+            stressors={
+                k: [(float(x), dict(u)) for x, u in v] for k, v in data["stressors"].items()
+            },
+            apps={k: [(float(x), dict(u)) for x, u in v] for k, v in data["apps"].items()},
+            train={(int(b), float(c)): dict(u) for b, c, u in data["train"]},
+        )
+
+    def _missing(self, what: str) -> MissingUsage:
+        return MissingUsage(
+            f"no solo usage of {what} on this device kind in the knowledge base",
+            hint="measure it with `deepedge interference profile` on a cluster with this device",
+        )
+
+    def stressor(self, kind: str, intensity: float) -> dict[str, float]:
+        if intensity <= 0:
+            return {}
+        if kind not in self.stressors:
+            raise self._missing(f"stressor {kind}")
+        return _curve(self.stressors[kind], intensity, kind)
+
+    def app(self, kind: str, rate_rps: float) -> dict[str, float]:
+        """The app's solo usage at ``rate_rps`` (with its solo p50/p95/p99 latency)."""
+        if kind not in self.apps:
+            raise self._missing(f"LC app {kind}")
+        return _curve(self.apps[kind], rate_rps, kind)
+
+    def cpu_per_request(self, kind: str) -> float:
+        """Core-seconds one request of ``kind`` costs (from its highest measured rate)."""
+        if kind not in self.apps:
+            raise self._missing(f"LC app {kind}")
+        rate, usage = self.apps[kind][-1]
+        return max(usage.get("cpu_cores", 0.0) / rate, 1e-5)
+
+    def rate_for_load(self, kind: str, load: float) -> float:
+        """The request rate at which ``kind`` alone uses ``load`` of the device's CPU."""
+        return load * self.quota_cores / self.cpu_per_request(kind)
+
+    def training(self, train: TrainLoad) -> dict[str, float]:
+        """Training's solo usage at (batch, intensity): bilinear in (log batch, intensity)."""
+        if not self.train:
+            raise self._missing("the training job")
+        batches = sorted({b for b, _ in self.train})
+        levels = sorted({c for _, c in self.train})
+        b = min(max(train.batch, batches[0]), batches[-1])
+        c = train.intensity
+
+        def at_batch(bb: int) -> dict[str, float]:
+            pts = [(cc, self.train[(bb, cc)]) for cc in levels if (bb, cc) in self.train]
+            return _curve(pts, c, "train")
+
+        if b in batches or len(batches) == 1:
+            return at_batch(min(batches, key=lambda x: abs(x - b)))
+        hi = next(x for x in batches if x > b)
+        lo = max(x for x in batches if x < b)
+        w = (math.log(b) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        u_lo, u_hi = at_batch(lo), at_batch(hi)
+        return {k: (1 - w) * u_lo.get(k, 0.0) + w * u_hi.get(k, 0.0) for k in u_lo | u_hi}
+
+    def compose(
+        self,
+        *,
+        stressors: Mapping[str, float] = {},
+        train: TrainLoad | None = None,
+        apps: Mapping[str, float] = {},
+    ) -> dict[str, float]:
+        """The summed consumption vector of a set of co-runners."""
+        total = dict.fromkeys(_VECTOR, 0.0)
+        parts = [self.stressor(k, v) for k, v in stressors.items()]
+        parts += [self.app(k, r) for k, r in apps.items()]
+        if train is not None:
+            parts.append(self.training(train))
+        for part in parts:
+            for k in _VECTOR:
+                total[k] += float(part.get(k, 0.0))
+        return total
+
+
+_CO = tuple(f"co_{f}" for f in _VECTOR)
+LATENCY_FEATURES: tuple[str, ...] = (
+    *(f"app={k}" for k in APP_KINDS),
+    "quota_cores",
+    "rate_rps",
+    "own_util",
+    "log_solo_p95_ms",
+    "log_solo_p99_ms",
+    *_CO,
+    "co_util",
+    "total_util",
+)
+"""Inputs of the LC latency models, in order."""
+
+THROUGHPUT_FEATURES: tuple[str, ...] = (
+    "quota_cores",
+    "log_batch",
+    "intensity",
+    "log_solo_samples_per_s",
+    "train_util",
+    *_CO,
+    "co_util",
+    "total_util",
+)
+"""Inputs of the training-throughput model, in order."""
+
+
+def latency_features(book: UsageBook, sc: Scenario) -> list[float]:
+    """The latency model's inputs for the target app of ``sc``, from solo usage only."""
+    if sc.app is None:
+        raise ValueError("latency features need a scenario with a target LC app")
+    own = book.app(sc.app, sc.rate_rps)
+    co = book.compose(stressors=sc.stressors, train=sc.train, apps=sc.other_apps)
+    q = book.quota_cores
+    own_util = own.get("cpu_cores", 0.0) / q
+    co_util = co["cpu_cores"] / q
+    return [
+        *(1.0 if sc.app == k else 0.0 for k in APP_KINDS),
+        q,
+        sc.rate_rps,
+        own_util,
+        math.log(max(own.get("p95_ms", 1e-3), 1e-3)),
+        math.log(max(own.get("p99_ms", 1e-3), 1e-3)),
+        *(co[f] for f in _VECTOR),
+        co_util,
+        own_util + co_util,
+    ]
+
+
+def throughput_features(book: UsageBook, sc: Scenario) -> list[float]:
+    """The throughput model's inputs for the training job of ``sc``."""
+    if sc.train is None:
+        raise ValueError("throughput features need a scenario with the training job")
+    solo = book.training(sc.train)
+    apps = dict(sc.other_apps)
+    if sc.app is not None:
+        apps[sc.app] = sc.rate_rps
+    co = book.compose(stressors=sc.stressors, apps=apps)
+    q = book.quota_cores
+    train_util = solo.get("cpu_cores", 0.0) / q
+    co_util = co["cpu_cores"] / q
+    return [
+        q,
+        math.log(sc.train.batch),
+        sc.train.intensity,
+        math.log(max(solo.get("samples_per_s", 1e-3), 1e-3)),
+        train_util,
+        *(co[f] for f in _VECTOR),
+        co_util,
+        train_util + co_util,
+    ]
