@@ -33,6 +33,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/uneven_split.py
 	$(PY) bench/profile_accuracy.py
+	$(PY) bench/interference_accuracy.py
 
 clean:
 	rm -rf $(VENV) demo-out runs .pytest_cache .ruff_cache

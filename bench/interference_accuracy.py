@@ -21,6 +21,7 @@ Writes bench/results/interference_accuracy.json, .md and a predicted-vs-measured
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -40,7 +41,8 @@ from deepedge.interference import (
     FactorSpace,
     InterferenceLab,
     InterferenceModel,
-    RunResult,
+    Scenario,
+    UsageBook,
     calibrate,
     coverage,
     design,
@@ -84,44 +86,50 @@ def errors(measured: Sequence[float], predicted: Sequence[float]) -> dict[str, f
     }
 
 
-def evaluate(model: InterferenceModel, lab: InterferenceLab, runs: Sequence[RunResult]) -> dict:
+Row = tuple[str, Scenario, dict]
+"""One stored run: device key, scenario, measured result."""
+
+
+def stored(kb: KnowledgeBase, campaign: str) -> list[Row]:
+    return [
+        (r.device, Scenario.from_dict(r.scenario), r.result)
+        for r in kb.interference_runs(campaign=campaign)
+    ]
+
+
+def finite(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if math.isfinite(r[2]["p95_ms"]) and math.isfinite(r[2]["p99_ms"])]
+
+
+def evaluate(model: InterferenceModel, runs: Sequence[Row]) -> tuple[dict, list]:
     """p95/p99 errors and upper-bound coverage of ``model`` on measured ``runs``."""
-    rows = [r for r in runs if math.isfinite(r.p95_ms) and math.isfinite(r.p99_ms)]
-    preds = [model.predict_latency(lab.device_key(r.scenario.device), r.scenario) for r in rows]
+    rows = finite(runs)
+    preds = [model.predict_latency(key, sc) for key, sc, _ in rows]
+    p95 = [r[2]["p95_ms"] for r in rows]
+    p99 = [r[2]["p99_ms"] for r in rows]
     out = {
-        "p95": errors([r.p95_ms for r in rows], [p.p95_ms for p in preds])
-        | {"coverage": coverage([r.p95_ms for r in rows], [p.p95_upper_ms for p in preds])},
-        "p99": errors([r.p99_ms for r in rows], [p.p99_ms for p in preds])
-        | {"coverage": coverage([r.p99_ms for r in rows], [p.p99_upper_ms for p in preds])},
+        "p95": errors(p95, [p.p95_ms for p in preds])
+        | {"coverage": coverage(p95, [p.p95_upper_ms for p in preds])},
+        "p99": errors(p99, [p.p99_ms for p in preds])
+        | {"coverage": coverage(p99, [p.p99_upper_ms for p in preds])},
         "unfinished_runs": len(runs) - len(rows),
     }
-    trained = [r for r in rows if r.train_samples_per_s and model.throughput is not None]
+    trained = [r for r in rows if r[2].get("train_samples_per_s") and model.throughput]
     if trained:
-        tp = [
-            model.predict_throughput(lab.device_key(r.scenario.device), r.scenario) for r in trained
-        ]
-        measured = [float(r.train_samples_per_s or 0) for r in trained]
+        tp = [model.predict_throughput(key, sc) for key, sc, _ in trained]
+        measured = [float(r[2]["train_samples_per_s"]) for r in trained]
         out["throughput"] = errors(measured, [p for p, _ in tp]) | {
             "coverage": coverage(measured, [lo for _, lo in tp], "lower")
         }
-    out["_pairs"] = [(r, p) for r, p in zip(rows, preds, strict=True)]
-    return out
+    return out, list(zip(rows, preds, strict=True))
 
 
-def slice_study(
-    lab: InterferenceLab,
-    kb: KnowledgeBase,
-    books: dict,
-    device: str,
-    batch: int,
-    *,
-    levels: int,
-    lhs_sizes: Sequence[int],
-    n_test: int,
-    console: Console,
-) -> dict:
-    """Full grid vs Latin hypercubes on a 4-factor slice, judged on the same random points."""
-    space = FactorSpace(
+SLICE_FACTORS = ("app_load", "train_intensity", "cpu stressor", "membw stressor")
+
+
+def slice_space(device: str, batch: int) -> FactorSpace:
+    """The 4-factor slice of the grid-vs-LHS study: one device, the CNN app."""
+    return FactorSpace(
         (
             Factor("device", levels=(device,)),
             Factor("app", levels=("cnn_inference",)),
@@ -134,76 +142,90 @@ def slice_study(
             Factor("second_level", 0.0, 0.4),
         )
     )
-    book = books[device]
 
-    def run(points: list, campaign: str) -> list[RunResult]:
+
+def measure_slice(
+    lab: InterferenceLab,
+    kb: KnowledgeBase,
+    book: UsageBook,
+    device: str,
+    batch: int,
+    *,
+    levels: int,
+    lhs_sizes: Sequence[int],
+    n_test: int,
+    console: Console,
+) -> None:
+    """Run the slice study's held-out points, full grid and Latin hypercubes."""
+    space = slice_space(device, batch)
+    designs = {
+        "slice-test": space.random(n_test, seed=202),
+        f"slice-grid-{levels}": space.grid(levels),
+        **{f"slice-lhs-{n}": space.lhs(n, seed=3) for n in lhs_sizes},
+    }
+    for campaign, points in designs.items():
+        console.print(f"slice study: {campaign} ({len(points)} runs)")
         scenarios = [scenario_from_point(p, book) for p in points]
-        console.print(f"slice study: {campaign} ({len(scenarios)} runs)")
-        return run_scenarios(lab, kb, scenarios, campaign=campaign)
+        run_scenarios(lab, kb, scenarios, campaign=campaign)
 
-    test = run(space.random(n_test, seed=202), "slice-test")
-    grid = run(space.grid(levels), f"slice-grid-{levels}")
-    designs = {f"lhs-{n}": run(space.lhs(n, seed=3), f"slice-lhs-{n}") for n in lhs_sizes}
 
-    def features(runs: Sequence[RunResult]) -> np.ndarray:
-        return np.array([latency_features(book, r.scenario) for r in runs], float)
+def analyse_slice(
+    kb: KnowledgeBase, books: dict[str, UsageBook], levels: int, lhs_sizes: Sequence[int]
+) -> dict:
+    """Fit the same surrogate on the grid and on each Latin hypercube; judge on one test set."""
+    test = finite(stored(kb, "slice-test"))
+    grid_name = f"grid-{levels}^4"
+    designs = {grid_name: finite(stored(kb, f"slice-grid-{levels}"))}
+    designs |= {f"lhs-{n}": finite(stored(kb, f"slice-lhs-{n}")) for n in lhs_sizes}
 
-    all_x = features([*test, *grid, *(r for d in designs.values() for r in d)])
+    def features(rows: Sequence[Row]) -> np.ndarray:
+        return np.array([latency_features(books[k], sc) for k, sc, _ in rows], float)
+
+    all_x = features([*test, *(r for d in designs.values() for r in d)])
     varying = [i for i in range(all_x.shape[1]) if np.ptp(all_x[:, i]) > 1e-12]
     names = [LATENCY_FEATURES[i] for i in varying]
 
-    def score(train: Sequence[RunResult]) -> dict[str, float]:
-        x = features(train)[:, varying]
-        y = [r.p95_ms for r in train]
+    def score(train: Sequence[Row]) -> dict:
         # Point accuracy only: the bound is not compared here, so a loose alpha lets the
-        # smallest designs fit (the conformal quantile needs ~1/alpha points).
-        s = fit_surrogate(x, y, names, target="p95 (slice)", alpha=0.5, folds=4)
+        # smallest designs fit (the conformal quantile needs about 1/alpha points).
+        s = fit_surrogate(
+            features(train)[:, varying],
+            [r[2]["p95_ms"] for r in train],
+            names,
+            target="p95 (slice)",
+            alpha=0.5,
+            folds=4,
+        )
         pred = s.predict(features(test)[:, varying])
-        return errors([r.p95_ms for r in test], pred) | {"runs": len(train), "chosen": s.chosen}
+        return errors([r[2]["p95_ms"] for r in test], pred) | {
+            "runs": len(train),
+            "chosen": s.chosen,
+        }
 
-    results = {f"grid-{levels}^4": score(grid)} | {
-        name: score(runs) for name, runs in designs.items()
-    }
-    grid_err = results[f"grid-{levels}^4"]["median_ape_pct"]
+    results = {name: score(rows) for name, rows in designs.items()}
+    grid_err = results[grid_name]["median_ape_pct"]
     matching = [
-        results[name]["runs"] for name in designs if results[name]["median_ape_pct"] <= grid_err
+        d["runs"] for n, d in results.items() if n != grid_name and d["median_ape_pct"] <= grid_err
     ]
+    grid_runs = results[grid_name]["runs"]
     return {
-        "factors": ["app_load", "train_intensity", "cpu stressor", "membw stressor"],
+        "factors": list(SLICE_FACTORS),
         "test_points": len(test),
         "designs": results,
-        "grid_runs": len(grid),
+        "grid_runs": grid_runs,
         "lhs_runs_matching_grid": min(matching) if matching else None,
-        "run_ratio": len(grid) / min(matching) if matching else None,
+        "run_ratio": grid_runs / min(matching) if matching else None,
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-runs", type=int, default=48)
-    parser.add_argument("--test-runs", type=int, default=24)
-    parser.add_argument("--compose-runs", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=6, help="held-out scenarios run twice")
-    parser.add_argument("--grid-levels", type=int, default=3)
-    parser.add_argument("--lhs-sizes", default="12,16,24")
-    parser.add_argument("--study-test", type=int, default=16)
-    parser.add_argument("--skip-study", action="store_true")
-    parser.add_argument("--period-us", type=int, default=5000, help="CFS period (the demo's)")
-    parser.add_argument("--workdir", type=Path, default=Path("runs/bench-interference"))
-    parser.add_argument(
-        "--smoke", action="store_true", help="one device, 1-2 s windows: checks the script only"
-    )
-    args = parser.parse_args()
-    console = Console()
+def measure(args: argparse.Namespace, kb: KnowledgeBase, console: Console) -> dict:
+    """Every measurement of the benchmark, stored in ``kb``; returns what analysis needs."""
     cluster = bench_cluster(args.period_us)
     lab_options: dict = {}
     if args.smoke:
         cluster = cluster.model_copy(update={"devices": cluster.devices[:1]})
         lab_options = {"requests_per_run": 100, "window_s": (1.0, 2.0), "settle_s": 0.3}
     _, job = default_specs()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    kb_path = args.workdir / "kb.sqlite"
-    KnowledgeBase.reset(kb_path)  # a fresh, private knowledge base every run
     settings = CampaignSettings(runs=args.train_runs)
     phases: dict[str, dict[str, float]] = {}
 
@@ -211,19 +233,13 @@ def main() -> int:
         phases[name] = {"runs": runs, "wall_s": round(time.monotonic() - started, 1)}
         console.print(f"{name}: {runs} runs in {phases[name]['wall_s']} s")
 
-    with (
-        KnowledgeBase(kb_path) as kb,
-        InterferenceLab(
-            cluster, job, args.workdir / "lab", status=console.print, **lab_options
-        ) as lab,
-    ):
+    with InterferenceLab(
+        cluster, job, args.workdir / "lab", status=console.print, **lab_options
+    ) as lab:
         t = time.monotonic()
-        calib_runs = 0
         for name in lab.devices:
-            before = lab.run_count
             calibrate(lab, kb, name, settings, progress=console.print)
-            calib_runs += lab.run_count - before
-        phase("calibration", t, calib_runs)
+        phase("calibration", t, lab.run_count)
         books_by_key = load_books(kb, job)
         books = {n: books_by_key[lab.device_key(n)] for n in lab.devices}
         kinds = sorted({k for b in books.values() for k in b.stressors})
@@ -255,42 +271,49 @@ def main() -> int:
         repeat = run_scenarios(lab, kb, test_sc[: args.repeats], campaign="repeat")
         phase("repeats (noise floor)", t, len(repeat))
 
-        t = time.monotonic()
-        obs = observations(
-            [(lab.device_key(r.scenario.device), r.scenario, r) for r in train], books_by_key
-        )
-        model = InterferenceModel.fit(obs, books_by_key)
-        fit_s = time.monotonic() - t
-        held = evaluate(model, lab, test)
-        composed = evaluate(model, lab, compose)
-        pairs = held.pop("_pairs") + composed.pop("_pairs")
-        noise = errors([r.p95_ms for r in test[: args.repeats]], [r.p95_ms for r in repeat])
-
-        study = None
         if not args.skip_study:
             t, before = time.monotonic(), lab.run_count
-            sizes = [int(s) for s in args.lhs_sizes.split(",") if s]
-            study = slice_study(
+            device = next(iter(lab.devices))
+            measure_slice(
                 lab,
                 kb,
-                books,
-                next(iter(lab.devices)),
+                books[device],
+                device,
                 batches[len(batches) // 2],
                 levels=args.grid_levels,
-                lhs_sizes=sizes,
+                lhs_sizes=args.sizes,
                 n_test=args.study_test,
                 console=console,
             )
             phase("grid vs LHS slice study", t, lab.run_count - before)
-        skipped = {d: dict(k) for d, k in lab.skipped.items()}
-        emulation = lab.cluster.mode.value
+        return {
+            "emulation": lab.cluster.mode.value,
+            "cluster": cluster.model_dump(mode="json"),
+            "job": job.model_dump(mode="json"),
+            "phases": phases,
+            "skipped_stressors": {d: dict(k) for d, k in lab.skipped.items()},
+        }
 
+
+def analyse(args: argparse.Namespace, kb: KnowledgeBase, measured: dict) -> tuple[dict, list]:
+    """Fit on the stored design runs and score every held-out set, from the KB alone."""
+    _, job = default_specs()
+    books = load_books(kb, job)
+    t = time.monotonic()
+    model = InterferenceModel.fit(
+        observations(kb.interference_runs(campaign="train"), books), books
+    )
+    fit_s = time.monotonic() - t
+    held, pairs = evaluate(model, stored(kb, "test"))
+    composed, more = evaluate(model, stored(kb, "compose"))
+    test, repeat = stored(kb, "test"), stored(kb, "repeat")
+    noise = errors([r[2]["p95_ms"] for r in test[: len(repeat)]], [r[2]["p95_ms"] for r in repeat])
+    study = None
+    if not args.skip_study and kb.interference_runs(campaign="slice-test"):
+        study = analyse_slice(kb, books, args.grid_levels, args.sizes)
     result = {
-        "machine": machine(emulation),
-        "cluster": cluster.model_dump(mode="json"),
-        "job": job.model_dump(mode="json"),
-        "phases": phases,
-        "skipped_stressors": skipped,
+        "machine": machine(measured["emulation"]),
+        **{k: measured[k] for k in ("cluster", "job", "phases", "skipped_stressors")},
         "model": model.summary(),
         "fit_s": round(fit_s, 2),
         "held_out": held,
@@ -300,14 +323,51 @@ def main() -> int:
         "fecbench": FECBENCH,
         "goals": {"median_ape_pct": 5, "worst_ape_pct": 12, "coverage": 0.95, "run_ratio": 5},
     }
+    return result, pairs + more
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-runs", type=int, default=48)
+    parser.add_argument("--test-runs", type=int, default=24)
+    parser.add_argument("--compose-runs", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=6, help="held-out scenarios run twice")
+    parser.add_argument("--grid-levels", type=int, default=3)
+    parser.add_argument("--lhs-sizes", default="12,16,24")
+    parser.add_argument("--study-test", type=int, default=16)
+    parser.add_argument("--skip-study", action="store_true")
+    parser.add_argument("--period-us", type=int, default=5000, help="CFS period (the demo's)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/bench-interference"))
+    parser.add_argument(
+        "--smoke", action="store_true", help="one device, 1-2 s windows: checks the script only"
+    )
+    parser.add_argument(
+        "--analyse-only",
+        action="store_true",
+        help="skip the measurements: refit and score the runs stored by the last full run",
+    )
+    args = parser.parse_args()
+    args.sizes = [int(s) for s in args.lhs_sizes.split(",") if s]
+    console = Console()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    kb_path, meta_path = args.workdir / "kb.sqlite", args.workdir / "measured.json"
+    if not args.analyse_only:
+        KnowledgeBase.reset(kb_path)  # a fresh, private knowledge base every run
+    with KnowledgeBase(kb_path, create=not args.analyse_only) as kb:
+        if args.analyse_only:
+            measured = json.loads(meta_path.read_text())
+        else:
+            measured = measure(args, kb, console)
+            meta_path.write_text(json.dumps(measured, indent=2))
+        result, pairs = analyse(args, kb, measured)
     if args.smoke:
         console.print_json(data={k: v for k, v in result.items() if k not in ("cluster", "job")})
         return 0
     plot_predicted_vs_measured(
-        [r.p95_ms for r, _ in pairs],
+        [r[2]["p95_ms"] for r, _ in pairs],
         [p.p95_ms for _, p in pairs],
         [p.p95_upper_ms for _, p in pairs],
-        [f"{r.scenario.app}{' (composed)' if r.scenario.other_apps else ''}" for r, _ in pairs],
+        [f"{r[1].app}{' (composed)' if r[1].other_apps else ''}" for r, _ in pairs],
         RESULTS / "interference_accuracy.png",
         title="held-out p95: predicted vs measured",
     )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from deepedge.errors import DeepEdgeError
-from deepedge.interference.lab import RunResult, Scenario, TrainLoad
+from deepedge.interference.lab import Scenario, TrainLoad
 from deepedge.interference.surrogate import NotEnoughPoints, Surrogate, fit_surrogate
 from deepedge.interference.usage import (
     LATENCY_FEATURES,
@@ -77,40 +77,21 @@ class Observation:
 
 
 def observations(
-    rows: Sequence[InterferenceRow] | Sequence[tuple[str, Scenario, RunResult]],
-    books: Mapping[str, UsageBook],
+    rows: Sequence[InterferenceRow], books: Mapping[str, UsageBook]
 ) -> list[Observation]:
-    """Knowledge-base runs whose device has a usage book, as fitting rows.
-
-    Runs that failed outright (no request completed) carry no latency to learn from and
-    are left out of the latency fit.
-    """
-    out = []
-    for row in rows:
-        if isinstance(row, tuple):
-            key, sc, r = row
-            result, campaign = r.to_dict(), ""
-        else:
-            key, sc, result, campaign = (
-                row.device,
-                Scenario.from_dict(row.scenario),
-                row.result,
-                row.campaign,
-            )
-        book = books.get(key)
-        if book is None:
-            continue
-        out.append(
-            Observation(
-                sc,
-                book,
-                float(result["p95_ms"]),
-                float(result["p99_ms"]),
-                result.get("train_samples_per_s"),
-                campaign,
-            )
+    """Knowledge-base runs whose device has a usage book, as fitting rows."""
+    return [
+        Observation(
+            Scenario.from_dict(row.scenario),
+            books[row.device],
+            float(row.result["p95_ms"]),
+            float(row.result["p99_ms"]),
+            row.result.get("train_samples_per_s"),
+            row.campaign,
         )
-    return out
+        for row in rows
+        if row.device in books
+    ]
 
 
 def latency_rows(obs: Sequence[Observation]) -> list[Observation]:
