@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -383,20 +384,19 @@ def interference_fit(
         model = InterferenceModel.fit(obs, books, seed=seed)
         model.save(base)
     table = Table(title=f"interference model ({len(obs)} runs)")
-    table.add_column("target")
-    table.add_column("chosen")
-    for name in ("gbr", "rf", "gp", "linear"):
-        table.add_column(f"{name} CV median APE", justify="right")
-    table.add_column("bound ×", justify="right")
+    for col in ("target", "model", "CV median APE", "candidates (CV median APE)", "bound"):
+        table.add_column(col, justify="right" if "APE" in col else "left")
     for name, part in (("p95", model.p95), ("p99", model.p99), ("throughput", model.throughput)):
         if part is None:
-            table.add_row(name, "not fitted (too few runs with training)")
+            table.add_row(name, "–", "–", "too few runs with the training job", "–")
             continue
+        others = " ".join(f"{c} {e:.1f}%" for c, e in part.cv_error.items() if c != part.chosen)
         table.add_row(
             name,
             part.chosen,
-            *(f"{part.cv_error.get(c, float('nan')):.1f} %" for c in ("gbr", "rf", "gp", "linear")),
-            f"{(2.718281828459045**part.log_margin):.2f} ({part.bound})",
+            f"{part.cv_error[part.chosen]:.1f} %",
+            others,
+            f"{'×' if part.bound == 'upper' else '÷'}{math.exp(part.log_margin):.2f}",
         )
     console.print(table)
     if plots is not None:
@@ -436,35 +436,20 @@ def interference_predict(
     key = device_key(dev, spec, LocalCluster(spec).mode.value)
     train = TrainLoad(batch, intensity) if batch > 0 else None
     preds = model.apps_beside_training(key, apps, train)
-    table = Table(
-        title=f"{device}: LC apps with training "
-        + (f"b={batch} c={intensity:g}" if train else "off")
-    )
-    for col in (
-        "app",
-        "kind",
-        "rate",
-        "p95 alone",
-        "p95",
-        "p95 bound",
-        "p99 bound",
-        "deadline",
-        "verdict",
-    ):
-        table.add_column(col, justify="left" if col in ("app", "kind", "verdict") else "right")
+    title = f"b={batch}, intensity {intensity:g}" if train else "off"
+    table = Table(title=f"{device}: LC apps with training {title}")
+    for col in ("app", "rate", "p95 alone", "p95", "p95 bound", "deadline", "verdict"):
+        table.add_column(col, justify="left" if col in ("app", "verdict") else "right")
     deadlines = {a.name: a.deadline_ms for a in spec.apps}
     for name, p in preds.items():
-        ok = p.p95_upper_ms <= deadlines[name]
         table.add_row(
             name,
-            apps[name][0],
             f"{apps[name][1]:g}/s",
             f"{p.solo_p95_ms:.1f} ms",
             f"{p.p95_ms:.1f} ms",
             f"{p.p95_upper_ms:.1f} ms",
-            f"{p.p99_upper_ms:.1f} ms",
             f"{deadlines[name]:g} ms",
-            "[green]safe[/green]" if ok else "[red]may miss[/red]",
+            "[green]safe[/green]" if p.p95_upper_ms <= deadlines[name] else "[red]may miss[/red]",
         )
     console.print(table)
 

@@ -167,6 +167,10 @@ class Plan(_Spec):
     excluded: list[ExcludedDevice] = Field(default_factory=list)
     predicted_step_s: float | None = None
     notes: list[str] = Field(default_factory=list)
+    # training intensity c_i per device: its share of the device's CPU (missing: 1.0)
+    intensities: dict[Name, Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict)
+    predicted_compute_s: dict[Name, float] = Field(default_factory=dict)  # per device, per step
+    predicted_comm_s: float | None = None
 
     @field_validator("local_batches")
     @classmethod
@@ -182,6 +186,9 @@ class Plan(_Spec):
             raise ValueError(
                 f"local batches sum to {total} but the global batch is {self.global_batch}"
             )
+        stray = sorted(set(self.intensities) - set(self.local_batches))
+        if stray:
+            raise ValueError(f"intensities given for devices without a local batch: {stray}")
         return self
 
     @property

@@ -136,3 +136,27 @@ def test_simulated_fleets_plan_at_scale() -> None:
     sol = solve_heuristic(problem)
     sol.check(problem)
     assert 1 < len(sol.local_batches) <= 2000
+
+
+def test_plan_explains_throttling_and_exclusions(tmp_path) -> None:
+    from deepedge.plan.explain import gantt_png, to_plan
+
+    fast = device("fast", 0.0, 0.001, {0.5: 40, 1.0: 4})
+    slow = device("slow", 0.5, 0.05, {1.0: 64})
+    blocked = DeviceOption(
+        "blocked",
+        0,
+        0.01,
+        (IntensityLevel(1.0, 1.0, 0, "cam: deadline"),),
+        "deadline: cam p95 bound 80 ms > 57 ms",
+    )
+    problem = PlanningProblem((fast, slow, blocked), 32, comm_s=lambda k: 0.01 * (k > 1))
+    plan = to_plan(problem, solve_heuristic(problem))
+    assert plan.local_batches == {"fast": 32}
+    assert plan.intensities == {"fast": 0.5}
+    reasons = {e.device: e.reason for e in plan.excluded}
+    assert reasons["blocked"].startswith("deadline")
+    assert "too slow to help" in reasons["slow"]
+    assert any("throttled" in n for n in plan.notes)
+    png = gantt_png(plan, tmp_path / "gantt.png")
+    assert png.stat().st_size > 1000

@@ -17,7 +17,7 @@ import numpy as np
 
 from deepedge.plan.problem import DeviceOption, PlanningProblem, Solution
 
-__all__ = ["solve_heuristic"]
+__all__ = ["lower_bound_step_s", "solve_heuristic"]
 
 
 def _batches_within(arr: dict[str, np.ndarray], T: float, k: int) -> np.ndarray:
@@ -143,3 +143,23 @@ def solve_heuristic(problem: PlanningProblem) -> Solution:
         problem.comm_s(len(batches)),
         time.perf_counter() - started,
     )
+
+
+def lower_bound_step_s(problem: PlanningProblem) -> float:
+    """T_min per step: the batch split in fractions over every usable device at its best
+    allowed level, with no all-reduce. No plan can have a shorter step."""
+    devices = problem.usable()
+    arr = problem.arrays(devices)
+    B = problem.global_batch
+
+    def capacity(T: float) -> float:
+        room = T / arr["slow"] - arr["a"][:, None]
+        return float(
+            np.clip(np.minimum(room / arr["s"][:, None], arr["cap"]), 0, None).max(1).sum()
+        )
+
+    lo, hi = 0.0, float(np.max((arr["a"] + arr["s"] * B) * arr["slow"].max(axis=1)))
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if capacity(mid) >= B else (mid, hi)
+    return hi
