@@ -148,7 +148,7 @@ def train(
     job: Annotated[Path, typer.Argument(help="job spec")],
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/train"),
     policy: Annotated[
-        str, typer.Option(help="proportional | equal | fastest-single")
+        str, typer.Option(help="deep-edge | proportional | equal | fastest-single")
     ] = "proportional",
     init: Annotated[
         Path | None,
@@ -159,13 +159,15 @@ def train(
     """Plan and run one re-training job on the emulated cluster, on the job's drifted data."""
     from deepedge.data import build_dataset
     from deepedge.profile import KnowledgeBase
-    from deepedge.retrain import POLICIES, Retraining
+    from deepedge.retrain import DEADLINE_POLICY, POLICIES, Retraining
     from deepedge.session import EdgeSession
     from deepedge.spec import ClusterSpec, JobSpec, load_spec
     from deepedge.train import evaluate, job_model, load_checkpoint
 
-    if policy not in POLICIES:
-        raise DeepEdgeError(f"unknown policy {policy!r}", hint=f"use one of {list(POLICIES)}")
+    if policy not in (DEADLINE_POLICY, *POLICIES):
+        raise DeepEdgeError(
+            f"unknown policy {policy!r}", hint=f"use one of {[DEADLINE_POLICY, *POLICIES]}"
+        )
     cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
     train_set = build_dataset(job_spec.dataset, "train", drifted=True)
     model = job_model(job_spec, train_set)
@@ -196,6 +198,66 @@ def train(
         f"trained in {run.wall_s:.1f} s (T_min {planning.lower_bound_s:.1f} s); "
         f"test accuracy {acc:.3f}; checkpoints in {run.checkpoint_dir}"
     )
+
+
+@app.command("plan")
+def plan_cmd(
+    cluster: Annotated[Path, typer.Argument(help="cluster spec")],
+    job: Annotated[Path, typer.Argument(help="job spec")],
+    out: Annotated[Path, typer.Option(help="session directory; the Gantt PNG goes here")] = Path(
+        "runs/plan"
+    ),
+    exact: Annotated[
+        bool, typer.Option("--exact", help="solve with the exact MILP (small clusters)")
+    ] = False,
+    kb: KbOption = None,
+) -> None:
+    """Plan JOB on CLUSTER with the Deep-Edge planner and explain every device's part.
+
+    Profiles (and the all-reduce model) are reused from the knowledge base when fresh, or
+    measured on the booted cluster; LC limits come from the fitted interference model.
+    """
+    from deepedge.data import build_dataset
+    from deepedge.plan.explain import gantt_png
+    from deepedge.profile import KnowledgeBase
+    from deepedge.retrain import DEADLINE_POLICY, Retraining
+    from deepedge.session import EdgeSession
+    from deepedge.spec import ClusterSpec, JobSpec, load_spec
+    from deepedge.train import job_model
+
+    cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
+    train_set = build_dataset(job_spec.dataset, "train", drifted=True)
+    state = job_model(job_spec, train_set).state_dict()
+    with (
+        KnowledgeBase(_kb_path(kb)) as base,
+        EdgeSession(cluster_spec, out, status=console.print, monitor_interval_s=None) as session,
+    ):
+        retrain = Retraining(session, job_spec, train_set, state, kb=base, exact=exact)
+        planning = retrain.plan((DEADLINE_POLICY, "equal"))
+    plan = planning.plans[DEADLINE_POLICY]
+    table = Table(title=f"Deep-Edge plan: {job_spec.global_batch} samples per step")
+    for col in ("device", "samples/step", "intensity", "predicted compute"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for name, b in plan.local_batches.items():
+        table.add_row(
+            name,
+            str(b),
+            f"{plan.intensities.get(name, 1.0):g}",
+            f"{plan.predicted_compute_s.get(name, 0.0) * 1e3:.0f} ms",
+        )
+    console.print(table)
+    for note in plan.notes:
+        console.print(f"  {note}")
+    for e in plan.excluded:
+        console.print(f"[yellow]left out {e.device}[/yellow]: {e.reason}")
+    equal = planning.plans["equal"].predicted_step_s or float("nan")
+    step = plan.predicted_step_s or float("nan")
+    steps = math.ceil(len(train_set) / job_spec.global_batch) * job_spec.epochs
+    console.print(
+        f"predicted step {step * 1e3:.0f} ms ({steps} steps: {step * steps:.1f} s); "
+        f"T_min {planning.lower_bound_s:.1f} s; equal split {equal * 1e3:.0f} ms/step"
+    )
+    console.print(f"Gantt chart: {gantt_png(plan, out / 'plan-gantt.png')}")
 
 
 @profile_app.command("run")

@@ -44,9 +44,11 @@ from deepedge.spec import ExcludedDevice, JobSpec, Plan
 from deepedge.train.local import job_model
 from deepedge.train.pool import ProfilePointResult, TrainRun
 
-__all__ = ["POLICIES", "Planning", "Retraining"]
+__all__ = ["DEADLINE_POLICY", "POLICIES", "Planning", "Retraining"]
 
 POLICIES = ("proportional", "equal", "fastest-single")
+DEADLINE_POLICY = "deep-edge"
+"""The LC-deadline-aware planner (needs a fitted interference model in the knowledge base)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Retraining:
     kb: KnowledgeBase | None = None
     """Where profiles are reused from and stored; the user's default knowledge base if None."""
     profile_settings: ProfileSettings = field(default_factory=ProfileSettings)
+    exact: bool = False
+    """Solve the deep-edge policy with the exact MILP instead of the heuristic."""
 
     def __post_init__(self) -> None:
         # A fresh name per job: agents cache data sets by path for the session's lifetime.
@@ -191,6 +195,8 @@ class Retraining:
                 models,
             ),
         }
+        if DEADLINE_POLICY in policies:
+            builders[DEADLINE_POLICY] = lambda: self._deadline_plan(profiles, comm, excluded)
         total = self.job.epochs * len(self.train_set)
         return Planning(
             profiles,
@@ -203,6 +209,43 @@ class Retraining:
             comm_reused,
             self.grad_bytes,
         )
+
+    def training_memory_mb(self, batch: int) -> float:
+        """Memory one worker needs at ``batch`` samples per step (runtime, data, model, step)."""
+        job_mb = estimate_training_memory_mb(
+            self._model,
+            self.train_set.images.shape[1:],
+            batch,
+            optimizer=self.job.optimizer.name,
+        )
+        runtime = max(self.session.agents.runtime_mb.values(), default=0.0)
+        return runtime + job_mb + self.train_set.images.nbytes * 5 / 2**20
+
+    def _deadline_plan(
+        self,
+        profiles: Mapping[str, DeviceProfile],
+        comm: CommModel | None,
+        excluded: Sequence[ExcludedDevice],
+    ) -> Plan:
+        from deepedge.interference import InterferenceModel, device_key
+        from deepedge.plan.deadline import cluster_problem, deadline_plan
+
+        assert self.kb is not None
+        spec = self.session.spec
+        emulation = self.session.cluster.mode.value
+        apps = [a for a in spec.apps if a.device in profiles]
+        model = InterferenceModel.load(self.kb) if apps else None
+        problem = cluster_problem(
+            [d for d in spec.devices if d.name in profiles],
+            apps,
+            {n: (p.model.intercept_s, p.model.slope_s) for n, p in profiles.items()},
+            global_batch=self.job.global_batch,
+            comm_s=lambda k: comm.predict(k, self.grad_bytes) if comm and k > 1 else 0.0,
+            need_mb=self.training_memory_mb,
+            interference=model,
+            device_keys={d.name: device_key(d, spec, emulation) for d in spec.devices},
+        )
+        return deadline_plan(problem, exact=self.exact, excluded=excluded)
 
     def run(
         self,

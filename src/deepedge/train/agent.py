@@ -42,6 +42,7 @@ __all__ = ["main"]
 
 _datasets: dict[str, tuple[torch.Tensor, torch.Tensor, ArrayDataset]] = {}
 _pacer: CpuPacer | None = None  # set by --pace-cores: the fallback emulation's CPU fence
+_cpu_cores = 1.0  # the device's CPU capacity (--cpu-cores), which intensities are shares of
 
 
 def _dataset(path: str) -> tuple[torch.Tensor, torch.Tensor, ArrayDataset]:
@@ -186,12 +187,27 @@ def _train_rank(
         epochs=range(job.epochs),
         on_step=on_step,
         on_epoch_end=on_epoch_end,
-        pace=_pacer,
+        pace=_pacer_for(float(msg.get("intensity", 1.0))),
         max_steps=msg.get("max_steps"),
     )
     peak_mb = _peak_memory_mb(device)
     dist.barrier()
     return {"steps": [r.to_dict() for r in records], "peak_memory_mb": peak_mb}
+
+
+def _pacer_for(intensity: float) -> CpuPacer | None:
+    """The pacing for a training intensity (a share of the device's CPU, from the plan).
+
+    Below 1 the trainer sleeps between steps so it uses at most that share on average,
+    leaving the rest to the device's LC apps; the fallback emulation's own fence (if any)
+    still applies when it is tighter.
+    """
+    if intensity >= 1.0:
+        return _pacer
+    cores = intensity * _cpu_cores
+    if _pacer is not None:
+        cores = min(cores, _pacer.cores)
+    return CpuPacer(cores)
 
 
 def _serve(conn: Connection) -> None:
@@ -248,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     # One intra-op thread per emulated core: more threads than the quota only adds
     # contention inside the device's cgroup.
     torch.set_num_threads(max(1, math.ceil(args.cpu_cores)))
+    global _cpu_cores
+    _cpu_cores = args.cpu_cores
     if args.pace_cores:
         global _pacer
         _pacer = CpuPacer(args.pace_cores)

@@ -368,8 +368,12 @@ class AgentPool:
         checkpoint_dir: Path | None,
         max_steps: int | None = None,
         peer_timeout_s: float | None = None,
+        intensities: Mapping[str, float] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """One 'train' message per device; rank = position in ``names``."""
+        """One 'train' message per device; rank = position in ``names``.
+
+        ``intensities`` caps each device's trainer to that share of its CPU (default 1).
+        """
         assert self._store is not None, "start() first"
         base = {
             "op": "train",
@@ -385,7 +389,11 @@ class AgentPool:
             "max_steps": max_steps,
             "peer_timeout_s": peer_timeout_s,
         }
-        return {n: {**base, "rank": r} for r, n in enumerate(names)}
+        shares = intensities or {}
+        return {
+            n: {**base, "rank": r, "intensity": float(shares.get(n, 1.0))}
+            for r, n in enumerate(names)
+        }
 
     def train(
         self,
@@ -407,6 +415,7 @@ class AgentPool:
             [plan.local_batches[n] for n in names],
             state=state,
             checkpoint_dir=checkpoint_dir,
+            intensities=plan.intensities,
         )
 
         def forward(_: str, event: dict[str, Any]) -> None:
