@@ -124,7 +124,7 @@ def evaluate(model: InterferenceModel, runs: Sequence[Row]) -> tuple[dict, list]
     return out, list(zip(rows, preds, strict=True))
 
 
-SLICE_FACTORS = ("app_load", "train_intensity", "cpu stressor", "membw stressor")
+SLICE_FACTORS = ("app_load", "busy", "train_weight", "cpu_weight")
 
 
 def slice_space(device: str, batch: int) -> FactorSpace:
@@ -134,12 +134,13 @@ def slice_space(device: str, batch: int) -> FactorSpace:
             Factor("device", levels=(device,)),
             Factor("app", levels=("cnn_inference",)),
             Factor("app_load", 0.05, 0.4),
-            Factor("train_intensity", 0.1, 0.8),
+            Factor("busy", 0.0, 1.0),
+            Factor("train_weight", 0.15, 1.0),
             Factor("train_batch", levels=(str(batch),)),
             Factor("stressor", levels=("cpu",)),
-            Factor("stressor_level", 0.0, 0.6),
-            Factor("second", levels=("membw",)),
-            Factor("second_level", 0.0, 0.4),
+            Factor("stressor_weight", 0.0, 1.0),
+            Factor("second", levels=("none",)),
+            Factor("second_weight", levels=("0",)),
         )
     )
 
@@ -237,9 +238,15 @@ def measure(args: argparse.Namespace, kb: KnowledgeBase, console: Console) -> di
         cluster, job, args.workdir / "lab", status=console.print, **lab_options
     ) as lab:
         t = time.monotonic()
-        for name in lab.devices:
-            calibrate(lab, kb, name, settings, progress=console.print)
-        phase("calibration", t, lab.run_count)
+        if args.reuse_calibration:
+            with KnowledgeBase(args.reuse_calibration, create=False) as old:
+                for row in old.usages():
+                    kb.add_usage(row.device, row.resident, row.setting, row.usage)
+            console.print(f"calibration reused from {args.reuse_calibration}")
+        else:
+            for name in lab.devices:
+                calibrate(lab, kb, name, settings, progress=console.print)
+            phase("calibration", t, lab.run_count)
         books_by_key = load_books(kb, job)
         books = {n: books_by_key[lab.device_key(n)] for n in lab.devices}
         kinds = sorted({k for b in books.values() for k in b.stressors})
@@ -251,16 +258,20 @@ def measure(args: argparse.Namespace, kb: KnowledgeBase, console: Console) -> di
         phase("train (LHS)", t, len(train))
 
         t = time.monotonic()
-        held_out = replace(settings, train_intensity=(0.2, 0.8))
+        held_out = replace(settings, train_weight=(0.3, 1.0))
         test_space = factor_space(list(lab.devices), lab.app_kinds, kinds, batches, held_out)
-        test_sc = design(test_space, books, args.test_runs, seed=101, sampler="random")
+        test_sc = design(
+            test_space, books, args.test_runs, seed=101, sampler="random", settings=held_out
+        )
         test = run_scenarios(lab, kb, test_sc, campaign="test")
         phase("held-out (random, with training)", t, len(test))
 
         t = time.monotonic()
         rng = np.random.default_rng(7)
         compose_sc = []
-        for sc in design(test_space, books, args.compose_runs, seed=303, sampler="random"):
+        for sc in design(
+            test_space, books, args.compose_runs, seed=303, sampler="random", settings=held_out
+        ):
             other = str(rng.choice([k for k in lab.app_kinds if k != sc.app]))
             rate = books[sc.device].rate_for_load(other, float(rng.uniform(0.05, 0.2)))
             compose_sc.append(replace(sc, stressors={}, other_apps={other: rate}))
@@ -340,6 +351,12 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-interference"))
     parser.add_argument(
         "--smoke", action="store_true", help="one device, 1-2 s windows: checks the script only"
+    )
+    parser.add_argument(
+        "--reuse-calibration",
+        type=Path,
+        default=None,
+        help="copy the solo usage rows of an earlier run's knowledge base instead of measuring",
     )
     parser.add_argument(
         "--analyse-only",

@@ -389,10 +389,15 @@ def interference_profile(
     refresh: Annotated[
         bool, typer.Option("--refresh", help="re-measure solo usage even where it is stored")
     ] = False,
+    apps: Annotated[
+        str | None,
+        typer.Option(help="comma-separated LC app kinds (default: those CLUSTER runs; 'all')"),
+    ] = None,
 ) -> None:
     """Measure how co-runners slow each LC app kind on CLUSTER's devices; store the runs."""
     from rich.progress import Progress
 
+    from deepedge.apps import APP_KINDS
     from deepedge.interference import (
         CampaignSettings,
         InterferenceLab,
@@ -405,10 +410,21 @@ def interference_profile(
         raise typer.BadParameter("--runs must be at least 1")
     cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
     names = [n.strip() for n in devices.split(",")] if devices else None
+    if apps == "all":
+        kinds = APP_KINDS
+    elif apps:
+        kinds = tuple(k.strip() for k in apps.split(","))
+    else:
+        kinds = tuple(sorted({a.kind for a in cluster_spec.apps})) or APP_KINDS
+    unknown = [k for k in kinds if k not in APP_KINDS]
+    if unknown:
+        raise typer.BadParameter(f"unknown app kind {unknown[0]!r}; kinds: {list(APP_KINDS)}")
     settings = CampaignSettings(runs=runs, seed=seed)
     with (
         KnowledgeBase(_kb_path(kb)) as base,
-        InterferenceLab(cluster_spec, job_spec, out, devices=names, status=console.print) as lab,
+        InterferenceLab(
+            cluster_spec, job_spec, out, devices=names, app_kinds=kinds, status=console.print
+        ) as lab,
         Progress(console=console) as bar,
     ):
         task = bar.add_task("co-location runs", total=runs)

@@ -55,6 +55,7 @@ def rows() -> list[UsageRow]:
     for batch in (8, 32, 64):
         for level in (0.25, 0.5, 1.0):
             usage = {"cpu_cores": level * QUOTA, "samples_per_s": 40 * level * batch / (batch + 8)}
+            usage["rss_mb"] = 300.0 + batch
             out.append(
                 UsageRow(KEY, "train:sig/adam", {"batch": batch, "intensity": level}, usage, 0)
             )
@@ -116,16 +117,22 @@ def test_design_points_become_scenarios(book: UsageBook) -> None:
         "device": "d",
         "app": "kv_lookup",
         "app_load": 0.2,
-        "train_intensity": 0.05,
+        "busy": 0.5,
+        "train_weight": 0.1,
         "train_batch": 16,
         "stressor": "cpu",
-        "stressor_level": 0.4,
+        "stressor_weight": 0.4,
         "second": "cpu",
-        "second_level": 0.3,
+        "second_weight": 0.4,
     }
     sc = scenario_from_point(point, book)
-    assert sc.train is None  # below 0.1: no training
-    assert sc.stressors == {"cpu": pytest.approx(0.7)}  # one kind in both slots adds up
+    assert sc.train is None  # weight below 0.15: no training
+    # co-runners take busy × (0.95 − load) = 0.375; one kind in both slots adds up
+    assert sc.stressors == {"cpu": pytest.approx(0.375)}
+    both = scenario_from_point(point | {"train_weight": 0.8, "second": "none"}, book)
+    assert both.train is not None and both.train.batch == 16
+    assert both.train.intensity == pytest.approx(0.375 * 0.8 / 1.2)
+    assert both.stressors == {"cpu": pytest.approx(0.375 * 0.4 / 1.2)}
     assert scenario_from_point(point | {"stressor": "none", "second": "disk"}, book).stressors == {}
 
 

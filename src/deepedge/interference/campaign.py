@@ -47,14 +47,23 @@ would set the latency (cheap kinds like frame_relay reach high loads only at kHz
 
 @dataclass(frozen=True)
 class CampaignSettings:
-    """Ranges and levels of a profiling campaign (defaults suit the emulated catalog)."""
+    """Ranges and levels of a profiling campaign (defaults suit the emulated catalog).
+
+    The design spends the device's CPU on purpose: ``max_demand`` is the most the app and
+    its co-runners may ask for together (as shares of the device), and ``busy`` is how
+    much of what the app leaves the co-runners take, split between training and two
+    stressor slots by random weights. Runs therefore cover the regime a plan that keeps
+    deadlines can be in; fully overloaded devices (whose latency is set by the scheduler's
+    fairness and grows with the run's length) say nothing a planner can use.
+    """
 
     runs: int = 48
     seed: int = 0
     app_load: tuple[float, float] = (0.05, 0.4)  # share of the device's CPU the app uses alone
-    train_intensity: tuple[float, float] = (0.0, 0.8)  # below 0.1: no training
-    stressor_level: tuple[float, float] = (0.0, 0.6)
-    second_level: tuple[float, float] = (0.0, 0.4)
+    max_demand: float = 0.95
+    busy: tuple[float, float] = (0.0, 1.0)
+    train_weight: tuple[float, float] = (0.0, 1.0)  # below ``no_training``: no training
+    no_training: float = 0.15
     batches: tuple[int, ...] | None = None  # training batch levels (default from the job)
     levels: tuple[float, ...] = (0.25, 0.5, 1.0)  # stressor and training calibration levels
     app_loads: tuple[float, ...] = (0.05, 0.2, 0.4)  # solo app calibration loads
@@ -191,40 +200,57 @@ def factor_space(
     batches: Sequence[int],
     settings: CampaignSettings = CampaignSettings(),
 ) -> FactorSpace:
-    """The co-location factor space the design samples."""
+    """The co-location factor space the design samples (see :class:`CampaignSettings`)."""
     slots = (NO_STRESSOR, *stressor_kinds)
     return FactorSpace(
         (
             Factor("device", levels=tuple(devices)),
             Factor("app", levels=tuple(app_kinds)),
             Factor("app_load", *settings.app_load),
-            Factor("train_intensity", *settings.train_intensity),
+            Factor("busy", *settings.busy),
+            Factor("train_weight", *settings.train_weight),
             Factor("train_batch", float(min(batches)), float(max(batches)), log=True, integer=True)
             if len(set(batches)) > 1
             else Factor("train_batch", levels=(str(batches[0]),)),
             Factor("stressor", levels=slots),
-            Factor("stressor_level", *settings.stressor_level),
+            Factor("stressor_weight"),
             Factor("second", levels=slots),
-            Factor("second_level", *settings.second_level),
+            Factor("second_weight"),
         )
     )
 
 
-def scenario_from_point(point: Mapping[str, object], book: UsageBook) -> Scenario:
-    """Turn one design point into a runnable scenario on its device."""
-    stressors: dict[str, float] = {}
-    for slot, level in (("stressor", "stressor_level"), ("second", "second_level")):
-        kind = str(point[slot])
-        if kind != NO_STRESSOR and kind in book.stressors and float(point[level]) > 0.01:
-            stressors[kind] = min(1.0, stressors.get(kind, 0.0) + float(point[level]))
-    intensity = float(point["train_intensity"])
-    train = TrainLoad(int(float(point["train_batch"])), intensity) if intensity >= 0.1 else None
+def scenario_from_point(
+    point: Mapping[str, object], book: UsageBook, settings: CampaignSettings = CampaignSettings()
+) -> Scenario:
+    """Turn one design point into a runnable scenario on its device.
+
+    The co-runners share ``busy × (max_demand − app_load)`` of the device in proportion to
+    their weights; a stressor kind the device could not run gets no share.
+    """
     app = str(point["app"])
+    load = float(point["app_load"])
+    total = float(point["busy"]) * max(0.0, settings.max_demand - load)
+    weights: dict[str, float] = {}
+    w_train = float(point["train_weight"])
+    if w_train >= settings.no_training:
+        weights["train"] = w_train
+    for slot, weight in (("stressor", "stressor_weight"), ("second", "second_weight")):
+        kind = str(point[slot])
+        if kind != NO_STRESSOR and kind in book.stressors and float(point[weight]) > 0:
+            weights[kind] = weights.get(kind, 0.0) + float(point[weight])
+    norm = sum(weights.values())
+    shares = {k: total * w / norm for k, w in weights.items()} if norm > 0 else {}
+    train = None
+    if "train" in shares:
+        train = TrainLoad(
+            int(float(point["train_batch"])), min(1.0, max(shares.pop("train"), 0.02))
+        )
     return Scenario(
         device=str(point["device"]),
         app=app,
-        rate_rps=min(MAX_RATE_RPS, book.rate_for_load(app, float(point["app_load"]))),
-        stressors=stressors,
+        rate_rps=min(MAX_RATE_RPS, book.rate_for_load(app, load)),
+        stressors={k: min(1.0, v) for k, v in shares.items() if v > 0.005},
         train=train,
     )
 
@@ -236,10 +262,11 @@ def design(
     *,
     seed: int = 0,
     sampler: str = "lhs",
+    settings: CampaignSettings = CampaignSettings(),
 ) -> list[Scenario]:
     """``n`` scenarios from a Latin hypercube (or ``random``) over ``space``."""
     points = space.lhs(n, seed=seed) if sampler == "lhs" else space.random(n, seed=seed)
-    return [scenario_from_point(p, books[str(p["device"])]) for p in points]
+    return [scenario_from_point(p, books[str(p["device"])], settings) for p in points]
 
 
 def run_scenarios(
@@ -300,7 +327,7 @@ def profile_interference(
         by_name[name] = book
     kinds = sorted({k for n in devices for k in by_name[n].stressors})
     space = factor_space(devices, lab.app_kinds, kinds, settings.batch_levels(lab.job), settings)
-    scenarios = design(space, by_name, settings.runs, seed=settings.seed)
+    scenarios = design(space, by_name, settings.runs, seed=settings.seed, settings=settings)
     name = campaign or f"lhs-{settings.runs}-seed{settings.seed}"
     status(f"running {len(scenarios)} designed co-locations (campaign {name})")
     return run_scenarios(lab, kb, scenarios, campaign=name, progress=progress)

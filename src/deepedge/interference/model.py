@@ -13,7 +13,7 @@ import json
 import math
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -94,6 +94,11 @@ def observations(
     ]
 
 
+def _solo(book: UsageBook, sc: Scenario, q: str) -> float:
+    """The app's latency quantile ``q`` alone at the scenario's rate (from calibration)."""
+    return max(float(book.app(str(sc.app), sc.rate_rps).get(f"{q}_ms", 0.0)), 1e-3)
+
+
 def latency_rows(obs: Sequence[Observation]) -> list[Observation]:
     return [
         o
@@ -116,6 +121,9 @@ class InterferenceModel:
     p99: Surrogate
     throughput: Surrogate | None
     books: dict[str, UsageBook]
+    relative: dict[str, bool] = field(default_factory=dict)
+    """Per latency target: whether the surrogate predicts the slowdown over the app alone
+    (latency / solo latency) rather than the latency itself (chosen by CV)."""
 
     # --- fitting
 
@@ -137,17 +145,22 @@ class InterferenceModel:
         """
         lat = latency_rows(obs)
         X = np.array([latency_features(o.book, o.scenario) for o in lat], dtype=float)
+        X = X.reshape(-1, len(LATENCY_FEATURES))
         kwargs: dict[str, Any] = {"alpha": alpha, "seed": seed, "folds": folds}
-        p95 = fit_surrogate(
-            X.reshape(-1, len(LATENCY_FEATURES)),
-            [o.p95_ms for o in lat],
-            LATENCY_FEATURES,
-            target="LC p95 latency",
-            **kwargs,
-        )
-        p99 = fit_surrogate(
-            X, [o.p99_ms for o in lat], LATENCY_FEATURES, target="LC p99 latency", **kwargs
-        )
+        fitted: dict[str, Surrogate] = {}
+        relative: dict[str, bool] = {}
+        for q in ("p95", "p99"):
+            y = np.array([getattr(o, f"{q}_ms") for o in lat], dtype=float)
+            solo = np.array([_solo(o.book, o.scenario, q) for o in lat], dtype=float)
+            # Latency itself, or the slowdown over the app alone: in log space their CV
+            # residuals are the same quantity, so the lower CV error picks one fairly.
+            absolute = fit_surrogate(X, y, LATENCY_FEATURES, target=f"LC {q} latency", **kwargs)
+            slowdown = fit_surrogate(
+                X, y / solo, LATENCY_FEATURES, target=f"LC {q} slowdown", **kwargs
+            )
+            better = slowdown.cv_log_error[slowdown.chosen] < absolute.cv_log_error[absolute.chosen]
+            fitted[q], relative[q] = (slowdown, True) if better else (absolute, False)
+        p95, p99 = fitted["p95"], fitted["p99"]
         thr = throughput_rows(obs)
         throughput = None
         Xt = np.array([throughput_features(o.book, o.scenario) for o in thr], dtype=float)
@@ -160,7 +173,7 @@ class InterferenceModel:
                 bound="lower",
                 **kwargs,
             )
-        return cls(p95, p99, throughput, dict(books))
+        return cls(p95, p99, throughput, dict(books), relative)
 
     # --- prediction
 
@@ -180,17 +193,12 @@ class InterferenceModel:
         """Tail latency of ``sc``'s target app beside its co-runners."""
         book = self.book(device_key)
         x = [latency_features(book, sc)]
-        p95, p95_up = self.p95.predict_bound(x)
-        p99, p99_up = self.p99.predict_bound(x)
-        solo = book.app(str(sc.app), sc.rate_rps).get("p95_ms", math.nan)
-        return LatencyPrediction(
-            str(sc.app),
-            float(p95[0]),
-            float(p95_up[0]),
-            float(p99[0]),
-            float(p99_up[0]),
-            float(solo),
-        )
+        out = []
+        for q, part in (("p95", self.p95), ("p99", self.p99)):
+            scale = _solo(book, sc, q) if self.relative.get(q) else 1.0
+            value, bound = part.predict_bound(x)
+            out += [float(value[0]) * scale, float(bound[0]) * scale]
+        return LatencyPrediction(str(sc.app), *out, _solo(book, sc, "p95"))
 
     def predict_throughput(self, device_key: str, sc: Scenario) -> tuple[float, float]:
         """Training samples/s of ``sc`` beside its co-runners, and a lower bound."""
@@ -233,6 +241,7 @@ class InterferenceModel:
                 "p99": self.p99.save(),
                 "throughput": self.throughput.save() if self.throughput else None,
                 "books": {k: b.to_dict() for k, b in self.books.items()},
+                "relative": self.relative,
             }
         )
         kb.save_model(name, blob, self.summary())
@@ -256,6 +265,7 @@ class InterferenceModel:
             Surrogate.load(data["p99"]),
             Surrogate.load(data["throughput"]) if data["throughput"] else None,
             {k: UsageBook.from_dict(b) for k, b in data["books"].items()},
+            dict(data.get("relative", {})),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -266,6 +276,7 @@ class InterferenceModel:
             if s is None
             else {
                 "chosen": s.chosen,
+                "target": s.target,
                 "points": s.n_points,
                 "cv_median_ape_pct": s.cv_error,
                 "cv_p90_ape_pct": s.cv_p90_error,
