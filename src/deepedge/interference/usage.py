@@ -41,7 +41,7 @@ class MissingUsage(DeepEdgeError):
     """A scenario names a resident whose solo usage was never measured on that device."""
 
 
-def _curve(points: list[tuple[float, dict[str, float]]], x: float, name: str) -> dict[str, float]:
+def _curve(points: list[tuple[float, dict[str, float]]], x: float) -> dict[str, float]:
     """Linear interpolation of dict-valued ``points`` (sorted by x) at ``x``.
 
     Below the first point it interpolates towards the origin when the curve starts at a
@@ -130,13 +130,13 @@ class UsageBook:
             return {}
         if kind not in self.stressors:
             raise self._missing(f"stressor {kind}")
-        return _curve(self.stressors[kind], intensity, kind)
+        return _curve(self.stressors[kind], intensity)
 
     def app(self, kind: str, rate_rps: float) -> dict[str, float]:
         """The app's solo usage at ``rate_rps`` (with its solo p50/p95/p99 latency)."""
         if kind not in self.apps:
             raise self._missing(f"LC app {kind}")
-        return _curve(self.apps[kind], rate_rps, kind)
+        return _curve(self.apps[kind], rate_rps)
 
     def cpu_per_request(self, kind: str) -> float:
         """Core-seconds one request of ``kind`` costs (from its highest measured rate)."""
@@ -160,7 +160,7 @@ class UsageBook:
 
         def at_batch(bb: int) -> dict[str, float]:
             pts = [(cc, self.train[(bb, cc)]) for cc in levels if (bb, cc) in self.train]
-            return _curve(pts, c, "train")
+            return _curve(pts, c)
 
         if b in batches or len(batches) == 1:
             return at_batch(min(batches, key=lambda x: abs(x - b)))
