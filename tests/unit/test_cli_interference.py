@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from deepedge.cli import app
@@ -75,3 +76,44 @@ def test_fit_then_predict(tmp_path: Path) -> None:
     other = runner.invoke(app, [*args, "--device", "nano-1", "--batch", "8"])
     assert other.exit_code != 0
     assert "no profile of device kind 'jetson-nano'" in str(other.exception)
+
+
+def test_deep_edge_problem_from_the_model_and_contradictory_deadlines(tmp_path: Path) -> None:
+    from deepedge.errors import SpecError
+    from deepedge.interference import InterferenceModel, load_books, observations
+    from deepedge.plan.deadline import cluster_problem, deadline_plan
+
+    kb = tmp_path / "kb.sqlite"
+    fill(kb)
+    spec = LocalCluster(load_spec(ClusterSpec, EXAMPLES / "demo-cluster.yaml")).spec
+    job = load_spec(JobSpec, EXAMPLES / "demo-job.yaml")
+    with KnowledgeBase(kb) as base:
+        books = load_books(base, job)
+        model = InterferenceModel.fit(observations(base.interference_runs(), books), books)
+    orin = next(d for d in spec.devices if d.name == "orin-1")
+    keys = {"orin-1": device_key(orin, spec, LocalCluster(spec).mode.value)}
+
+    def problem(apps):
+        return cluster_problem(
+            [orin],
+            apps,
+            {"orin-1": (0.02, 0.004)},
+            global_batch=32,
+            comm_s=lambda k: 0.0,
+            need_mb=lambda b: 400.0 + b,
+            interference=model,
+            device_keys=keys,
+        )
+
+    cam = next(a for a in spec.apps if a.name == "cam-orin")
+    plan = deadline_plan(problem([cam.model_copy(update={"deadline_ms": 1000.0})]))
+    assert plan.local_batches == {"orin-1": 32} and plan.intensities["orin-1"] == 1.0
+    # a tight deadline throttles the device or leaves it out, never silently breaks it
+    tight = problem([cam.model_copy(update={"deadline_ms": 20.0})])
+    levels = {lv.intensity: lv.cap for lv in tight.devices[0].levels}
+    assert levels[1.0] == 0 < levels[0.25]  # only a throttled trainer keeps cam under 19 ms
+    throttled = deadline_plan(tight)
+    assert throttled.intensities["orin-1"] < 1.0
+    assert any("throttled" in n and "cam-orin" in n for n in throttled.notes)
+    with pytest.raises(SpecError, match="below its p95 with nothing else running"):
+        problem([cam.model_copy(update={"deadline_ms": 1.0})])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from deepedge.errors import PlanInfeasible
+from deepedge.errors import PlanInfeasible, SpecError
 from deepedge.interference import InterferenceModel, TrainLoad
 from deepedge.plan.exact import solve_exact
 from deepedge.plan.explain import to_plan
@@ -83,6 +83,15 @@ def cluster_problem(
                 )
             key = device_keys[d.name]
             book = interference.book(key)
+            for a in mine:
+                alone = book.app(a.kind, a.rate_rps).get("p95_ms", 0.0)
+                if alone > a.deadline_ms:
+                    raise SpecError(
+                        f"app {a.name}'s deadline {a.deadline_ms:g} ms is below its p95 with "
+                        f"nothing else running ({alone:.1f} ms at {a.rate_rps:g} req/s on "
+                        f"{d.name}): no plan can meet it",
+                        hint=f"raise the deadline above {alone:.0f} ms or lower the app's rate",
+                    )
             share = sum(book.app(a.kind, a.rate_rps).get("cpu_cores", 0.0) for a in mine)
             share /= float(d.cpu_cores or 1.0)
             rates = {a.name: (a.kind, a.rate_rps) for a in mine}
