@@ -13,6 +13,7 @@ surrogate models are fitted on step 2's runs with inputs composed from step 1's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -88,8 +89,6 @@ def train_resident(job: JobSpec) -> str:
 
 def load_books(kb: KnowledgeBase, job: JobSpec) -> dict[str, UsageBook]:
     """Every device key's usage book from the knowledge base (training rows of this job)."""
-    import json
-
     rows = kb.usages()
     mine = train_resident(job)
     rows = [r for r in rows if not r.resident.startswith("train:") or r.resident == mine]

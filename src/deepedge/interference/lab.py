@@ -17,6 +17,7 @@ device kind; ``memcap`` intensity is the share of its memory budget instead.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -67,8 +68,6 @@ _MEMCAP_LIMIT_MB = 1024  # the host has 24 GiB for every device together
 
 def device_key(device: DeviceSpec, cluster: ClusterSpec, emulation: str) -> str:
     """Canonical JSON of what fixes how a device reacts to load (its interference identity)."""
-    import json
-
     return json.dumps(
         {
             "kind": device.kind,

@@ -28,11 +28,6 @@ def _batches_within(arr: dict[str, np.ndarray], T: float, k: int) -> np.ndarray:
     return np.clip(np.minimum(b, arr["cap"][:k]), 0, None).max(axis=1)
 
 
-def _step_of(arr: dict[str, np.ndarray], i: int, b: int) -> float:
-    ok = arr["cap"][i] >= b
-    return float(np.min(np.where(ok, (arr["a"][i] + arr["s"][i] * b) * arr["slow"][i], np.inf)))
-
-
 def _best_T(arr: dict[str, np.ndarray], k: int, B: int) -> float | None:
     """Smallest T at which the first k devices can take B samples (None if never)."""
     if arr["cap"][:k].max(axis=1).sum() < B:
