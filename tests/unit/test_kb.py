@@ -399,3 +399,40 @@ def test_default_path_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert _default_kb_path() == tmp_path / "home" / ".local" / "share" / "deepedge" / "kb.sqlite"
+
+
+def test_a_schema_1_file_is_upgraded_keeping_its_profiles(tmp_path: Path) -> None:
+    """Files written before interference profiling (schema 1) gain its tables in place."""
+    path = tmp_path / "kb.sqlite"
+    with KnowledgeBase(path) as kb:
+        key = ProfileKey.build("rpi4", {"cpu_cores": 0.11}, "sig/sgd", [])
+        pid = kb.open_profile(key, device_name="rpi-1")
+        kb.add_point(pid, 8, [0.1, 0.11], 300.0, cost_s=1.0)
+    conn = sqlite3.connect(path)
+    for table in ("kb_usage", "kb_interference", "kb_models"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with KnowledgeBase(path) as kb:
+        assert [p.batch for p in kb.get(pid).points] == [8]
+        kb.add_usage("dev", "stressor:cpu", {"intensity": 0.5}, {"cpu_cores": 0.2})
+        assert kb.usages("dev")[0].usage == {"cpu_cores": 0.2}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()
+
+
+def test_interference_runs_filter_and_invalidate(tmp_path: Path) -> None:
+    with KnowledgeBase(tmp_path / "kb.sqlite") as kb:
+        kb.add_interference("a", "train", {"app": "x"}, {"p95_ms": 5.0})
+        kb.add_interference("b", "test", {"app": "y"}, {"p95_ms": 7.0})
+        kb.add_usage("a", "app:x", {"rate_rps": 10.0}, {"cpu_cores": 0.1})
+        assert [r.result["p95_ms"] for r in kb.interference_runs(campaign="train")] == [5.0]
+        assert [r.device for r in kb.interference_runs(device="b")] == ["b"]
+        assert kb.invalidate_interference("a") == 2  # its run and its usage row
+        assert [r.device for r in kb.interference_runs()] == ["b"] and kb.usages() == []
+        assert kb.load_model("none") is None
+        kb.save_model("m", b"blob", {"k": 1})
+        kb.save_model("m", b"blob2", {"k": 2})  # replaced, not added
+        assert kb.load_model("m") == (b"blob2", {"k": 2})
