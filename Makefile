@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) bench/uneven_split.py
 	$(PY) bench/profile_accuracy.py
 	$(PY) bench/interference_accuracy.py
+	$(PY) bench/schedule_scale.py
 
 clean:
 	rm -rf $(VENV) demo-out runs .pytest_cache .ruff_cache
