@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
+from deepedge.apps.server import HEADER, REPLY
 from deepedge.cluster import detect_cgroups
 from deepedge.spec import ClusterSpec
 
@@ -33,3 +36,14 @@ def two_device_spec() -> ClusterSpec:
 def _private_knowledge_base(tmp_path, monkeypatch):
     """Commands run by tests profile into a throw-away knowledge base, not the user's."""
     monkeypatch.setenv("DEEPEDGE_KB", str(tmp_path / "kb.sqlite"))
+
+
+def lc_request(sock: socket.socket, payload: bytes) -> tuple[int, int]:
+    """One request to an LC app server over ``sock``: (class, service µs) of its reply."""
+    sock.sendall(HEADER.pack(len(payload)) + payload)
+    buf = b""
+    while len(buf) < REPLY.size:
+        chunk = sock.recv(REPLY.size - len(buf))
+        assert chunk, "server closed the connection"
+        buf += chunk
+    return REPLY.unpack(buf)

@@ -499,7 +499,8 @@ def interference_predict(
     from deepedge.profile import KnowledgeBase
     from deepedge.spec import ClusterSpec, load_spec
 
-    spec = LocalCluster(load_spec(ClusterSpec, cluster)).spec
+    local = LocalCluster(load_spec(ClusterSpec, cluster))  # fills catalog defaults; starts nothing
+    spec = local.spec
     dev = next((d for d in spec.devices if d.name == device), None)
     if dev is None:
         raise typer.BadParameter(f"no device {device!r}; devices: {[d.name for d in spec.devices]}")
@@ -511,7 +512,7 @@ def interference_predict(
         return
     with KnowledgeBase(_kb_path(kb), create=False) as base:
         model = InterferenceModel.load(base)
-    key = device_key(dev, spec, LocalCluster(spec).mode.value)
+    key = device_key(dev, spec, local.mode.value)
     train = TrainLoad(batch, intensity) if batch > 0 else None
     preds = model.apps_beside_training(key, apps, train)
     title = f"b={batch}, intensity {intensity:g}" if train else "off"

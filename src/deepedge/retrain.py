@@ -110,15 +110,19 @@ class Retraining:
 
         The whole global batch is the worst case any one device can be handed.
         """
+        job_mb = self._job_memory_mb(self.job.global_batch)
+        return {n: rt + job_mb for n, rt in self.session.agents.runtime_mb.items()}
+
+    def _job_memory_mb(self, batch: int) -> float:
+        """Data + model, optimiser and activations at ``batch`` (without the runtime)."""
         job_mb = estimate_training_memory_mb(
             self._model,
             self.train_set.images.shape[1:],
-            self.job.global_batch,
+            batch,
             optimizer=self.job.optimizer.name,
         )
         # every agent holds the training set twice: uint8 as loaded, float32 as tensors
-        data_mb = self.train_set.images.nbytes * 5 / 2**20
-        return {n: rt + job_mb + data_mb for n, rt in self.session.agents.runtime_mb.items()}
+        return job_mb + self.train_set.images.nbytes * 5 / 2**20
 
     def plan(
         self,
@@ -212,14 +216,8 @@ class Retraining:
 
     def training_memory_mb(self, batch: int) -> float:
         """Memory one worker needs at ``batch`` samples per step (runtime, data, model, step)."""
-        job_mb = estimate_training_memory_mb(
-            self._model,
-            self.train_set.images.shape[1:],
-            batch,
-            optimizer=self.job.optimizer.name,
-        )
         runtime = max(self.session.agents.runtime_mb.values(), default=0.0)
-        return runtime + job_mb + self.train_set.images.nbytes * 5 / 2**20
+        return runtime + self._job_memory_mb(batch)
 
     def _deadline_plan(
         self,

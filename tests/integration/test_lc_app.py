@@ -25,6 +25,7 @@ import deepedge
 from deepedge.apps import LoadGenerator, LoadTarget, latency_summary, server_command, wait_ready
 from deepedge.errors import ClusterError
 from deepedge.spec import AppSpec
+from tests.conftest import lc_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,16 +57,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait()
-
-
-def request(sock: socket.socket, payload: bytes) -> tuple[int, int]:
-    sock.sendall(struct.pack(">I", len(payload)) + payload)
-    buf = b""
-    while len(buf) < 8:
-        chunk = sock.recv(8 - len(buf))
-        assert chunk, "server closed the connection"
-        buf += chunk
-    return struct.unpack(">iI", buf)
 
 
 def test_open_loop_load_is_served_and_recorded(server: int) -> None:
@@ -100,7 +91,7 @@ def test_malformed_request_closes_only_that_connection(server: int) -> None:
             assert bad.recv(8) == b""  # closed by the server
     with socket.create_connection(("127.0.0.1", server), timeout=5) as good:
         for _ in range(3):
-            cls, service_us = request(good, bytes(3 * 32 * 32))
+            cls, service_us = lc_request(good, bytes(3 * 32 * 32))
             assert 0 <= cls < 10 and service_us > 0
 
 
@@ -109,7 +100,7 @@ def test_signal_exits_cleanly_with_a_client_connected(tmp_path: Path, sig: int) 
     proc, port = start_server(tmp_path / "ready.json")
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            request(sock, bytes(3 * 32 * 32))
+            lc_request(sock, bytes(3 * 32 * 32))
             proc.send_signal(sig)
             assert proc.wait(timeout=10) == 0
         assert proc.stderr is not None

@@ -36,6 +36,7 @@ from deepedge.apps import (
 )
 from deepedge.apps import server as srv
 from deepedge.spec import AppSpec
+from tests.conftest import lc_request
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -93,16 +94,6 @@ def drive(kind: str, port: int) -> list[RequestRecord]:
         f"(max {max(svc):.3f}), latency median {statistics.median(lat):.3f} ms"
     )
     return records
-
-
-def request(sock: socket.socket, payload: bytes) -> tuple[int, int]:
-    sock.sendall(struct.pack(">I", len(payload)) + payload)
-    buf = b""
-    while len(buf) < 8:
-        chunk = sock.recv(8 - len(buf))
-        assert chunk, "server closed the connection"
-        buf += chunk
-    return struct.unpack(">iI", buf)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +161,7 @@ def test_log_ingest_removes_its_default_temp_dir_at_exit(tmp_path: Path) -> None
     log = Path(json.loads(ready.read_text())["log"])
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            assert request(sock, bytes(3072))[0] == 0
+            assert lc_request(sock, bytes(3072))[0] == 0
         assert log.stat().st_size == 4 + 3072
     finally:
         stop_server(proc)
@@ -224,7 +215,7 @@ def test_wrong_length_closes_only_that_connection(frame_server: int) -> None:
     frame = os.urandom(good)
     with socket.create_connection(("127.0.0.1", frame_server), timeout=5) as sock:
         for _ in range(3):
-            cls, service_us = request(sock, frame)
+            cls, service_us = lc_request(sock, frame)
             assert cls == srv.zlib.crc32(frame) & 0x7FFF_FFFF and service_us > 0
 
 

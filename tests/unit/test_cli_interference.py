@@ -18,11 +18,17 @@ runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+def demo_cluster() -> tuple[ClusterSpec, str]:
+    """The demo cluster's spec (catalog defaults filled) and its emulation mode here."""
+    local = LocalCluster(load_spec(ClusterSpec, EXAMPLES / "demo-cluster.yaml"))
+    return local.spec, local.mode.value
+
+
 def fill(kb_path: Path) -> None:
     """Solo usage of the CNN app, a cpu stressor and the demo job on orin-1, and 40 runs."""
-    spec = LocalCluster(load_spec(ClusterSpec, EXAMPLES / "demo-cluster.yaml")).spec
+    spec, mode = demo_cluster()
     dev = next(d for d in spec.devices if d.name == "orin-1")
-    key = device_key(dev, spec, LocalCluster(spec).mode.value)
+    key = device_key(dev, spec, mode)
     job = load_spec(JobSpec, EXAMPLES / "demo-job.yaml")
     q = float(dev.cpu_cores or 1)
     rng = np.random.default_rng(0)
@@ -85,13 +91,13 @@ def test_deep_edge_problem_from_the_model_and_contradictory_deadlines(tmp_path: 
 
     kb = tmp_path / "kb.sqlite"
     fill(kb)
-    spec = LocalCluster(load_spec(ClusterSpec, EXAMPLES / "demo-cluster.yaml")).spec
+    spec, mode = demo_cluster()
     job = load_spec(JobSpec, EXAMPLES / "demo-job.yaml")
     with KnowledgeBase(kb) as base:
         books = load_books(base, job)
         model = InterferenceModel.fit(observations(base.interference_runs(), books), books)
     orin = next(d for d in spec.devices if d.name == "orin-1")
-    keys = {"orin-1": device_key(orin, spec, LocalCluster(spec).mode.value)}
+    keys = {"orin-1": device_key(orin, spec, mode)}
 
     def problem(apps):
         return cluster_problem(

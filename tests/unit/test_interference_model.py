@@ -157,7 +157,7 @@ def synth(book: UsageBook, n: int, seed: int) -> list[Observation]:
     for sc in design(space, {"d": book}, n, seed=seed, sampler="random"):
         sc = Scenario(KEY, sc.app, sc.rate_rps, sc.stressors, sc.train)
         p95, p99, thr = law(book, sc, rng)
-        out.append(Observation(sc, book, p95, p99, thr, "synthetic"))
+        out.append(Observation(sc, book, p95, p99, thr))
     return out
 
 

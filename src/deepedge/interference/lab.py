@@ -48,7 +48,7 @@ from deepedge.interference.stressors import (
     Usage,
     usage_between,
 )
-from deepedge.profile.throughput import host_fingerprint
+from deepedge.profile.throughput import device_hardware
 from deepedge.spec import AppSpec, ClusterSpec, DeviceSpec, JobSpec
 
 __all__ = [
@@ -71,13 +71,8 @@ def device_key(device: DeviceSpec, cluster: ClusterSpec, emulation: str) -> str:
     return json.dumps(
         {
             "kind": device.kind,
-            "cpu_cores": device.cpu_cores,
-            "memory_mb": device.memory_mb,
-            "gpu": device.gpu.model_dump() if device.gpu else None,
             "link_mbps": device.link_mbps if cluster.network == "netns" else None,
-            "cpu_period_us": cluster.cpu_period_us,
-            "emulation": emulation,
-            "host": host_fingerprint(),
+            **device_hardware(device, cluster, emulation),
         },
         sort_keys=True,
         separators=(",", ":"),

@@ -73,7 +73,6 @@ class Observation:
     p95_ms: float
     p99_ms: float
     train_samples_per_s: float | None
-    campaign: str
 
 
 def observations(
@@ -87,7 +86,6 @@ def observations(
             float(row.result["p95_ms"]),
             float(row.result["p99_ms"]),
             row.result.get("train_samples_per_s"),
-            row.campaign,
         )
         for row in rows
         if row.device in books

@@ -127,11 +127,9 @@ def host_fingerprint() -> dict[str, object]:
     return {"cpu": model, "cpus": os.cpu_count()}
 
 
-def profile_key(
-    device: DeviceSpec, cluster: ClusterSpec, model_signature: str, emulation: str
-) -> ProfileKey:
-    """Key a device's profile by what determines its step time (see the module doc)."""
-    hardware = {
+def device_hardware(device: DeviceSpec, cluster: ClusterSpec, emulation: str) -> dict[str, object]:
+    """What fixes an emulated device's speed: its capacity, CPU period, emulation and host."""
+    return {
         "cpu_cores": device.cpu_cores,
         "memory_mb": device.memory_mb,
         "gpu": device.gpu.model_dump() if device.gpu else None,
@@ -139,6 +137,13 @@ def profile_key(
         "emulation": emulation,
         "host": host_fingerprint(),
     }
+
+
+def profile_key(
+    device: DeviceSpec, cluster: ClusterSpec, model_signature: str, emulation: str
+) -> ProfileKey:
+    """Key a device's profile by what determines its step time (see the module doc)."""
+    hardware = device_hardware(device, cluster, emulation)
     load = sorted([a.kind, a.rate_rps] for a in cluster.apps if a.device == device.name)
     return ProfileKey.build(device.kind, hardware, model_signature, load)
 
