@@ -162,7 +162,11 @@ def synth(book: UsageBook, n: int, seed: int) -> list[Observation]:
 
 
 def test_model_learns_the_law_and_bounds_it(book: UsageBook, tmp_path) -> None:
-    model = InterferenceModel.fit(synth(book, 120, seed=0), {KEY: book})
+    train = synth(book, 120, seed=0)
+    model = InterferenceModel.fit(train, {KEY: book})
+    # out-of-fold predictions come back in ms whichever target (latency or slowdown) won
+    oof = model.out_of_fold_ms("p95", train)
+    assert 0.8 < np.median(oof / np.array([o.p95_ms for o in train])) < 1.25
     test = synth(book, 200, seed=9)
     pred = [model.predict_latency(KEY, o.scenario) for o in test]
     ape = [abs(p.p95_ms - o.p95_ms) / o.p95_ms for p, o in zip(pred, test, strict=True)]

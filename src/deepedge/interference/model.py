@@ -198,6 +198,14 @@ class InterferenceModel:
             out += [float(value[0]) * scale, float(bound[0]) * scale]
         return LatencyPrediction(str(sc.app), *out, _solo(book, sc, "p95"))
 
+    def out_of_fold_ms(self, q: str, obs: Sequence[Observation]) -> np.ndarray:
+        """Cross-validation predictions of latency quantile ``q`` ("p95"/"p99") in ms, for
+        the fitting rows ``obs`` (the surrogate's own are slowdowns when it chose those)."""
+        part = self.p95 if q == "p95" else self.p99
+        rows = latency_rows(obs)
+        scale = [_solo(o.book, o.scenario, q) if self.relative.get(q) else 1.0 for o in rows]
+        return part.oof_pred * np.asarray(scale, dtype=float)
+
     def predict_throughput(self, device_key: str, sc: Scenario) -> tuple[float, float]:
         """Training samples/s of ``sc`` beside its co-runners, and a lower bound."""
         if self.throughput is None:

@@ -101,7 +101,7 @@ def oof_scatter(model: InterferenceModel, obs: Sequence[Observation], path: Path
     """The p95 surrogate's out-of-fold predictions against what was measured."""
     rows = latency_rows(obs)
     factor = float(np.exp(model.p95.log_margin))
-    pred = model.p95.oof_pred
+    pred = model.out_of_fold_ms("p95", rows)
     return plot_predicted_vs_measured(
         [o.p95_ms for o in rows],
         pred,
