@@ -149,7 +149,7 @@ def train(
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/train"),
     policy: Annotated[
         str, typer.Option(help="deep-edge | proportional | equal | fastest-single")
-    ] = "proportional",
+    ] = "deep-edge",
     init: Annotated[
         Path | None,
         typer.Option(help="start from this checkpoint (e.g. demo-out/base-model.ckpt)"),
@@ -158,6 +158,7 @@ def train(
 ) -> None:
     """Plan and run one re-training job on the emulated cluster, on the job's drifted data."""
     from deepedge.data import build_dataset
+    from deepedge.interference import ensure_model
     from deepedge.profile import KnowledgeBase
     from deepedge.retrain import DEADLINE_POLICY, POLICIES, Retraining
     from deepedge.session import EdgeSession
@@ -180,6 +181,9 @@ def train(
                 f"{str(err).splitlines()[0]}",
                 hint="use the base-model.ckpt of a demo run with the same model spec",
             ) from None
+    with KnowledgeBase(_kb_path(kb)) as base:
+        if policy == DEADLINE_POLICY:
+            ensure_model(cluster_spec, job_spec, base, out / "interference", status=console.print)
     with (
         KnowledgeBase(_kb_path(kb)) as base,
         EdgeSession(cluster_spec, out, status=console.print) as session,
@@ -215,9 +219,11 @@ def plan_cmd(
     """Plan JOB on CLUSTER with the Deep-Edge planner and explain every device's part.
 
     Profiles (and the all-reduce model) are reused from the knowledge base when fresh, or
-    measured on the booted cluster; LC limits come from the fitted interference model.
+    measured on the booted cluster; LC limits come from the fitted interference model,
+    which is profiled first where it does not cover the cluster's LC apps.
     """
     from deepedge.data import build_dataset
+    from deepedge.interference import ensure_model
     from deepedge.plan.explain import gantt_png
     from deepedge.profile import KnowledgeBase
     from deepedge.retrain import DEADLINE_POLICY, Retraining
@@ -228,6 +234,8 @@ def plan_cmd(
     cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
     train_set = build_dataset(job_spec.dataset, "train", drifted=True)
     state = job_model(job_spec, train_set).state_dict()
+    with KnowledgeBase(_kb_path(kb)) as base:
+        ensure_model(cluster_spec, job_spec, base, out / "interference", status=console.print)
     with (
         KnowledgeBase(_kb_path(kb)) as base,
         EdgeSession(cluster_spec, out, status=console.print, monitor_interval_s=None) as session,
@@ -450,7 +458,12 @@ def interference_fit(
     seed: Annotated[int, typer.Option(help="seed of cross-validation and models")] = 0,
 ) -> None:
     """Fit the surrogates on the stored runs (model chosen by cross-validation); store it."""
-    from deepedge.interference import InterferenceModel, load_books, observations
+    from deepedge.interference import (
+        InterferenceModel,
+        load_books,
+        observations,
+        train_resident,
+    )
     from deepedge.interference.plots import oof_scatter, plot_sensitivity
     from deepedge.profile import KnowledgeBase
     from deepedge.spec import JobSpec, load_spec
@@ -459,7 +472,7 @@ def interference_fit(
     with KnowledgeBase(_kb_path(kb)) as base:
         books = load_books(base, job_spec)
         obs = observations(base.interference_runs(), books)
-        model = InterferenceModel.fit(obs, books, seed=seed)
+        model = InterferenceModel.fit(obs, books, seed=seed, resident=train_resident(job_spec))
         model.save(base)
     table = Table(title=f"interference model ({len(obs)} runs)")
     for col in ("target", "model", "CV median APE", "candidates (CV median APE)", "bound"):

@@ -8,6 +8,7 @@ all-reduce model → plans → DDP runs from the same starting weights.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -27,6 +28,10 @@ from deepedge.plan import (
     profiled_split,
     with_prediction,
 )
+from deepedge.plan.deadline import deadline_plan
+from deepedge.plan.heuristic import lower_bound_step_s
+from deepedge.plan.problem import PlanningProblem
+from deepedge.plan.profiled import step_sizes
 from deepedge.profile import (
     DEFAULT_KB_PATH,
     CommModel,
@@ -62,6 +67,9 @@ class Planning:
     profiling_s: float  # wall time of profiling, near 0 when everything was reused
     comm_reused: bool = False
     grad_bytes: int = 0  # what one all-reduce moves per step
+    feasible_lower_bound_s: float | None = None
+    """T_min within the LC and memory limits (each device at its best allowed intensity
+    and batch cap), when the deep-edge policy was planned; ``lower_bound_s`` ignores them."""
 
     @property
     def throughput(self) -> dict[str, float]:
@@ -199,8 +207,18 @@ class Retraining:
                 models,
             ),
         }
+        feasible_lb = None
         if DEADLINE_POLICY in policies:
-            builders[DEADLINE_POLICY] = lambda: self._deadline_plan(profiles, comm, excluded)
+            problem = self._deadline_problem(profiles, comm)
+            builders[DEADLINE_POLICY] = lambda: deadline_plan(
+                problem, exact=self.exact, excluded=excluded
+            )
+            sizes = step_sizes(len(self.train_set), B, self.job.epochs)
+            per_size = {
+                b: lower_bound_step_s(dataclasses.replace(problem, global_batch=b))
+                for b in set(sizes)
+            }
+            feasible_lb = math.fsum(per_size[b] for b in sizes)
         total = self.job.epochs * len(self.train_set)
         return Planning(
             profiles,
@@ -212,6 +230,7 @@ class Retraining:
             profiling_s,
             comm_reused,
             self.grad_bytes,
+            feasible_lb,
         )
 
     def training_memory_mb(self, batch: int) -> float:
@@ -219,21 +238,38 @@ class Retraining:
         runtime = max(self.session.agents.runtime_mb.values(), default=0.0)
         return runtime + self._job_memory_mb(batch)
 
-    def _deadline_plan(
-        self,
-        profiles: Mapping[str, DeviceProfile],
-        comm: CommModel | None,
-        excluded: Sequence[ExcludedDevice],
-    ) -> Plan:
-        from deepedge.interference import InterferenceModel, device_key
-        from deepedge.plan.deadline import cluster_problem, deadline_plan
+    def _deadline_problem(
+        self, profiles: Mapping[str, DeviceProfile], comm: CommModel | None
+    ) -> PlanningProblem:
+        """The Deep-Edge planning problem of the profiled devices (LC limits from the
+        stored interference model, which must cover their apps for this job)."""
+        from deepedge.interference import (
+            InterferenceModel,
+            NoInterferenceModel,
+            device_key,
+            missing_devices,
+        )
+        from deepedge.plan.deadline import cluster_problem
 
         assert self.kb is not None
         spec = self.session.spec
         emulation = self.session.cluster.mode.value
+        keys = {d.name: device_key(d, spec, emulation) for d in spec.devices}
         apps = [a for a in spec.apps if a.device in profiles]
         model = InterferenceModel.load(self.kb) if apps else None
-        problem = cluster_problem(
+        missing = [
+            n
+            for n in (missing_devices(model, spec, keys, self.job) if model else [])
+            if n in profiles
+        ]
+        if missing:
+            raise NoInterferenceModel(
+                f"the stored interference model cannot check the LC apps on {', '.join(missing)} "
+                "for this job",
+                hint="`deepedge train --policy deep-edge` profiles them first; or run "
+                "`deepedge interference profile` and `deepedge interference fit` for this job",
+            )
+        return cluster_problem(
             [d for d in spec.devices if d.name in profiles],
             apps,
             {n: (p.model.intercept_s, p.model.slope_s) for n, p in profiles.items()},
@@ -241,9 +277,8 @@ class Retraining:
             comm_s=lambda k: comm.predict(k, self.grad_bytes) if comm and k > 1 else 0.0,
             need_mb=self.training_memory_mb,
             interference=model,
-            device_keys={d.name: device_key(d, spec, emulation) for d in spec.devices},
+            device_keys=keys,
         )
-        return deadline_plan(problem, exact=self.exact, excluded=excluded)
 
     def run(
         self,

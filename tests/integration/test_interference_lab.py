@@ -80,7 +80,7 @@ def test_calibration_stores_usage_and_few_runs_ask_for_more(
         app_loads=(0.1, 0.3), levels=(0.5, 1.0), batches=(8,), calibration_window_s=1.0
     )
     with KnowledgeBase(tmp_path / "kb.sqlite") as kb:
-        book = calibrate(lab, kb, "mini", settings)
+        book = calibrate(lab, kb, ["mini"], settings)["mini"]
         assert set(book.apps) == {"cnn_inference", "kv_lookup"}
         assert set(book.stressors) == {"cpu"}
         full = book.stressor("cpu", 1.0)["cpu_cores"]

@@ -38,6 +38,12 @@ from deepedge.interference.model import (
     Observation,
     observations,
 )
+from deepedge.interference.planning import (
+    PLAN_CAMPAIGN,
+    ensure_model,
+    missing_devices,
+    plan_scenarios,
+)
 from deepedge.interference.stressors import (
     STRESSOR_KINDS,
     StressorProcess,
@@ -63,6 +69,7 @@ from deepedge.interference.usage import (
 __all__ = [
     "LATENCY_FEATURES",
     "MODEL_NAME",
+    "PLAN_CAMPAIGN",
     "RESOURCE_STRESSORS",
     "STRESSOR_KINDS",
     "THROUGHPUT_FEATURES",
@@ -89,12 +96,15 @@ __all__ = [
     "design",
     "device_key",
     "distinct_devices",
+    "ensure_model",
     "factor_space",
     "fit_surrogate",
     "latency_features",
     "load_books",
     "min_points",
+    "missing_devices",
     "observations",
+    "plan_scenarios",
     "profile_interference",
     "run_scenarios",
     "scenario_from_point",

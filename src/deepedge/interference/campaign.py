@@ -104,58 +104,81 @@ def load_books(kb: KnowledgeBase, job: JobSpec) -> dict[str, UsageBook]:
 def calibrate(
     lab: InterferenceLab,
     kb: KnowledgeBase,
-    device: str,
+    devices: Sequence[str],
     settings: CampaignSettings = CampaignSettings(),
     *,
     progress: Callable[[str], None] = lambda msg: None,
-) -> UsageBook:
-    """Measure every resident alone on ``device`` and store the usage rows.
+) -> dict[str, UsageBook]:
+    """Measure every resident alone on each of ``devices`` and store the usage rows.
 
+    The devices are measured side by side (one :meth:`InterferenceLab.run_many` per
+    step), so calibrating a cluster takes about as long as calibrating one device.
     A stressor that consumes less than half of what its intensity asks for, or that
     reports errors (no disk space, no GPU), is reported and marked skipped on the lab so
     the design leaves it out; it is never stored as if it were zero load.
     """
-    key = lab.device_key(device)
-    quota = float(lab.devices[device].cpu_cores or 1.0)
+    devices = list(devices)
+    keys = {d: lab.device_key(d) for d in devices}
+    quota = {d: float(lab.devices[d].cpu_cores or 1.0) for d in devices}
+    where = ", ".join(devices)
     for kind in lab.app_kinds:
-        probe = min(MAX_RATE_RPS, 0.15 * quota / _CPU_GUESS_S.get(kind, 1e-3))
-        progress(f"{device}: probing {kind} at {probe:.0f} rps")
-        r = lab.run(Scenario(device, kind, probe), window_s=3.0)
-        cpu_per_request = max(r.usage[f"app:{kind}"]["cpu_cores"] / probe, 1e-5)
-        for load in settings.app_loads:
-            rate = min(MAX_RATE_RPS, load * quota / cpu_per_request)
-            progress(f"{device}: {kind} alone at {rate:.0f} rps")
-            r = lab.run(Scenario(device, kind, rate))
-            usage = dict(r.usage[f"app:{kind}"])
-            usage.update(p50_ms=r.p50_ms, p95_ms=r.p95_ms, p99_ms=r.p99_ms)
-            kb.add_usage(key, f"app:{kind}", {"rate_rps": rate}, usage)
-    for kind in lab.available_stressors(device):
-        measured: list[tuple[float, dict[str, float]]] = []
-        for level in settings.levels:
-            progress(f"{device}: stressor {kind} alone at {level:g}")
-            r = lab.run(
-                Scenario(device, stressors={kind: level}), window_s=settings.calibration_window_s
+        probe = {
+            d: min(MAX_RATE_RPS, 0.15 * quota[d] / _CPU_GUESS_S.get(kind, 1e-3)) for d in devices
+        }
+        progress(f"{where}: probing {kind}")
+        runs = lab.run_many([Scenario(d, kind, probe[d]) for d in devices], window_s=3.0)
+        cost = {
+            r.scenario.device: max(
+                r.usage[f"app:{kind}"]["cpu_cores"] / probe[r.scenario.device], 1e-5
             )
-            usage = r.usage[f"stressor:{kind}"]
-            problem = r.errors.get(f"stressor:{kind}") or _short_of(kind, level, usage, lab, device)
-            if problem:
-                lab.skip(device, kind, problem)
-                progress(f"{device}: stressor {kind} skipped: {problem}")
+            for r in runs
+        }
+        for load in settings.app_loads:
+            progress(f"{where}: {kind} alone at {load:g} of each device")
+            rates = {d: min(MAX_RATE_RPS, load * quota[d] / cost[d]) for d in devices}
+            for r in lab.run_many([Scenario(d, kind, rates[d]) for d in devices]):
+                usage = dict(r.usage[f"app:{kind}"])
+                usage.update(p50_ms=r.p50_ms, p95_ms=r.p95_ms, p99_ms=r.p99_ms)
+                d = r.scenario.device
+                kb.add_usage(keys[d], f"app:{kind}", {"rate_rps": rates[d]}, usage)
+    stressor_kinds = sorted({k for d in devices for k in lab.available_stressors(d)})
+    for kind in stressor_kinds:
+        active = [d for d in devices if kind in lab.available_stressors(d)]
+        measured: dict[str, list[tuple[float, dict[str, float]]]] = {d: [] for d in active}
+        for level in settings.levels:
+            if not active:
                 break
-            measured.append((level, usage))
-        else:  # every level reached: only then does the curve enter the knowledge base
-            for level, usage in measured:
-                kb.add_usage(key, f"stressor:{kind}", {"intensity": level}, usage)
+            progress(f"{', '.join(active)}: stressor {kind} alone at {level:g}")
+            runs = lab.run_many(
+                [Scenario(d, stressors={kind: level}) for d in active],
+                window_s=settings.calibration_window_s,
+            )
+            for r in runs:
+                d = r.scenario.device
+                usage = r.usage[f"stressor:{kind}"]
+                problem = r.errors.get(f"stressor:{kind}") or _short_of(kind, level, usage, lab, d)
+                if problem:
+                    lab.skip(d, kind, problem)
+                    progress(f"{d}: stressor {kind} skipped: {problem}")
+                    active.remove(d)
+                else:
+                    measured[d].append((level, usage))
+        for d in active:  # every level reached: only then does the curve enter the base
+            for level, usage in measured[d]:
+                kb.add_usage(keys[d], f"stressor:{kind}", {"intensity": level}, usage)
     resident = train_resident(lab.job)
     for batch in settings.batch_levels(lab.job):
         for level in settings.levels:
-            progress(f"{device}: training alone at batch {batch}, intensity {level:g}")
-            r = lab.run(
-                Scenario(device, train=TrainLoad(batch, level)),
+            progress(f"{where}: training alone at batch {batch}, intensity {level:g}")
+            runs = lab.run_many(
+                [Scenario(d, train=TrainLoad(batch, level)) for d in devices],
                 window_s=max(2.5, settings.calibration_window_s),
             )
-            kb.add_usage(key, resident, {"batch": batch, "intensity": level}, r.usage["train"])
-    return load_books(kb, lab.job)[key]
+            for r in runs:
+                setting = {"batch": batch, "intensity": level}
+                kb.add_usage(keys[r.scenario.device], resident, setting, r.usage["train"])
+    books = load_books(kb, lab.job)
+    return {d: books[keys[d]] for d in devices}
 
 
 _MAIN_METRIC = {
@@ -317,13 +340,16 @@ def profile_interference(
     devices = distinct_devices(lab)
     books = load_books(kb, lab.job)
     by_name: dict[str, UsageBook] = {}
+    todo = []
     for name in devices:
         book = books.get(lab.device_key(name))
         if refresh or not _complete(book, lab, name):
-            book = calibrate(lab, kb, name, settings, progress=status)
+            todo.append(name)
         else:
             status(f"{name}: reusing its solo usage from the knowledge base")
-        by_name[name] = book
+            by_name[name] = book
+    if todo:
+        by_name.update(calibrate(lab, kb, todo, settings, progress=status))
     kinds = sorted({k for n in devices for k in by_name[n].stressors})
     space = factor_space(devices, lab.app_kinds, kinds, settings.batch_levels(lab.job), settings)
     scenarios = design(space, by_name, settings.runs, seed=settings.seed, settings=settings)

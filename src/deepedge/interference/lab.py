@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,37 +425,83 @@ class InterferenceLab:
 
     def run(self, sc: Scenario, *, window_s: float | None = None) -> RunResult:
         """Apply ``sc``, let it settle, measure for the window, then idle the device."""
-        if sc.device not in self._stressors:
-            raise SpecError(f"device {sc.device!r} is not in this lab", hint=f"{list(self._apps)}")
-        window = window_s if window_s is not None else self.window_for(sc)
-        self._apply(sc)
+        return self.run_many([sc], window_s=window_s)[0]
+
+    def run_many(
+        self, scenarios: Sequence[Scenario], *, window_s: float | None = None
+    ) -> list[RunResult]:
+        """Run scenarios on distinct devices at the same time, over one shared window.
+
+        On an emulated cluster the devices share the host, so measuring them together is
+        how a training run finds them (every device busy at once) and takes one window
+        instead of one per device. The window is the longest any scenario asks for.
+        """
+        devices = [sc.device for sc in scenarios]
+        for name in devices:
+            if name not in self._stressors:
+                raise SpecError(f"device {name!r} is not in this lab", hint=f"{list(self._apps)}")
+        if len(set(devices)) < len(devices):
+            raise SpecError("run_many needs scenarios on distinct devices", hint=f"{devices}")
+        window = window_s if window_s is not None else max(map(self.window_for, scenarios))
+        loadgens: list[LoadGenerator | None] = []
         try:
+            for sc in scenarios:
+                self._apply(sc)
             time.sleep(self.settle_s)
-            apps = {k: r for k, r in [(sc.app, sc.rate_rps), *sc.other_apps.items()] if k}
-            loadgen = None
-            if apps:
-                servers = self._apps[sc.device]
-                loadgen = LoadGenerator(
-                    [
-                        LoadTarget.from_app(
-                            servers[k].spec.model_copy(update={"rate_rps": r}),
-                            servers[k].port,
-                            host=servers[k].host,
-                        )
-                        for k, r in apps.items()
-                    ],
-                    seed=self.seed + self._runs,
-                    duration_s=window,
-                    timeout_s=max(10.0, window),
-                )
-                loadgen.start()
-            self._runs += 1
-            before = self._read(sc.device)
+            for sc in scenarios:
+                loadgens.append(self._loadgen(sc, window))
+                self._runs += 1
+            before = [self._read(sc.device) for sc in scenarios]
             time.sleep(window)
-            after = self._read(sc.device)
-            records = loadgen.stop() if loadgen is not None else []
+            after = [self._read(sc.device) for sc in scenarios]
+            records = [lg.stop() if lg is not None else [] for lg in loadgens]
         finally:
-            self._idle(sc.device)
+            for lg in loadgens:  # on the error path: no load generator outlives the run
+                if lg is not None:
+                    with contextlib.suppress(ClusterError):
+                        lg.stop()
+            for sc in scenarios:
+                self._idle(sc.device)
+        return [
+            self._result(sc, window, b, a, r, lg)
+            for sc, b, a, r, lg in zip(scenarios, before, after, records, loadgens, strict=True)
+        ]
+
+    @staticmethod
+    def _apps_of(sc: Scenario) -> dict[str, float]:
+        return {k: r for k, r in [(sc.app, sc.rate_rps), *sc.other_apps.items()] if k}
+
+    def _loadgen(self, sc: Scenario, window: float) -> LoadGenerator | None:
+        apps = self._apps_of(sc)
+        if not apps:
+            return None
+        servers = self._apps[sc.device]
+        loadgen = LoadGenerator(
+            [
+                LoadTarget.from_app(
+                    servers[k].spec.model_copy(update={"rate_rps": r}),
+                    servers[k].port,
+                    host=servers[k].host,
+                )
+                for k, r in apps.items()
+            ],
+            seed=self.seed + self._runs,
+            duration_s=window,
+            timeout_s=max(10.0, window),
+        )
+        loadgen.start()
+        return loadgen
+
+    def _result(
+        self,
+        sc: Scenario,
+        window: float,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        records: list[Any],
+        loadgen: LoadGenerator | None,
+    ) -> RunResult:
+        apps = self._apps_of(sc)
         usage = {r: self._usage(r, before[r], after[r]) for r in before}
         for kind, rate in apps.items():  # requests cross the device's link (or loopback)
             usage[_app_resident(kind)]["net_mbps"] = (

@@ -122,6 +122,10 @@ class InterferenceModel:
     relative: dict[str, bool] = field(default_factory=dict)
     """Per latency target: whether the surrogate predicts the slowdown over the app alone
     (latency / solo latency) rather than the latency itself (chosen by CV)."""
+    resident: str = ""
+    """The training job it models as a co-runner (its knowledge-base resident name; empty
+    when unknown). Its usage books hold that job's training rows, so another job's plan
+    must not use it."""
 
     # --- fitting
 
@@ -134,6 +138,7 @@ class InterferenceModel:
         alpha: float = 0.05,
         seed: int = 0,
         folds: int = 5,
+        resident: str = "",
     ) -> InterferenceModel:
         """Fit the latency and throughput surrogates on ``obs`` (see :func:`observations`).
 
@@ -171,7 +176,7 @@ class InterferenceModel:
                 bound="lower",
                 **kwargs,
             )
-        return cls(p95, p99, throughput, dict(books), relative)
+        return cls(p95, p99, throughput, dict(books), relative, resident)
 
     # --- prediction
 
@@ -248,6 +253,7 @@ class InterferenceModel:
                 "throughput": self.throughput.save() if self.throughput else None,
                 "books": {k: b.to_dict() for k, b in self.books.items()},
                 "relative": self.relative,
+                "resident": self.resident,
             }
         )
         kb.save_model(name, blob, self.summary())
@@ -272,6 +278,7 @@ class InterferenceModel:
             Surrogate.load(data["throughput"]) if data["throughput"] else None,
             {k: UsageBook.from_dict(b) for k, b in data["books"].items()},
             dict(data.get("relative", {})),
+            str(data.get("resident", "")),
         )
 
     def summary(self) -> dict[str, Any]:
