@@ -148,7 +148,7 @@ def train(
     job: Annotated[Path, typer.Argument(help="job spec")],
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/train"),
     policy: Annotated[
-        str, typer.Option(help="deep-edge | proportional | equal | fastest-single")
+        str, typer.Option(help="deep-edge | proportional | equal | fastest-single | dynamic")
     ] = "deep-edge",
     init: Annotated[
         Path | None,
@@ -193,7 +193,7 @@ def train(
         plan = planning.plans[policy]
         for e in plan.excluded:
             console.print(f"excluded {e.device}: {e.reason}")
-        console.print(f"plan {policy}: {dict(plan.local_batches)}")
+        console.print(f"plan {policy}: {plan.describe()}")
         run = retrain.run(plan)
     test = build_dataset(job_spec.dataset, "test", drifted=True)
     model.load_state_dict(run.final_state()["model"])

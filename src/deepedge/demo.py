@@ -193,7 +193,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             plan = planning.plans[policy]
             with _progress(console) as prog:
                 total = job.epochs * math.ceil(len(drift_train) / job.global_batch)
-                task = prog.add_task(f"    {policy} {dict(plan.local_batches)}", total=total)
+                task = prog.add_task(f"    {policy}: {plan.describe()}", total=total)
                 runs[policy] = retrain.run(plan, on_step=lambda e, s, t=task: prog.advance(t))
     report = _report(
         job,

@@ -38,7 +38,7 @@ def plot_step_timeline(runs: Mapping[str, TrainRun], path: Path, *, max_steps: i
                 ax.barh(y, r.end - r.synced, left=r.synced - t0, color="#f39c12", height=0.6)
         ax.set_yticks(
             range(len(devices)),
-            [f"{d} (b={run.plan.local_batches[d]})" for d in devices],
+            [f"{d} ({_share_label(run, d)})" for d in devices],
             fontsize=8,
         )
         ax.set_title(f"{policy}: first {max_steps} steps", fontsize=9)
@@ -55,6 +55,14 @@ def plot_step_timeline(runs: Mapping[str, TrainRun], path: Path, *, max_steps: i
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _share_label(run: TrainRun, device: str) -> str:
+    """A device's part of each step: its fixed b, or (dynamic dispatch) the mean it claimed."""
+    if run.plan.micro_batch is None:
+        return f"b={run.plan.local_batches[device]}"
+    claimed = [r.batch for r in run.steps[device]]
+    return f"mean b={sum(claimed) / max(1, len(claimed)):.1f}, m={run.plan.micro_batch}"
 
 
 def plot_lc_latency(

@@ -21,11 +21,13 @@ from deepedge.data import ArrayDataset
 from deepedge.errors import PlanInfeasible
 from deepedge.models import estimate_training_memory_mb, model_signature
 from deepedge.plan import (
+    dynamic_dispatch,
     equal_split,
     fastest_single,
     lower_bound_from_models,
     memory_exclusions,
     profiled_split,
+    with_dispatch_prediction,
     with_prediction,
 )
 from deepedge.plan.deadline import deadline_plan
@@ -51,7 +53,9 @@ from deepedge.train.pool import ProfilePointResult, TrainRun
 
 __all__ = ["DEADLINE_POLICY", "POLICIES", "Planning", "Retraining"]
 
-POLICIES = ("proportional", "equal", "fastest-single")
+POLICIES = ("proportional", "equal", "fastest-single", "dynamic")
+"""The baselines: interference-blind split by profiled speed, plain DDP, one device, and
+EDDL-style dynamic dispatch (devices claim micro-batches of every step as they finish)."""
 DEADLINE_POLICY = "deep-edge"
 """The LC-deadline-aware planner (needs a fitted interference model in the knowledge base)."""
 
@@ -205,6 +209,9 @@ class Retraining:
                     {n: p.samples_per_s(B) for n, p in profiles.items()}, B, excluded=excluded
                 ),
                 models,
+            ),
+            "dynamic": lambda: with_dispatch_prediction(
+                dynamic_dispatch(list(models), B, excluded=excluded), models, allreduce_s
             ),
         }
         feasible_lb = None

@@ -159,7 +159,14 @@ class ExcludedDevice(_Spec):
 
 
 class Plan(_Spec):
-    """Which devices train and each one's local batch b_i; Σ b_i equals the global batch."""
+    """Which devices train and each one's local batch b_i; Σ b_i equals the global batch.
+
+    With ``micro_batch`` set the plan is *dynamic* (EDDL-style dispatch): every listed
+    device takes part, and within each global step the devices claim chunks of
+    ``micro_batch`` samples from a shared counter as they finish, so a faster device
+    processes more of the step. ``local_batches`` is then only the *expected* share of
+    each device (for predictions and display), not a fixed split.
+    """
 
     policy: str
     global_batch: Annotated[int, Field(gt=0)]
@@ -171,6 +178,7 @@ class Plan(_Spec):
     intensities: dict[Name, Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict)
     predicted_compute_s: dict[Name, float] = Field(default_factory=dict)  # per device, per step
     predicted_comm_s: float | None = None
+    micro_batch: Annotated[int, Field(gt=0)] | None = None  # set: dynamic dispatch (see above)
 
     @field_validator("local_batches")
     @classmethod
@@ -189,11 +197,30 @@ class Plan(_Spec):
         stray = sorted(set(self.intensities) - set(self.local_batches))
         if stray:
             raise ValueError(f"intensities given for devices without a local batch: {stray}")
+        if self.micro_batch is not None and self.micro_batch > self.global_batch:
+            raise ValueError(
+                f"micro batch {self.micro_batch} is larger than the global batch "
+                f"{self.global_batch}"
+            )
         return self
 
     @property
     def devices(self) -> list[str]:
         return list(self.local_batches)
+
+    def describe(self) -> str:
+        """The split in one line (as the CLI, demo and benchmarks print it)."""
+        if self.micro_batch is not None:
+            return f"dynamic: {self.micro_batch}-sample chunks to {', '.join(self.devices)}"
+        return ", ".join(
+            f"{n} {b}" + (f" @{self.intensities[n]:g}" if n in self.intensities else "")
+            for n, b in self.local_batches.items()
+        )
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether devices claim micro-batches at run time instead of a fixed share."""
+        return self.micro_batch is not None
 
 
 S = TypeVar("S", bound=BaseModel)

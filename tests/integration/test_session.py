@@ -146,7 +146,7 @@ def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    pattern = "checkpoints/proportional-*/*.ckpt"  # one directory per run
+    pattern = "checkpoints/deep-edge-*/*.ckpt"  # one directory per run (the default policy)
     deadline = time.monotonic() + 180
     while not list(out.glob(pattern)):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

@@ -1,5 +1,6 @@
 """Planning: which devices train and each one's share of every global batch."""
 
+from deepedge.plan.dynamic import default_micro_batch, dynamic_dispatch, with_dispatch_prediction
 from deepedge.plan.profiled import (
     StepModel,
     balanced_step_s,
@@ -21,6 +22,8 @@ __all__ = [
     "StepModel",
     "available_memory_mb",
     "balanced_step_s",
+    "default_micro_batch",
+    "dynamic_dispatch",
     "equal_split",
     "fastest_single",
     "lower_bound_from_models",
@@ -29,5 +32,6 @@ __all__ = [
     "profiled_split",
     "proportional_split",
     "step_sizes",
+    "with_dispatch_prediction",
     "with_prediction",
 ]

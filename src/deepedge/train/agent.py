@@ -35,7 +35,15 @@ from deepedge.data import ArrayDataset
 from deepedge.errors import DeepEdgeError
 from deepedge.spec import JobSpec, OptimizerSpec
 from deepedge.train.checkpoint import CheckpointManager
-from deepedge.train.ddp import CpuPacer, build_optimizer, run_epochs, select_backend, wrap_ddp
+from deepedge.train.ddp import (
+    CpuPacer,
+    StepRecord,
+    build_optimizer,
+    run_dynamic_epochs,
+    run_epochs,
+    select_backend,
+    wrap_ddp,
+)
 from deepedge.train.local import job_model
 
 __all__ = ["main"]
@@ -83,8 +91,12 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 @contextlib.contextmanager
-def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, torch.device]]:
-    """Join the run's process group through the coordinator's store; leave it on exit."""
+def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, torch.device, dist.Store]]:
+    """Join the run's process group through the coordinator's store; leave it on exit.
+
+    Yields the rank, its torch device and the run's view of the store (prefixed by the
+    run id), which dynamic dispatch uses for its chunk counters.
+    """
     rank, world = int(msg["rank"]), int(msg["world"])
     # how long a rank waits for a missing peer (rendezvous or collective) before failing
     timeout = datetime.timedelta(seconds=float(msg.get("peer_timeout_s") or 120))
@@ -95,15 +107,16 @@ def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, torch.device]]:
         timeout=min(timeout, datetime.timedelta(seconds=60)),
     )
     backend, device = select_backend(rank, world)
+    run_store = dist.PrefixStore(msg["run_id"], store)
     dist.init_process_group(
         backend,
-        store=dist.PrefixStore(msg["run_id"], store),
+        store=run_store,
         rank=rank,
         world_size=world,
         timeout=timeout,
     )
     try:
-        yield rank, device
+        yield rank, device, run_store
     finally:
         dist.destroy_process_group()
 
@@ -115,7 +128,7 @@ def allreduce(msg: dict[str, Any]) -> dict[str, Any]:
     to the end of the collective; the coordinator takes the shortest across ranks (the
     last rank released), which is the collective's own cost once everyone has arrived.
     """
-    with _process_group(msg) as (_, device):
+    with _process_group(msg) as (_, device, _):
         result = {}
         for nbytes in (int(n) for n in msg["sizes"]):
             buf = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
@@ -133,11 +146,14 @@ def allreduce(msg: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
-    """Run this device's rank of a DDP job."""
+    """Run this device's rank of a DDP job (or of a dynamically dispatched one)."""
+    # Paced from the request on: the set-up (data, model, rendezvous) runs unpaced, and
+    # its CPU time is slept off before the first step instead of adding to its burst.
+    pace = _pacer_for(float(msg.get("intensity", 1.0)))
     job = JobSpec.model_validate(msg["job"])
     x, y, ds = _dataset(msg["data"])
-    with _process_group(msg) as (rank, device):
-        return _train_rank(job, x, y, ds, rank, device, msg, conn)
+    with _process_group(msg) as (rank, device, store):
+        return _train_rank(job, x, y, ds, rank, device, store, msg, conn, pace)
 
 
 def _train_rank(
@@ -147,14 +163,25 @@ def _train_rank(
     ds: ArrayDataset,
     rank: int,
     device: torch.device,
+    store: dist.Store,
     msg: dict[str, Any],
     conn: Connection,
+    pace: CpuPacer | None,
 ) -> dict[str, Any]:
-    """This rank's share of every epoch; rank 0 writes the per-epoch checkpoints."""
+    """This rank's share of every epoch; rank 0 writes the per-epoch checkpoints.
+
+    With ``micro_batch`` in the message the share is claimed at run time (dynamic
+    dispatch, counters in ``store``); otherwise it is the fixed local batch under DDP.
+    """
+    micro_batch = msg.get("micro_batch")
     model = _model(job, ds, msg.get("state"))
-    wrapped = wrap_ddp(model, device)
     x, y = x.to(device), y.to(device)
-    optimizer = build_optimizer(wrapped.module.parameters(), job.optimizer)
+    if micro_batch:
+        model = model.to(device)  # no DDP wrapper: the ranks sync once per step themselves
+        optimizer = build_optimizer(model.parameters(), job.optimizer)
+    else:
+        wrapped = wrap_ddp(model, device)
+        optimizer = build_optimizer(wrapped.module.parameters(), job.optimizer)
     ckpt_dir = msg.get("checkpoint_dir")
     ckpts = CheckpointManager(Path(ckpt_dir)) if rank == 0 and ckpt_dir else None
 
@@ -167,29 +194,40 @@ def _train_rank(
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch,
                     "local_batches": msg["local_batches"],
+                    "micro_batch": micro_batch,
                     "job": msg["job"],
                 },
             )
 
-    def on_step(rec: Any) -> None:
+    def on_step(rec: StepRecord) -> None:
         if rank == 0:
             conn.send({"event": "step", "epoch": rec.epoch, "step": rec.step})
 
+    common: dict[str, Any] = {
+        "seed": job.seed,
+        "epochs": range(job.epochs),
+        "on_step": on_step,
+        "on_epoch_end": on_epoch_end,
+        "pace": pace,
+        "max_steps": msg.get("max_steps"),
+    }
     _peak_memory_reset(device)
-    records = run_epochs(
-        wrapped,
-        optimizer,
-        x,
-        y,
-        rank=rank,
-        local_batches=msg["local_batches"],
-        seed=job.seed,
-        epochs=range(job.epochs),
-        on_step=on_step,
-        on_epoch_end=on_epoch_end,
-        pace=_pacer_for(float(msg.get("intensity", 1.0))),
-        max_steps=msg.get("max_steps"),
-    )
+    if micro_batch:
+        records = run_dynamic_epochs(
+            model,
+            optimizer,
+            x,
+            y,
+            store=store,  # already prefixed by the run id: counter keys are per run
+            run_key="dispatch",
+            global_batch=sum(msg["local_batches"]),  # the plan's expected shares sum to B
+            micro_batch=int(micro_batch),
+            **common,
+        )
+    else:
+        records = run_epochs(
+            wrapped, optimizer, x, y, rank=rank, local_batches=msg["local_batches"], **common
+        )
     peak_mb = _peak_memory_mb(device)
     dist.barrier()
     return {"steps": [r.to_dict() for r in records], "peak_memory_mb": peak_mb}

@@ -9,6 +9,10 @@ all-reduces with SUM (no division by world size). The synchronised gradient is t
 exactly the gradient of one process on the whole batch, whatever the split. The hook also
 timestamps when a rank's local backward finished, which separates each rank's compute
 from its wait for the slowest rank in the step timeline.
+
+:func:`run_dynamic_epochs` is the EDDL-style baseline with no fixed split: within each
+step the ranks claim micro-batches from a shared counter until the step is used up, so the
+same identity holds with each rank's share decided at run time.
 """
 
 # No `from __future__ import annotations`: DDP inspects the comm hook's annotations at runtime.
@@ -16,7 +20,7 @@ from its wait for the slowest rank in the step timeline.
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -28,10 +32,15 @@ from deepedge.spec import OptimizerSpec
 from deepedge.train.sampler import UnevenBatchSampler
 
 __all__ = [
+    "ChunkStore",
     "CpuPacer",
+    "DispatchResult",
     "StepRecord",
+    "allreduce_grads",
     "build_optimizer",
+    "dynamic_step",
     "global_batch_loss",
+    "run_dynamic_epochs",
     "run_epochs",
     "select_backend",
     "wrap_ddp",
@@ -191,6 +200,158 @@ def run_epochs(
                 synced,
                 time.time(),
                 float(loss.detach()),
+            )
+            records.append(rec)
+            if on_step:
+                on_step(rec)
+        if on_epoch_end:
+            on_epoch_end(epoch)
+    return records
+
+
+# --- dynamic dispatch (EDDL-style): ranks claim micro-batches of each step at run time ---
+
+
+class ChunkStore(Protocol):
+    """What dynamic dispatch needs of a store: an atomic counter (``dist.Store`` has it)."""
+
+    def add(self, key: str, amount: int, /) -> int: ...
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    """What one rank did in one dynamically dispatched step."""
+
+    chunks: list[int]  # the chunk ids this rank claimed and processed, in claim order
+    samples: int
+    loss: float  # this rank's share of the step's mean loss
+    local_done: float  # wall clock after its last backward (or its last, empty claim)
+    synced: float  # wall clock once the gradients were all-reduced
+
+
+def allreduce_grads(params: Sequence[nn.Parameter]) -> None:
+    """SUM-all-reduce the gradients of ``params`` in one flat buffer per dtype.
+
+    A parameter without a gradient (this rank claimed no chunk, or its forward did not
+    reach it) contributes zeros, so every rank joins the same collectives with buffers of
+    the same size; afterwards every parameter holds the summed gradient.
+    """
+    groups: dict[torch.dtype, list[nn.Parameter]] = {}
+    for param in params:
+        groups.setdefault(param.dtype, []).append(param)
+    for group in groups.values():  # same order on every rank: the model's parameter order
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group]
+        )
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in group:
+            p.grad = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+
+def dynamic_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    store: ChunkStore,
+    key: str,
+    micro_batch: int,
+    on_chunk: Callable[[int], None] | None = None,
+) -> DispatchResult:
+    """Claim and process chunks of one global step until none is left, then all-reduce.
+
+    ``indices`` are the whole step's samples (the same on every rank); chunk ``k`` is
+    ``indices[k*m : (k+1)*m]``. Claims come from ``store.add(key, 1)``, which is atomic,
+    so each chunk goes to exactly one rank; a claim past the last chunk ends this rank's
+    part. Each chunk's loss is its summed per-sample loss over the *step's* size, and the
+    gradients accumulate, so after the SUM all-reduce every rank holds exactly the mean
+    gradient of the whole step, however the chunks fell. ``key`` must be fresh for every
+    step of every run: the counter is never reset. Gradients should be zeroed (or None)
+    before the call; the optimiser step is the caller's. ``on_chunk`` is called with each
+    claimed chunk id before it is processed (tests use it to slow a rank down).
+    """
+    size = len(indices)
+    chunks: list[int] = []
+    loss = 0.0
+    while (k := store.add(key, 1) - 1) * micro_batch < size:
+        if on_chunk:
+            on_chunk(k)
+        index = indices[k * micro_batch : (k + 1) * micro_batch]
+        chunk_loss = global_batch_loss(model, images[index], labels[index], size)
+        chunk_loss.backward()
+        loss += float(chunk_loss.detach())
+        chunks.append(k)
+    local_done = time.time()
+    allreduce_grads([p for p in model.parameters() if p.requires_grad])
+    samples = sum(min(micro_batch, size - k * micro_batch) for k in chunks)
+    return DispatchResult(chunks, samples, loss, local_done, time.time())
+
+
+def run_dynamic_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    store: ChunkStore,
+    run_key: str,
+    global_batch: int,
+    micro_batch: int,
+    seed: int,
+    epochs: range,
+    on_step: Callable[[StepRecord], None] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    pace: Callable[[], None] | None = None,
+    max_steps: int | None = None,
+) -> list[StepRecord]:
+    """Train ``epochs`` claiming micro-batches of every global step; returns this rank's log.
+
+    ``model`` is a plain module (no DDP: the ranks sync once per step with
+    :func:`allreduce_grads`) that every rank initialised identically; identical summed
+    gradients then keep the replicas identical. Every rank walks the same global steps
+    (the sampler's permutation with one "rank" of size ``global_batch``) and claims its
+    chunks through counters ``{run_key}/e{epoch}/s{step}`` in ``store``, so ``run_key``
+    must be unique to this run. A record's ``batch`` is the number of samples this rank
+    processed in the step, which varies from step to step. ``max_steps`` as in
+    :func:`run_epochs` (the same on every rank).
+
+    Like static uneven DDP this needs a model without batch statistics (no BatchNorm):
+    each chunk is normalised on its own.
+    """
+    sampler = UnevenBatchSampler(len(images), [global_batch], seed=seed)
+    model.train()
+    records: list[StepRecord] = []
+    for epoch in epochs:
+        # rank 0 of a one-rank sampler of size B: the indices of every whole global step
+        for step, idx in enumerate(sampler.rank_steps(epoch, 0)):
+            if max_steps is not None and len(records) >= max_steps:
+                return records
+            if pace:
+                pace()
+            start = time.time()
+            optimizer.zero_grad(set_to_none=True)
+            done = dynamic_step(
+                model,
+                images,
+                labels,
+                torch.from_numpy(idx),
+                store=store,
+                key=f"{run_key}/e{epoch}/s{step}",
+                micro_batch=micro_batch,
+            )
+            optimizer.step()
+            rec = StepRecord(
+                epoch,
+                step,
+                done.samples,
+                start,
+                done.local_done,
+                done.synced,
+                time.time(),
+                done.loss,
             )
             records.append(rec)
             if on_step:

@@ -369,10 +369,13 @@ class AgentPool:
         max_steps: int | None = None,
         peer_timeout_s: float | None = None,
         intensities: Mapping[str, float] | None = None,
+        micro_batch: int | None = None,
     ) -> dict[str, dict[str, Any]]:
         """One 'train' message per device; rank = position in ``names``.
 
         ``intensities`` caps each device's trainer to that share of its CPU (default 1).
+        ``micro_batch`` switches to dynamic dispatch: ``batches`` are then only expected
+        shares (their sum is the global batch) and the devices claim chunks of that size.
         """
         assert self._store is not None, "start() first"
         base = {
@@ -388,6 +391,7 @@ class AgentPool:
             "state": str(state) if state else None,
             "max_steps": max_steps,
             "peer_timeout_s": peer_timeout_s,
+            "micro_batch": micro_batch,
         }
         shares = intensities or {}
         return {
@@ -406,7 +410,12 @@ class AgentPool:
         timeout_s: float = 3600.0,
         on_step: Callable[[int, int], None] | None = None,
     ) -> TrainRun:
-        """Run a DDP job on the plan's devices with their local batches; rank = plan order."""
+        """Run a DDP job on the plan's devices with their local batches; rank = plan order.
+
+        A dynamic plan (``plan.micro_batch``) runs on all its devices, which claim
+        micro-batches of each step at run time; its step records' ``batch`` is then what
+        each device actually processed, which varies per step.
+        """
         names = plan.devices
         msgs = self._train_messages(
             job,
@@ -416,6 +425,7 @@ class AgentPool:
             state=state,
             checkpoint_dir=checkpoint_dir,
             intensities=plan.intensities,
+            micro_batch=plan.micro_batch,
         )
 
         def forward(_: str, event: dict[str, Any]) -> None:
