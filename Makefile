@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/profile_accuracy.py
 	$(PY) bench/interference_accuracy.py
 	$(PY) bench/schedule_scale.py
+	$(PY) bench/schedule_emulated.py
 
 clean:
 	rm -rf $(VENV) demo-out runs .pytest_cache .ruff_cache

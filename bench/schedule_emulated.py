@@ -2,11 +2,12 @@
 
 Three scenarios: mild heterogeneity (four mid-range boards, 1.7x apart) and strong
 heterogeneity (the demo's five boards, 3.5x apart), both with loose deadlines (300 ms), and
-tight deadlines (the demo cluster as shipped, 60-150 ms, where the planner must throttle
-devices or leave them out). In each, the same re-training job runs once per policy from
-the same weights: the Deep-Edge plan, the throughput-proportional split blind to
-interference, the equal split (plain DDP), the fastest single device and EDDL-style
-dynamic dispatch. Per policy:
+tight deadlines: the demo cluster with three apps' deadlines set from the fitted model so
+that their device may train at half intensity but not at full (the model's p95 bound at
+its proportional share and intensity 0.5, over 0.95, plus 2 %); the planner must throttle.
+In each, the same re-training job runs once per policy from the same weights: the
+Deep-Edge plan, the throughput-proportional split blind to interference, the equal split
+(plain DDP), the fastest single device and EDDL-style dynamic dispatch. Per policy:
 makespan against T_min (unconstrained, and within the LC limits) and against the equal
 split of the same session, every LC app's missed requests and violated SLO windows while
 that policy trained, and the accuracy on the drifted test set.
@@ -31,7 +32,7 @@ from deepedge.apps import summarize_apps
 from deepedge.cluster import LocalCluster
 from deepedge.data import build_dataset
 from deepedge.demo import _quick, default_specs
-from deepedge.interference import ensure_model
+from deepedge.interference import InterferenceModel, TrainLoad, device_key, ensure_model
 from deepedge.profile import KnowledgeBase
 from deepedge.retrain import DEADLINE_POLICY, Retraining
 from deepedge.session import EdgeSession
@@ -41,6 +42,7 @@ from deepedge.train import evaluate, job_model, train_local
 POLICIES = (DEADLINE_POLICY, "proportional", "equal", "fastest-single", "dynamic")
 IDLE_S = 4.0
 LOOSE_DEADLINE_MS = 300.0
+TIGHT_APPS = ("cam-orin", "cam-xavier", "cam-nano")
 
 
 def mild_cluster() -> ClusterSpec:
@@ -89,6 +91,26 @@ def loose(cluster: ClusterSpec, name: str) -> ClusterSpec:
     """``cluster`` with every LC deadline at :data:`LOOSE_DEADLINE_MS`."""
     apps = [a.model_copy(update={"deadline_ms": LOOSE_DEADLINE_MS}) for a in cluster.apps]
     return cluster.model_copy(update={"name": name, "apps": apps})
+
+
+def tight(cluster: ClusterSpec, model: InterferenceModel, global_batch: int) -> ClusterSpec:
+    """``cluster`` with :data:`TIGHT_APPS`' deadlines just above what intensity 0.5 needs."""
+    local = LocalCluster(cluster)
+    spec = local.spec
+    cores = {d.name: float(d.cpu_cores or 1.0) for d in spec.devices}
+    apps = []
+    for a in cluster.apps:
+        if a.name in TIGHT_APPS:
+            d = next(d for d in spec.devices if d.name == a.device)
+            share = max(1, round(global_batch * cores[d.name] / sum(cores.values())))
+            bound = model.apps_beside_training(
+                device_key(d, spec, local.mode.value),
+                {a.name: (a.kind, a.rate_rps)},
+                TrainLoad(share, 0.5),
+            )[a.name].p95_upper_ms
+            a = a.model_copy(update={"deadline_ms": round(bound / 0.95 * 1.02, 1)})
+        apps.append(a)
+    return cluster.model_copy(update={"name": "tight-edge", "apps": apps})
 
 
 def run_scenario(
@@ -230,7 +252,10 @@ def main() -> int:
         }
         for name in wanted:
             lab = args.workdir / "interference"
-            ensure_model(clusters[name], job, kb, lab, status=console.print)
+            model = ensure_model(clusters[name], job, kb, lab, status=console.print)
+            if name == "tight":
+                assert model is not None
+                clusters[name] = tight(clusters[name], model, job.global_batch)
             console.print(f"[bold]{name}[/]")
             scenarios[name] = run_scenario(
                 name, clusters[name], job, base_state, kb, args.workdir, console

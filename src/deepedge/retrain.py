@@ -112,10 +112,10 @@ class Retraining:
             self.kb = KnowledgeBase(DEFAULT_KB_PATH)
         self._model = model = job_model(self.job, self.train_set)  # architecture, for sizes
         self.grad_bytes = sum(p.numel() * 4 for p in model.parameters())
-        # the optimiser is part of the step's cost, so part of what a profile is valid for
-        self.workload = (
-            f"{model_signature(model, self.train_set.images.shape[1:])}/{self.job.optimizer.name}"
-        )
+        # the optimiser is part of the step's cost, so part of what a profile is valid for;
+        # "/idle": trainers yield the CPU to LC apps (profiles from before did not)
+        sig = model_signature(model, self.train_set.images.shape[1:])
+        self.workload = f"{sig}/{self.job.optimizer.name}/idle"
 
     def required_memory_mb(self) -> dict[str, float]:
         """Worker runtime (measured) + data + model, optimiser, activations at the whole batch.

@@ -84,7 +84,9 @@ def train_resident(job: JobSpec) -> str:
     model = build_model(
         job.model, in_channels=channels, num_classes=job.dataset.num_classes, image_size=size
     )
-    return f"train:{model_signature(model, (channels, size, size))}/{job.optimizer.name}"
+    # "/idle": trainers run in the idle CPU class (deepedge.train.priority); rows measured
+    # before that belong to another co-runner and must not mix with these
+    return f"train:{model_signature(model, (channels, size, size))}/{job.optimizer.name}/idle"
 
 
 def load_books(kb: KnowledgeBase, job: JobSpec) -> dict[str, UsageBook]:

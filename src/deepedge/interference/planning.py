@@ -12,6 +12,7 @@ runs at the operating point, which is where its upper bound must hold.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from deepedge.interference.campaign import (
 from deepedge.interference.doe import Factor, FactorSpace
 from deepedge.interference.lab import InterferenceLab, Scenario, TrainLoad, device_key
 from deepedge.interference.model import InterferenceModel, NoInterferenceModel, observations
-from deepedge.interference.usage import UsageBook
+from deepedge.interference.surrogate import min_points
+from deepedge.interference.usage import LATENCY_FEATURES, UsageBook
 from deepedge.profile.kb import KnowledgeBase
 from deepedge.spec import ClusterSpec, JobSpec
 
@@ -112,6 +114,7 @@ def ensure_model(
     refresh: bool = False,
     force_fallback: bool = False,
     settings: CampaignSettings | None = None,
+    window_s: tuple[float, float] = (4.0, 8.0),
     status: Callable[[str], None] = lambda msg: None,
 ) -> InterferenceModel | None:
     """The stored interference model if it covers ``spec``'s LC apps for ``job``, else
@@ -136,7 +139,9 @@ def ensure_model(
     if model is not None and not todo:
         status("interference model: reusing the stored one (it covers every LC app)")
         return model
-    settings = settings or CampaignSettings(levels=(0.25, 0.5, 1.0))
+    settings = settings or CampaignSettings()
+    # enough runs for a first fit even when the knowledge base holds no others
+    per_device = max(runs_per_device, math.ceil(min_points(len(LATENCY_FEATURES)) / len(todo)))
     kinds = tuple(sorted({k for n in todo for k in _device_apps(spec, n)}))
     status(f"interference profile of {', '.join(todo)} (once; stored in {kb.path})")
     with InterferenceLab(
@@ -148,7 +153,7 @@ def ensure_model(
         stressor_kinds=(),
         status=status,
         force_fallback=force_fallback,
-        window_s=(4.0, 8.0),
+        window_s=window_s,
     ) as lab:
         books = load_books(kb, job)
         first: dict[str, str] = {}
@@ -164,7 +169,7 @@ def ensure_model(
         ]
         if stale:
             calibrate(lab, kb, stale, settings, progress=status)
-        rounds = plan_scenarios(spec, todo, job.global_batch, runs_per_device, seed=settings.seed)
+        rounds = plan_scenarios(spec, todo, job.global_batch, per_device, seed=settings.seed)
         for i, scenarios in enumerate(rounds, 1):
             status(f"co-location round {i}/{len(rounds)} on {len(scenarios)} devices")
             for r in lab.run_many(scenarios):

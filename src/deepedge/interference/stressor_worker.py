@@ -588,6 +588,9 @@ class TrainStressor(Stressor):
         from deepedge.models import build_model
         from deepedge.spec import JobSpec
         from deepedge.train.ddp import build_optimizer
+        from deepedge.train.priority import yield_cpu_to_lc_apps
+
+        yield_cpu_to_lc_apps()  # as the real training agents do
 
         if "job" not in options:
             raise Unavailable("no job given for the train stressor (option 'job')")

@@ -45,6 +45,7 @@ from deepedge.train.ddp import (
     wrap_ddp,
 )
 from deepedge.train.local import job_model
+from deepedge.train.priority import yield_cpu_to_lc_apps
 
 __all__ = ["main"]
 
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-cores", type=float, default=1.0)
     parser.add_argument("--pace-cores", type=float, default=None)
     args = parser.parse_args(argv)
+    priority = yield_cpu_to_lc_apps()
+    print(f"training CPU priority: {priority}", file=sys.stderr, flush=True)
     # One intra-op thread per emulated core: more threads than the quota only adds
     # contention inside the device's cgroup.
     torch.set_num_threads(max(1, math.ceil(args.cpu_cores)))
