@@ -73,7 +73,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="where report.json and the plots go")] = Path(
         "demo-out"
     ),
-    quick: Annotated[bool, typer.Option("--quick", help="smaller job, under 90 s")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="smaller job (about 2 min once interference is stored)")
+    ] = False,
     cluster: Annotated[Path | None, typer.Option(help="cluster spec (default: the demo's)")] = None,
     job: Annotated[Path | None, typer.Option(help="job spec (default: the demo's)")] = None,
     fallback: Annotated[

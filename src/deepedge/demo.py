@@ -70,7 +70,7 @@ def default_specs() -> tuple[ClusterSpec, JobSpec]:
 
 
 def _quick(job: JobSpec) -> JobSpec:
-    """A smaller job with the same shape, for `--quick` (under 90 s on 2 cores)."""
+    """A smaller job with the same shape, for `--quick`."""
     ds = job.dataset.model_copy(
         update={
             "train_size": min(job.dataset.train_size, 1024),
