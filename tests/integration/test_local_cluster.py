@@ -81,8 +81,10 @@ def _coordinator_script(tmp_path: Path) -> Path:
     script = tmp_path / "coord.py"
     script.write_text(
         textwrap.dedent(f"""
-        import json, sys, time
+        import json, signal, sys, time
         from deepedge.cluster import LocalCluster
+        # Ctrl-C must raise even when the runner ignores SIGINT (a background job does)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from deepedge.spec import ClusterSpec
         spec = ClusterSpec.model_validate({{"devices": [{{"name": "a", "kind": "rpi4"}},
                                                          {{"name": "b", "kind": "jetson-nano"}}]}})
