@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 
 import pytest
+import torch
+from torch import nn
 
 from deepedge.apps.server import HEADER, REPLY
 from deepedge.cluster import detect_cgroups
@@ -47,3 +49,24 @@ def lc_request(sock: socket.socket, payload: bytes) -> tuple[int, int]:
         assert chunk, "server closed the connection"
         buf += chunk
     return REPLY.unpack(buf)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now (for a test's process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_groupnorm_cnn() -> nn.Module:
+    """A seeded CNN without batch statistics, for gradient-equality tests of data
+    parallelism (GroupNorm keeps each sample's output independent of its batch)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )

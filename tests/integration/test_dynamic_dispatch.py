@@ -9,7 +9,6 @@ with fewer chunks than ranks.
 from __future__ import annotations
 
 import datetime
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from deepedge.train import load_checkpoint
 from deepedge.train.ddp import dynamic_step, run_dynamic_epochs
 from deepedge.train.local import job_model
 from deepedge.train.sampler import UnevenBatchSampler
-from tests.conftest import needs_cgroups
+from tests.conftest import free_port, needs_cgroups, tiny_groupnorm_cnn
 
 WORLD = 3
 B = 32  # global batch
@@ -41,25 +40,13 @@ EPOCH_MICRO = 5  # the last step has 2 chunks, so one rank claims nothing
 LR = 0.5
 
 
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.GroupNorm(2, 8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    )
-
-
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return torch.randn(N, 3, 8, 8, generator=g), torch.randint(0, 10, (N,), generator=g)
 
 
 def _exact_step(store: dist.Store) -> dict[str, Any]:
-    model = _model()
+    model = tiny_groupnorm_cnn()
     x, y = _data()
     dist.barrier()
     done = dynamic_step(
@@ -73,7 +60,7 @@ def _exact_step(store: dist.Store) -> dict[str, Any]:
 
 
 def _slow_step(store: dist.Store, rank: int) -> list[int]:
-    model = _model()
+    model = tiny_groupnorm_cnn()
     x, y = _data()
 
     def delay(_: int) -> None:
@@ -88,7 +75,7 @@ def _slow_step(store: dist.Store, rank: int) -> list[int]:
 
 def _epochs(store: dist.Store) -> dict[str, Any]:
     """Two epochs in float64, so parameter updates compare without float32 rounding."""
-    model = _model().double()
+    model = tiny_groupnorm_cnn().double()
     x, y = _data()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     records = run_dynamic_epochs(
@@ -125,16 +112,10 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("dispatch")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -144,7 +125,7 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 @pytest.mark.timeout(120)
 def test_dispatched_step_gradient_equals_full_batch(ranks):
-    model = _model()
+    model = tiny_groupnorm_cnn()
     x, y = _data()
     nn.functional.cross_entropy(model(x[:B]), y[:B]).backward()
     want = [p.grad for p in model.parameters()]
@@ -170,7 +151,7 @@ def test_a_slow_rank_claims_fewer_chunks(ranks):
 
 @pytest.mark.timeout(120)
 def test_dynamic_epochs_equal_single_process_sgd(ranks):
-    model = _model().double()
+    model = tiny_groupnorm_cnn().double()
     x, y = _data()
     x = x.double()
     initial = [p.detach().clone() for p in model.parameters()]

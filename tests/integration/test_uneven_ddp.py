@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -11,20 +9,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from deepedge.train.ddp import global_batch_loss, wrap_ddp
+from tests.conftest import free_port, tiny_groupnorm_cnn
 
 SPLIT = [3, 9, 20]  # deliberately uneven local batches, B = 32
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.GroupNorm(2, 8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    )
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +28,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     )
     x, y = _data()
     lo = sum(SPLIT[:rank])
-    wrapped = wrap_ddp(_model())
+    wrapped = wrap_ddp(tiny_groupnorm_cnn())
     loss = global_batch_loss(
         wrapped.module, x[lo : lo + SPLIT[rank]], y[lo : lo + SPLIT[rank]], sum(SPLIT)
     )
@@ -52,19 +39,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(120)
 def test_uneven_three_process_gradient_equals_full_batch(tmp_path):
     out = str(tmp_path / "grads.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=len(SPLIT), join=True)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=len(SPLIT), join=True)
     ddp_grads = torch.load(out)
 
-    model = _model()
+    model = tiny_groupnorm_cnn()
     x, y = _data()
     nn.functional.cross_entropy(model(x), y).backward()
     for got, want in zip(ddp_grads, (p.grad for p in model.parameters()), strict=True):
