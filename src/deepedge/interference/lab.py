@@ -297,14 +297,19 @@ class InterferenceLab:
     def _start_apps(self, name: str, handle: Any, logs: Path) -> None:
         servers: dict[str, tuple[AppSpec, Any, Path]] = {}
         for kind in self.app_kinds:
+            # named per device: one load generator serves the devices run side by side
             app = AppSpec(
-                name=kind.replace("_", "-"), device=name, kind=kind, rate_rps=1, deadline_ms=1e6
+                name=f"{name}-{kind.replace('_', '-')}",
+                device=name,
+                kind=kind,
+                rate_rps=1,
+                deadline_ms=1e6,
             )
-            ready = logs / f"{name}-{app.name}.ready"
+            ready = logs / f"{app.name}.ready"
             ready.unlink(missing_ok=True)
             proc = handle.spawn(
                 server_command(app, ready, host=handle.address, parent_pid=os.getpid()),
-                log_path=logs / f"{name}-{app.name}.log",
+                log_path=logs / f"{app.name}.log",
             )
             servers[kind] = (app, proc, ready)
         self._apps[name] = {
@@ -434,7 +439,9 @@ class InterferenceLab:
 
         On an emulated cluster the devices share the host, so measuring them together is
         how a training run finds them (every device busy at once) and takes one window
-        instead of one per device. The window is the longest any scenario asks for.
+        instead of one per device. The window is the longest any scenario asks for, and
+        one load generator drives every device's apps, so no generator's start-up (a
+        second of host CPU) lands inside another device's measurement.
         """
         devices = [sc.device for sc in scenarios]
         for name in devices:
@@ -443,48 +450,45 @@ class InterferenceLab:
         if len(set(devices)) < len(devices):
             raise SpecError("run_many needs scenarios on distinct devices", hint=f"{devices}")
         window = window_s if window_s is not None else max(map(self.window_for, scenarios))
-        loadgens: list[LoadGenerator | None] = []
+        loadgen = None
         try:
             for sc in scenarios:
                 self._apply(sc)
             time.sleep(self.settle_s)
-            for sc in scenarios:
-                loadgens.append(self._loadgen(sc, window))
-                self._runs += 1
+            loadgen = self._loadgen(scenarios, window)
+            self._runs += 1
             before = [self._read(sc.device) for sc in scenarios]
             time.sleep(window)
             after = [self._read(sc.device) for sc in scenarios]
-            records = [lg.stop() if lg is not None else [] for lg in loadgens]
+            records = loadgen.stop() if loadgen is not None else []
         finally:
-            for lg in loadgens:  # on the error path: no load generator outlives the run
-                if lg is not None:
-                    with contextlib.suppress(ClusterError):
-                        lg.stop()
+            if loadgen is not None:  # on the error path: no load generator outlives the run
+                with contextlib.suppress(ClusterError):
+                    loadgen.stop()
             for sc in scenarios:
                 self._idle(sc.device)
         return [
-            self._result(sc, window, b, a, r, lg)
-            for sc, b, a, r, lg in zip(scenarios, before, after, records, loadgens, strict=True)
+            self._result(sc, window, b, a, records, loadgen)
+            for sc, b, a in zip(scenarios, before, after, strict=True)
         ]
 
     @staticmethod
     def _apps_of(sc: Scenario) -> dict[str, float]:
         return {k: r for k, r in [(sc.app, sc.rate_rps), *sc.other_apps.items()] if k}
 
-    def _loadgen(self, sc: Scenario, window: float) -> LoadGenerator | None:
-        apps = self._apps_of(sc)
-        if not apps:
+    def _loadgen(self, scenarios: Sequence[Scenario], window: float) -> LoadGenerator | None:
+        targets = [
+            LoadTarget.from_app(
+                server.spec.model_copy(update={"rate_rps": rate}), server.port, host=server.host
+            )
+            for sc in scenarios
+            for kind, rate in self._apps_of(sc).items()
+            for server in [self._apps[sc.device][kind]]
+        ]
+        if not targets:
             return None
-        servers = self._apps[sc.device]
         loadgen = LoadGenerator(
-            [
-                LoadTarget.from_app(
-                    servers[k].spec.model_copy(update={"rate_rps": r}),
-                    servers[k].port,
-                    host=servers[k].host,
-                )
-                for k, r in apps.items()
-            ],
+            targets,
             seed=self.seed + self._runs,
             duration_s=window,
             timeout_s=max(10.0, window),
