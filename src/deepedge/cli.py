@@ -183,8 +183,8 @@ def train(
                 f"{str(err).splitlines()[0]}",
                 hint="use the base-model.ckpt of a demo run with the same model spec",
             ) from None
-    with KnowledgeBase(_kb_path(kb)) as base:
-        if policy == DEADLINE_POLICY:
+    if policy == DEADLINE_POLICY:
+        with KnowledgeBase(_kb_path(kb)) as base:
             ensure_model(cluster_spec, job_spec, base, out / "interference", status=console.print)
     with (
         KnowledgeBase(_kb_path(kb)) as base,

@@ -59,7 +59,7 @@ def plot_step_timeline(runs: Mapping[str, TrainRun], path: Path, *, max_steps: i
 
 def _share_label(run: TrainRun, device: str) -> str:
     """A device's part of each step: its fixed b, or (dynamic dispatch) the mean it claimed."""
-    if run.plan.micro_batch is None:
+    if not run.plan.dynamic:
         return f"b={run.plan.local_batches[device]}"
     claimed = [r.batch for r in run.steps[device]]
     return f"mean b={sum(claimed) / max(1, len(claimed)):.1f}, m={run.plan.micro_batch}"

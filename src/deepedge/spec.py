@@ -210,7 +210,7 @@ class Plan(_Spec):
 
     def describe(self) -> str:
         """The split in one line (as the CLI, demo and benchmarks print it)."""
-        if self.micro_batch is not None:
+        if self.dynamic:
             return f"dynamic: {self.micro_batch}-sample chunks to {', '.join(self.devices)}"
         return ", ".join(
             f"{n} {b}" + (f" @{self.intensities[n]:g}" if n in self.intensities else "")

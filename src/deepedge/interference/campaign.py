@@ -27,6 +27,7 @@ from deepedge.spec import JobSpec
 __all__ = [
     "CampaignSettings",
     "calibrate",
+    "calibration_complete",
     "design",
     "distinct_devices",
     "factor_space",
@@ -319,7 +320,8 @@ def distinct_devices(lab: InterferenceLab) -> list[str]:
     return list(seen.values())
 
 
-def _complete(book: UsageBook | None, lab: InterferenceLab, device: str) -> bool:
+def calibration_complete(book: UsageBook | None, lab: InterferenceLab, device: str) -> bool:
+    """Whether ``book`` holds every solo measurement the lab would take on ``device``."""
     if book is None or not book.train:
         return False
     return set(lab.app_kinds) <= set(book.apps) and set(lab.available_stressors(device)) <= set(
@@ -345,7 +347,7 @@ def profile_interference(
     todo = []
     for name in devices:
         book = books.get(lab.device_key(name))
-        if refresh or not _complete(book, lab, name):
+        if refresh or not calibration_complete(book, lab, name):
             todo.append(name)
         else:
             status(f"{name}: reusing its solo usage from the knowledge base")

@@ -20,6 +20,8 @@ from deepedge.cluster import LocalCluster
 from deepedge.interference.campaign import (
     CampaignSettings,
     calibrate,
+    calibration_complete,
+    distinct_devices,
     load_books,
     train_resident,
 )
@@ -156,16 +158,10 @@ def ensure_model(
         window_s=window_s,
     ) as lab:
         books = load_books(kb, job)
-        first: dict[str, str] = {}
-        for name in todo:  # identical devices share one calibration
-            first.setdefault(keys[name], name)
-        stale = [
+        stale = [  # identical devices share one calibration
             n
-            for n in first.values()
-            if refresh
-            or keys[n] not in books
-            or not books[keys[n]].train
-            or not set(_device_apps(spec, n)) <= set(books[keys[n]].apps)
+            for n in distinct_devices(lab)
+            if refresh or not calibration_complete(books.get(keys[n]), lab, n)
         ]
         if stale:
             calibrate(lab, kb, stale, settings, progress=status)
