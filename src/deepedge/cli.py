@@ -1,8 +1,9 @@
 """The `deepedge` command line.
 
-Expected errors (``DeepEdgeError``) print as one line with a hint and exit 2; anything
-else is a bug and shows a traceback only with ``--debug``. Logging and signal handling are
-configured here and nowhere else.
+Expected errors (``DeepEdgeError``) print as one line with a hint and exit with the
+error's code: 2 for a wrong command line or input file, 1 for a run that failed, 130 for
+Ctrl-C. Anything else is a bug and shows a traceback only with ``--debug``. Logging and
+signal handling are configured here and nowhere else.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -20,21 +22,28 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deepedge.errors import CheckpointError, DeepEdgeError
+from deepedge.errors import EXIT_FAILURE, EXIT_USAGE, CheckpointError, DeepEdgeError, UsageError
 
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings=_CONTEXT,
     help="Re-train models on heterogeneous edge clusters without breaking LC apps.",
 )
-cluster_app = typer.Typer(no_args_is_help=True, help="Emulated cluster housekeeping.")
+cluster_app = typer.Typer(
+    no_args_is_help=True, context_settings=_CONTEXT, help="Emulated cluster housekeeping."
+)
 app.add_typer(cluster_app, name="cluster")
 profile_app = typer.Typer(
-    no_args_is_help=True, help="Throughput profiles in the knowledge base: run, list, invalidate."
+    no_args_is_help=True,
+    context_settings=_CONTEXT,
+    help="Throughput profiles in the knowledge base: run, list, invalidate, reset.",
 )
 app.add_typer(profile_app, name="profile")
 interference_app = typer.Typer(
     no_args_is_help=True,
+    context_settings=_CONTEXT,
     help="Interference profiling and prediction (FECBench method): profile, fit, predict.",
 )
 app.add_typer(interference_app, name="interference")
@@ -42,13 +51,33 @@ app.add_typer(interference_app, name="interference")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
 _state = {"debug": False}
+# Flags that belong to the whole program; main() moves them in front of the subcommand,
+# so `deepedge plan C J --debug` works like `deepedge --debug plan C J`.
+GLOBAL_FLAGS = ("--debug", "--verbose", "-v")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"deepedge {version('deepedge')}")
+        raise typer.Exit
 
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")] = (
+        False
+    ),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
 ) -> None:
+    """Global flags (--debug, -v) may stand anywhere on the command line."""
     _state["debug"] = debug
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -63,9 +92,48 @@ KbOption = Annotated[
 
 
 def _kb_path(kb: Path | None) -> Path:
-    from deepedge.profile import DEFAULT_KB_PATH
+    from deepedge.profile import default_kb_path
 
-    return kb if kb is not None else DEFAULT_KB_PATH
+    return kb if kb is not None else default_kb_path()
+
+
+def _load_cluster(path: Path):  # -> ClusterSpec (imports stay lazy: `--help` is instant)
+    from deepedge.spec import ClusterSpec, load_spec
+    from deepedge.validation import require_usable
+
+    spec = load_spec(ClusterSpec, path)
+    require_usable(spec, source=str(path))
+    return spec
+
+
+def _load_job(path: Path):  # -> JobSpec
+    from deepedge.spec import JobSpec, load_spec
+    from deepedge.validation import require_usable
+
+    spec = load_spec(JobSpec, path)
+    require_usable(spec, source=str(path))
+    return spec
+
+
+DryRunOption = Annotated[
+    bool,
+    typer.Option("--dry-run", help="check the specs and inputs, say what would run; boot nothing"),
+]
+
+
+def _dry_run_report(cluster_spec, job_spec, policy: str) -> None:
+    """What a plan or train command would do, from the specs alone."""
+    from deepedge.catalog import resolve_device
+
+    devices = [resolve_device(d) for d in cluster_spec.devices]
+    cores = sum(d.cpu_cores or 0 for d in devices)
+    console.print(
+        f"[green]ok[/] cluster {cluster_spec.name!r}: {len(devices)} devices "
+        f"({cores:.2f} host cores in all), {len(cluster_spec.apps)} LC apps; "
+        f"job {job_spec.name!r}: {job_spec.model.arch}, B={job_spec.global_batch}, "
+        f"{job_spec.epochs} epochs on {job_spec.dataset.train_size} {job_spec.dataset.kind} "
+        f"samples; policy {policy}. Dry run: nothing was booted."
+    )
 
 
 @app.command()
@@ -107,26 +175,54 @@ def demo(
 def validate(
     files: Annotated[list[Path], typer.Argument(help="cluster or job spec files")],
 ) -> None:
-    """Check spec files; the kind (cluster or job) is recognised by its top-level keys."""
-    from deepedge.catalog import resolve_device
-    from deepedge.spec import ClusterSpec, JobSpec, parse_spec, read_spec_file
+    """Check spec files: every file, every problem, one line each.
 
+    The kind (cluster or job) is recognised by the top-level keys. Beyond the schema it
+    checks what the catalog, this machine and the file system say: device kinds, memory
+    for the LC apps, the image folder, the data set's size.
+    """
+    from pydantic import ValidationError
+
+    from deepedge.spec import ClusterSpec, JobSpec, read_spec_file, spec_errors, spec_kind
+    from deepedge.validation import problems
+
+    bad = 0
     for f in files:
-        data = read_spec_file(f)
-        if isinstance(data, dict) and "devices" in data:
-            spec = parse_spec(ClusterSpec, data, source=str(f))
-            for d in spec.devices:
-                resolve_device(d)
+        try:
+            data = read_spec_file(f)
+        except DeepEdgeError as err:
+            err_console.print(f"[red]error:[/] {escape(err.one_line())}")
+            bad += 1
+            continue
+        kind = spec_kind(data)
+        model = ClusterSpec if kind == "cluster" else JobSpec
+        try:
+            spec = model.model_validate(data)
+        except ValidationError as err:
+            found = spec_errors(str(f), err)
+        else:
+            found = [f"{f}: {p}" for p in problems(spec)]
+        if kind is None and found:
+            found.insert(
+                0, f"{f}: neither a cluster spec (no 'devices') nor a job spec; read as a job"
+            )
+        for line in found:
+            err_console.print(f"[red]error:[/] {escape(line)}")
+        if found:
+            bad += 1
+        elif isinstance(spec, ClusterSpec):
             console.print(
                 f"[green]ok[/] {f}: cluster {spec.name!r}, {len(spec.devices)} devices, "
                 f"{len(spec.apps)} LC apps"
             )
         else:
-            job_spec = parse_spec(JobSpec, data, source=str(f))
             console.print(
-                f"[green]ok[/] {f}: job {job_spec.name!r}, {job_spec.model.arch}, "
-                f"B={job_spec.global_batch}, {job_spec.epochs} epochs"
+                f"[green]ok[/] {f}: job {spec.name!r}, {spec.model.arch}, "
+                f"B={spec.global_batch}, {spec.epochs} epochs"
             )
+    if bad:
+        err_console.print(f"{bad} of {len(files)} file(s) have problems")
+        raise typer.Exit(EXIT_USAGE)
 
 
 @app.command()
@@ -157,6 +253,7 @@ def train(
         typer.Option(help="start from this checkpoint (e.g. demo-out/base-model.ckpt)"),
     ] = None,
     kb: KbOption = None,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Plan and run one re-training job on the emulated cluster, on the job's drifted data."""
     from deepedge.data import build_dataset
@@ -164,19 +261,27 @@ def train(
     from deepedge.profile import KnowledgeBase
     from deepedge.retrain import DEADLINE_POLICY, POLICIES, Retraining
     from deepedge.session import EdgeSession
-    from deepedge.spec import ClusterSpec, JobSpec, load_spec
     from deepedge.train import evaluate, job_model, load_checkpoint
 
     if policy not in (DEADLINE_POLICY, *POLICIES):
-        raise DeepEdgeError(
+        raise UsageError(
             f"unknown policy {policy!r}", hint=f"use one of {[DEADLINE_POLICY, *POLICIES]}"
         )
-    cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
+    cluster_spec, job_spec = _load_cluster(cluster), _load_job(job)
+    init_state = load_checkpoint(init).get("model") if init is not None else None
+    if init is not None and not isinstance(init_state, dict):
+        raise CheckpointError(
+            f"{init} is a checkpoint without model weights",
+            hint="use the base-model.ckpt of a demo run with the same model spec",
+        )
+    if dry_run:
+        _dry_run_report(cluster_spec, job_spec, policy)
+        return
     train_set = build_dataset(job_spec.dataset, "train", drifted=True)
     model = job_model(job_spec, train_set)
-    if init is not None:
+    if init_state is not None:
         try:
-            model.load_state_dict(load_checkpoint(init)["model"])
+            model.load_state_dict(init_state)
         except (KeyError, RuntimeError) as err:
             raise CheckpointError(
                 f"{init} holds no weights for this job's {job_spec.model.arch} model: "
@@ -217,6 +322,7 @@ def plan_cmd(
         bool, typer.Option("--exact", help="solve with the exact MILP (small clusters)")
     ] = False,
     kb: KbOption = None,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Plan JOB on CLUSTER with the Deep-Edge planner and explain every device's part.
 
@@ -230,10 +336,12 @@ def plan_cmd(
     from deepedge.profile import KnowledgeBase
     from deepedge.retrain import DEADLINE_POLICY, Retraining
     from deepedge.session import EdgeSession
-    from deepedge.spec import ClusterSpec, JobSpec, load_spec
     from deepedge.train import job_model
 
-    cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
+    cluster_spec, job_spec = _load_cluster(cluster), _load_job(job)
+    if dry_run:
+        _dry_run_report(cluster_spec, job_spec, DEADLINE_POLICY)
+        return
     train_set = build_dataset(job_spec.dataset, "train", drifted=True)
     state = job_model(job_spec, train_set).state_dict()
     with KnowledgeBase(_kb_path(kb)) as base:
@@ -285,10 +393,9 @@ def profile_run(
     from deepedge.profile import KnowledgeBase
     from deepedge.retrain import Retraining
     from deepedge.session import EdgeSession
-    from deepedge.spec import ClusterSpec, JobSpec, load_spec
     from deepedge.train import job_model
 
-    cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
+    cluster_spec, job_spec = _load_cluster(cluster), _load_job(job)
     train_set = build_dataset(job_spec.dataset, "train", drifted=True)
     state = job_model(job_spec, train_set).state_dict()
     with (
@@ -366,10 +473,21 @@ def profile_invalidate(
     kind: Annotated[str | None, typer.Option(help="every profile of a device kind")] = None,
     model: Annotated[str | None, typer.Option(help="every profile of a model signature")] = None,
     comm: Annotated[bool, typer.Option("--comm", help="also the all-reduce models")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="every profile")] = False,
 ) -> None:
-    """Mark profiles stale so the next job measures again (nothing is deleted)."""
+    """Mark profiles stale so the next job measures again (nothing is deleted).
+
+    Name what to invalidate (--id, --kind, --model) or say --all: a bare command must not
+    throw away every measurement by accident.
+    """
     from deepedge.profile import KnowledgeBase
 
+    selected = profile_id is not None or kind is not None or model is not None
+    if selected == all_:
+        raise UsageError(
+            "--all goes alone" if all_ else "say which profiles to invalidate",
+            hint="give --id N, --kind K or --model SIG, or --all for every profile",
+        )
     with KnowledgeBase(_kb_path(kb), create=False) as base:
         n = base.invalidate(profile_id=profile_id, device_kind=kind, model_signature=model)
         extra = f" and {base.invalidate_comm()} all-reduce measurements" if comm else ""
@@ -414,11 +532,10 @@ def interference_profile(
         profile_interference,
     )
     from deepedge.profile import KnowledgeBase
-    from deepedge.spec import ClusterSpec, JobSpec, load_spec
 
     if runs < 1:
         raise typer.BadParameter("--runs must be at least 1")
-    cluster_spec, job_spec = load_spec(ClusterSpec, cluster), load_spec(JobSpec, job)
+    cluster_spec, job_spec = _load_cluster(cluster), _load_job(job)
     names = [n.strip() for n in devices.split(",")] if devices else None
     if apps == "all":
         kinds = APP_KINDS
@@ -468,9 +585,8 @@ def interference_fit(
     )
     from deepedge.interference.plots import oof_scatter, plot_sensitivity
     from deepedge.profile import KnowledgeBase
-    from deepedge.spec import JobSpec, load_spec
 
-    job_spec = load_spec(JobSpec, job)
+    job_spec = _load_job(job)
     with KnowledgeBase(_kb_path(kb)) as base:
         books = load_books(base, job_spec)
         obs = observations(base.interference_runs(), books)
@@ -512,9 +628,8 @@ def interference_predict(
     from deepedge.cluster import LocalCluster
     from deepedge.interference import InterferenceModel, TrainLoad, device_key
     from deepedge.profile import KnowledgeBase
-    from deepedge.spec import ClusterSpec, load_spec
 
-    local = LocalCluster(load_spec(ClusterSpec, cluster))  # fills catalog defaults; starts nothing
+    local = LocalCluster(_load_cluster(cluster))  # fills catalog defaults; starts nothing
     spec = local.spec
     dev = next((d for d in spec.devices if d.name == device), None)
     if dev is None:
@@ -581,20 +696,19 @@ def monitor(
 
     from rich.live import Live
 
-    from deepedge.monitor import TimeSeriesStore
+    from deepedge.monitor import export_monitor_window
     from deepedge.monitor.live import LiveView
     from deepedge.session import EdgeSession
-    from deepedge.spec import ClusterSpec, load_spec
 
     if export is not None:
         if cluster is not None:
-            raise DeepEdgeError(
+            raise UsageError(
                 "--export reads an existing --db; it does not boot a cluster",
                 hint="watch with `deepedge monitor CLUSTER`, then export with --db F --export",
             )
         source = db if db is not None else out / "monitor.sqlite"
         if not source.exists():
-            raise DeepEdgeError(
+            raise UsageError(
                 f"no time-series file at {source}",
                 hint="pass --db (e.g. demo-out/run/monitor.sqlite)",
             )
@@ -603,16 +717,14 @@ def monitor(
         def when(t: float | None) -> float | None:
             return None if t is None else (now + t if t < 0 else t)
 
-        fmt = "json" if export.suffix == ".json" else "csv"
-        with TimeSeriesStore(source) as store:
-            n = store.export(export, start=when(since), end=when(until), metric=metric, fmt=fmt)
+        n = export_monitor_window(source, export, start=when(since), end=when(until), metric=metric)
         console.print(f"wrote {n} samples to {export}")
         return
     if cluster is None:
-        raise DeepEdgeError(
+        raise UsageError(
             "no cluster spec given", hint="deepedge monitor examples/demo-cluster.yaml"
         )
-    spec = load_spec(ClusterSpec, cluster)
+    spec = _load_cluster(cluster)
     session = EdgeSession(
         spec,
         out,
@@ -663,36 +775,41 @@ def report(
     path: Annotated[Path, typer.Argument(help="a report.json from `deepedge demo`")],
 ) -> None:
     """Print the summary table of an earlier demo run."""
-    from deepedge.demo import render_tables
+    from deepedge.demo import read_report, render_tables
 
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DeepEdgeError(
-            f"cannot read report {path}: {err}", hint="run `deepedge demo` first"
-        ) from None
-    console.print(render_tables(data))
+    console.print(render_tables(read_report(path)))
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> None:
+def _hoist_global_flags(args: list[str]) -> list[str]:
+    """Move the program's own flags in front of the subcommand, wherever they were typed
+    (never past a ``--``, after which every word is an argument)."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every way it ends is an exit code (see the README), never a traceback
+    unless --debug asks for one."""
+    args = _hoist_global_flags(sys.argv[1:] if argv is None else list(argv))
     # SIGTERM behaves like Ctrl-C: KeyboardInterrupt in the main thread, so every `with`
     # block (devices, agents, load generator) tears down.
     signal.signal(signal.SIGTERM, _interrupt)
     # A shell starts background jobs with SIGINT ignored; Ctrl-C must still tear down.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        code = app(standalone_mode=False)  # typer returns 130 for a Ctrl-C it caught
-        if code == 130:
+        code = app(args=args, prog_name="deepedge", standalone_mode=False)
+        if code == 130:  # typer returns 130 for a Ctrl-C it caught
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
     except DeepEdgeError as err:
-        err_console.print(f"[red]error:[/] {err.one_line()}")
-        sys.exit(2)
+        err_console.print(f"[red]error:[/] {escape(err.one_line())}")
+        sys.exit(err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         err_console.print(
             "[yellow]interrupted[/]: everything was torn down; the last checkpoint is intact"
@@ -700,16 +817,22 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.TyperException as exc:  # usage errors: show them as click would
-        show = getattr(exc, "show", None)
-        if show:
-            show()
-        sys.exit(getattr(exc, "exit_code", 2))
+    except BrokenPipeError:  # `deepedge ... | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush at exit
+        sys.exit(EXIT_FAILURE)
     except Exception as err:
+        if _is_usage_error(err):  # click's: a missing argument, an unknown option, …
+            err.show()  # type: ignore[attr-defined]
+            sys.exit(err.exit_code)  # type: ignore[attr-defined]
         if _state["debug"]:
             raise
         err_console.print(
-            f"[red]internal error:[/] {type(err).__name__}: {err} "
+            f"[red]internal error:[/] {type(err).__name__}: {escape(str(err))} "
             "(rerun with --debug for the traceback, and please report it)"
         )
-        sys.exit(1)
+        sys.exit(EXIT_FAILURE)
+
+
+def _is_usage_error(err: Exception) -> bool:
+    """Click's own exceptions (typer vendors click, so match by the base class's name)."""
+    return any(c.__name__ == "ClickException" for c in type(err).__mro__) and hasattr(err, "show")

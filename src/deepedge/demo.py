@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,12 +28,13 @@ from rich.table import Table
 
 from deepedge.apps import summarize_apps
 from deepedge.data import build_dataset
+from deepedge.errors import UsageError
 from deepedge.interference import ensure_model
-from deepedge.profile import DEFAULT_KB_PATH, KnowledgeBase
+from deepedge.profile import KnowledgeBase, default_kb_path
 from deepedge.report import plot_lc_latency, plot_step_timeline
 from deepedge.retrain import DEADLINE_POLICY, Retraining
 from deepedge.session import EdgeSession
-from deepedge.spec import ClusterSpec, JobSpec, load_spec
+from deepedge.spec import ClusterSpec, JobSpec, load_spec, read_spec_file, spec_errors
 from deepedge.train import (
     TrainRun,
     evaluate,
@@ -41,7 +43,7 @@ from deepedge.train import (
     train_local,
 )
 
-__all__ = ["DemoOptions", "default_specs", "run_demo"]
+__all__ = ["DemoOptions", "default_specs", "read_report", "render_tables", "run_demo"]
 
 IDLE_S = 4.0  # LC load alone, before any training: each app's unloaded latency
 POLICIES = (DEADLINE_POLICY, "proportional", "equal")  # the first is the headline
@@ -141,7 +143,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     base_ckpt = {"model": base_state, "job": job.model_dump(mode="json")}
     save_checkpoint(opts.out / "base-model.ckpt", base_ckpt)
 
-    kb_path = opts.kb_path if opts.kb_path is not None else DEFAULT_KB_PATH
+    kb_path = opts.kb_path if opts.kb_path is not None else default_kb_path()
     console.print("[bold]3/5 interference[/]: how training slows each LC app on its device")
     t_interference = time.time()
     with KnowledgeBase(kb_path) as kb:
@@ -285,6 +287,54 @@ def _report(
     }
 
 
+class _Read(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _PhaseStats(_Read):
+    requests: int = Field(ge=0)
+    p95_ms: float | None
+    miss_rate: float | None
+    slo_window_violations: int = Field(ge=0)
+    windows: int = Field(ge=0)
+
+
+class _AppReport(_Read):
+    deadline_ms: float = Field(gt=0)
+    phases: dict[str, _PhaseStats]
+
+
+class _ReportSummary(_Read):
+    """The part of report.json that :func:`render_tables` reads."""
+
+    accuracy_before: float
+    accuracy_source: float
+    accuracy_after_by_policy: dict[str, float]
+    lower_bound_s: float = Field(gt=0)
+    feasible_lower_bound_s: float | None = None
+    makespan_s: dict[str, float]
+    apps: dict[str, _AppReport]
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A demo's report.json, checked to hold what :func:`render_tables` prints."""
+    data = read_spec_file(path, expect="demo report")
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"{path} holds a {type(data).__name__}, not a deepedge demo report",
+            hint="pass the report.json a `deepedge demo --out DIR` wrote",
+        )
+    try:
+        _ReportSummary.model_validate(data)
+    except ValidationError as err:
+        problems = spec_errors(f"{path} is not a deepedge demo report", err)
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(
+            problems[0] + more, hint="pass the report.json a `deepedge demo --out DIR` wrote"
+        ) from None
+    return data
+
+
 def render_tables(report: dict[str, Any]) -> Table:
     """The demo's summary as one rich table (also used by `deepedge report`)."""
     table = Table(title="deepedge demo", show_lines=False)
@@ -314,11 +364,12 @@ def render_tables(report: dict[str, Any]) -> Table:
         for phase, st in a["phases"].items():
             if phase in ("probe", "profile"):
                 continue
-            ok = st["requests"] and st["p95_ms"] <= a["deadline_ms"]
+            p95 = st["p95_ms"]
+            ok = st["requests"] and p95 is not None and p95 <= a["deadline_ms"]
             colour = "green" if ok else "red"
             table.add_row(
                 escape(f"{name} p95 [{phase}]"),
-                f"[{colour}]{st['p95_ms']:.0f} ms[/]",
+                f"[{colour}]{'–' if p95 is None else f'{p95:.0f}'} ms[/]",
                 f"deadline {a['deadline_ms']:g} ms, misses {100 * (st['miss_rate'] or 0):.1f}%, "
                 f"{st['slo_window_violations']}/{st['windows']} SLO windows violated",
             )

@@ -1,8 +1,9 @@
 """One error root for the whole project.
 
 Every error a user can cause or meet derives from :class:`DeepEdgeError`; the CLI prints
-it as one line plus its hint and exits non-zero. Anything else is a bug and shows a
-traceback only with ``--debug``.
+it as one line plus its hint and exits with the error's ``exit_code``: 2 when the command
+line or an input file is wrong (fix the input and run again), 1 when a run failed. Anything
+else is a bug and shows a traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ __all__ = [
     "PlanInfeasible",
     "SpecError",
     "TrainingError",
+    "UsageError",
 ]
+
+EXIT_FAILURE = 1  # the command ran and failed: a device, worker, store or file let it down
+EXIT_USAGE = 2  # the command line or an input file is wrong (click's code for usage errors)
 
 
 class DeepEdgeError(Exception):
     """Root of all expected deepedge errors. ``hint`` says what the user can do about it."""
+
+    exit_code = EXIT_FAILURE
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -34,6 +41,15 @@ class DeepEdgeError(Exception):
 
 class SpecError(DeepEdgeError):
     """A cluster, device, app, job or plan spec is malformed or contradictory."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(DeepEdgeError):
+    """The command line is wrong: options that do not go together, or a file of the wrong
+    kind (a cluster spec where a job spec belongs, a JSON that is no demo report)."""
+
+    exit_code = EXIT_USAGE
 
 
 class ClusterError(DeepEdgeError):

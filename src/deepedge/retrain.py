@@ -35,7 +35,6 @@ from deepedge.plan.heuristic import lower_bound_step_s
 from deepedge.plan.problem import PlanningProblem
 from deepedge.plan.profiled import step_sizes
 from deepedge.profile import (
-    DEFAULT_KB_PATH,
     CommModel,
     DeviceProfile,
     KnowledgeBase,
@@ -109,7 +108,7 @@ class Retraining:
         self.state_path = data_dir / "initial-state.pt"
         torch.save(self.initial_state, self.state_path)
         if self.kb is None:
-            self.kb = KnowledgeBase(DEFAULT_KB_PATH)
+            self.kb = KnowledgeBase()  # default_kb_path() as of now
         self._model = model = job_model(self.job, self.train_set)  # architecture, for sizes
         self.grad_bytes = sum(p.numel() * 4 for p in model.parameters())
         # the optimiser is part of the step's cost, so part of what a profile is valid for;

@@ -8,13 +8,22 @@ user can fix it without reading a traceback.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import yaml_rs
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from deepedge.errors import SpecError
+from deepedge.errors import SpecError, UsageError
 
 __all__ = [
     "AppSpec",
@@ -30,21 +39,36 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "read_spec_file",
+    "spec_errors",
+    "spec_kind",
 ]
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+
+def _not_bool(value: Any) -> Any:
+    """YAML's ``true`` is a bool, and pydantic would take it as the number 1: refuse it."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+Seed = Annotated[Int, Field(ge=0, lt=2**63)]  # torch and numpy take 64-bit seeds
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+MAX_SAMPLES = 10_000_000  # beyond any edge data set; stops 1e12 samples reaching numpy
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and NaN are never a capacity, a rate or a deadline
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class GpuSpec(_Spec):
     """An optional accelerator; only used on the CUDA path."""
 
     name: str
-    memory_mb: Annotated[int, Field(gt=0)]
+    memory_mb: Annotated[Int, Field(gt=0, le=2**24)]
     fp16_gflops: PositiveFloat | None = None
 
 
@@ -58,11 +82,23 @@ class DeviceSpec(_Spec):
 
     name: Name
     kind: str
-    cpu_cores: PositiveFloat | None = None
-    memory_mb: Annotated[int, Field(gt=0)] | None = None
-    reserved_mb: Annotated[int, Field(ge=0)] | None = None
+    cpu_cores: Annotated[Float, Field(gt=0, le=1024)] | None = None
+    memory_mb: Annotated[Int, Field(gt=0, le=2**24)] | None = None  # up to 16 TiB
+    reserved_mb: Annotated[Int, Field(ge=0, le=2**24)] | None = None
     gpu: GpuSpec | None = None
-    link_mbps: PositiveFloat | None = None
+    link_mbps: Annotated[Float, Field(gt=0, le=1e6)] | None = None
+
+    @model_validator(mode="after")
+    def _reserve_below_memory(self) -> DeviceSpec:
+        if (
+            self.memory_mb is not None
+            and self.reserved_mb is not None
+            and self.reserved_mb >= self.memory_mb
+        ):
+            raise ValueError(
+                f"reserved_mb {self.reserved_mb} leaves nothing of memory_mb {self.memory_mb}"
+            )
+        return self
 
 
 class AppSpec(_Spec):
@@ -71,55 +107,63 @@ class AppSpec(_Spec):
     name: Name
     device: Name
     kind: Literal["cnn_inference", "kv_lookup", "log_ingest", "frame_relay"] = "cnn_inference"
-    rate_rps: PositiveFloat
-    deadline_ms: PositiveFloat
-    memory_mb: Annotated[int, Field(gt=0)] = 300  # the torch inference server measures ~240 MB RSS
+    rate_rps: Annotated[Float, Field(gt=0, le=100_000)]
+    deadline_ms: Annotated[Float, Field(gt=0, le=3_600_000)]
+    memory_mb: Annotated[Int, Field(gt=0, le=2**24)] = 300  # the torch server measures ~240 MB
 
 
 class ClusterSpec(_Spec):
     name: Name = "cluster"
     devices: Annotated[list[DeviceSpec], Field(min_length=1)]
     apps: list[AppSpec] = Field(default_factory=list)
-    cpu_period_us: Annotated[int, Field(ge=1000, le=1_000_000)] = 20_000
+    cpu_period_us: Annotated[Int, Field(ge=1000, le=1_000_000)] = 20_000
     # loopback: all devices share this machine's loopback; netns: a namespace per device
     # with a tbf-shaped link of the device's link_mbps (needs root and iproute2)
     network: Literal["loopback", "netns"] = "loopback"
 
     @model_validator(mode="after")
     def _check_references(self) -> ClusterSpec:
-        names = [d.name for d in self.devices]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"device names must be unique, repeated: {dupes}")
-        app_names = [a.name for a in self.apps]
-        dupes = sorted({n for n in app_names if app_names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"app names must be unique, repeated: {dupes}")
+        # linear in the fleet: simulated clusters have 100,000 devices
+        for what, names in (
+            ("device", [d.name for d in self.devices]),
+            ("app", [a.name for a in self.apps]),
+        ):
+            dupes = sorted(n for n, c in Counter(names).items() if c > 1)
+            if dupes:
+                raise ValueError(f"{what} names must be unique, repeated: {_few(dupes)}")
+        known = {d.name for d in self.devices}
         for app in self.apps:
-            if app.device not in names:
+            if app.device not in known:
                 raise ValueError(
-                    f"app {app.name!r} names unknown device {app.device!r}; known: {names}"
+                    f"app {app.name!r} names unknown device {app.device!r}; "
+                    f"known: {_few(sorted(known))}"
                 )
         return self
+
+
+def _few(names: list[str], shown: int = 8) -> str:
+    """A list of names for one line: the first few and how many more."""
+    head = ", ".join(repr(n) for n in names[:shown])
+    return head + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 class DriftSpec(_Spec):
     """How the target domain differs from the source: the data drift to re-train for."""
 
-    brightness: Annotated[float, Field(gt=0, le=4)] = 1.0  # multiplies pixel intensity
-    contrast: Annotated[float, Field(gt=0, le=4)] = 1.0
-    noise_std: Annotated[float, Field(ge=0, le=128)] = 0.0  # in 0..255 pixel units
-    background: Annotated[float, Field(ge=0, le=1)] = 0.0  # strength of a cluttered background
-    class_weights: list[Annotated[float, Field(ge=0)]] | None = None  # new class mix
+    brightness: Annotated[Float, Field(gt=0, le=4)] = 1.0  # multiplies pixel intensity
+    contrast: Annotated[Float, Field(gt=0, le=4)] = 1.0
+    noise_std: Annotated[Float, Field(ge=0, le=128)] = 0.0  # in 0..255 pixel units
+    background: Annotated[Float, Field(ge=0, le=1)] = 0.0  # strength of a cluttered background
+    class_weights: list[Annotated[Float, Field(ge=0, le=1e6)]] | None = None  # new class mix
 
 
 class DatasetSpec(_Spec):
     kind: Literal["synthetic", "image_folder", "digits"] = "synthetic"
-    train_size: Annotated[int, Field(gt=0)] = 2000
-    test_size: Annotated[int, Field(gt=0)] = 500
-    num_classes: Annotated[int, Field(ge=2, le=1000)] = 10
-    image_size: Annotated[int, Field(ge=8, le=256)] = 32
-    seed: int = 0
+    train_size: Annotated[Int, Field(gt=0, le=MAX_SAMPLES)] = 2000
+    test_size: Annotated[Int, Field(gt=0, le=MAX_SAMPLES)] = 500
+    num_classes: Annotated[Int, Field(ge=2, le=1000)] = 10
+    image_size: Annotated[Int, Field(ge=8, le=256)] = 32
+    seed: Seed = 0
     path: str | None = None  # image_folder root (Caltech-101/256 layout)
     drift: DriftSpec = DriftSpec()
 
@@ -132,25 +176,34 @@ class DatasetSpec(_Spec):
 
 class ModelSpec(_Spec):
     arch: Literal["small_cnn", "resnet"] = "small_cnn"
-    width: Annotated[int, Field(ge=4, le=256)] = 16
-    depth: Annotated[int, Field(ge=1, le=8)] = 2  # blocks per stage for resnet
+    width: Annotated[Int, Field(ge=4, le=256)] = 16
+    depth: Annotated[Int, Field(ge=1, le=8)] = 2  # blocks per stage for resnet
 
 
 class OptimizerSpec(_Spec):
     name: Literal["sgd", "adam"] = "sgd"
-    lr: PositiveFloat = 0.05
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    lr: Annotated[Float, Field(gt=0, le=100)] = 0.05
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[Float, Field(ge=0, le=100)] = 0.0
 
 
 class JobSpec(_Spec):
     name: Name = "retrain"
     model: ModelSpec = ModelSpec()
     dataset: DatasetSpec = DatasetSpec()
-    epochs: Annotated[int, Field(gt=0, le=10_000)] = 2
-    global_batch: Annotated[int, Field(gt=0)] = 128
+    epochs: Annotated[Int, Field(gt=0, le=10_000)] = 2
+    global_batch: Annotated[Int, Field(gt=0, le=MAX_SAMPLES)] = 128
     optimizer: OptimizerSpec = OptimizerSpec()
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _batch_fits_data(self) -> JobSpec:
+        if self.global_batch > self.dataset.train_size:
+            raise ValueError(
+                f"global_batch {self.global_batch} is larger than dataset.train_size "
+                f"{self.dataset.train_size}: no step could be full"
+            )
+        return self
 
 
 class ExcludedDevice(_Spec):
@@ -225,49 +278,162 @@ class Plan(_Spec):
 
 S = TypeVar("S", bound=BaseModel)
 
+MAX_NESTING = 32  # specs nest four levels; deeper is a broken or hostile file
+MAX_VALUES = 5_000_000  # a 100,000-device cluster has about 400,000 (stops alias bombs)
+_KINDS = {"ClusterSpec": "cluster", "JobSpec": "job"}
+_JOB_KEYS = frozenset(JobSpec.model_fields) - {"name"}
 
-def _format_validation_error(kind: str, source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    value = first.get("input")
-    shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{…}"
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    extra = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"invalid {kind} in {source}: field '{loc}' = {shown}: {first['msg']}{extra}"
+
+def spec_kind(data: Any) -> str | None:
+    """``"cluster"`` or ``"job"`` from a parsed file's top-level keys; None if neither."""
+    if not isinstance(data, dict):
+        return None
+    if "devices" in data:
+        return "cluster"
+    if _JOB_KEYS & data.keys():
+        return "job"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A field's value for a one-line message: short, and safe for any parsed input."""
+    if isinstance(value, dict):
+        return "{…}"
+    if isinstance(value, list):
+        return f"[… {len(value)} items]"
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def spec_errors(kind: str, err: ValidationError) -> list[str]:
+    """Every problem in ``err`` as ``field 'a.b' = value: reason``, one line each."""
+    lines = []
+    for e in err.errors(include_url=False):
+        reason = e["msg"].removeprefix("Value error, ")
+        if e["loc"]:
+            loc = ".".join(str(p) for p in e["loc"])
+            lines.append(f"{kind}: field '{loc}' = {_shown(e.get('input'))}: {reason}")
+        else:  # a check across fields: its message names them
+            lines.append(f"{kind}: {reason}")
+    return lines
 
 
 def parse_spec(model: type[S], data: Any, *, source: str = "input") -> S:
-    """Validate ``data`` as ``model``; raise a one-line SpecError naming field and value."""
+    """Validate ``data`` as ``model``; raise a one-line SpecError naming field and value.
+
+    A file of the other kind (a cluster spec where a job spec belongs) is named as such
+    rather than reported field by field.
+    """
+    want = _KINDS.get(model.__name__)
+    got = spec_kind(data)
+    if want and got and got != want:
+        raise UsageError(
+            f"{source} looks like a {got} spec, but a {want} spec is expected here",
+            hint="check the order of the arguments: CLUSTER first, then JOB",
+        )
+    if want and not isinstance(data, dict):
+        raise SpecError(
+            f"{source} holds a {_type_name(data)}, not the fields of a {want} spec",
+            hint=f"see examples/demo-{want}.yaml",
+        )
     try:
         return model.model_validate(data)
     except ValidationError as err:
+        lines = spec_errors(f"invalid {model.__name__} in {source}", err)
+        more = f" (+{len(lines) - 1} more; `deepedge validate {source}` lists all)"
         raise SpecError(
-            _format_validation_error(model.__name__, source, err),
+            lines[0] + (more if len(lines) > 1 else ""),
             hint="fix that field; `deepedge validate FILE` checks a file",
         ) from None
 
 
+def _type_name(data: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(data), type(data).__name__
+    )
+
+
 def load_spec(model: type[S], path: str | Path) -> S:
     """Load a YAML or JSON file into ``model``."""
-    return parse_spec(model, read_spec_file(path, expect=model.__name__), source=str(path))
+    expect = _KINDS.get(model.__name__, model.__name__)
+    return parse_spec(model, read_spec_file(path, expect=f"{expect} spec"), source=str(path))
 
 
 def read_spec_file(path: str | Path, *, expect: str = "spec") -> Any:
-    """The parsed YAML/JSON content of ``path``; a one-line SpecError if unreadable or empty."""
+    """The parsed YAML/JSON content of ``path`` (``.json`` is JSON, anything else YAML).
+
+    YAML is read as YAML 1.2 by yaml-rs (Rust): a 100,000-device spec parses in half a
+    second, a repeated key is an error rather than silently the last one, and aliases are
+    bounded. Every way a file can be unusable is a one-line SpecError naming the file and,
+    for syntax errors, the line and the reason: unreadable, empty, binary or not UTF-8, bad
+    syntax, nested deeper than any spec, or expanding past any real spec.
+    """
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as err:
         raise SpecError(f"cannot read {p}: {err.strerror}", hint="check the path") from None
+    if b"\0" in raw:
+        raise SpecError(f"{p} is a binary file, not a YAML or JSON {expect}", hint="check the path")
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
         raise SpecError(
-            f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}{where}"
+            f"{p} is not UTF-8 text (byte 0x{raw[err.start]:02x} at line {line})",
+            hint="save the file as UTF-8",
         ) from None
+    as_json = p.suffix.lower() == ".json"
+    try:
+        data = json.loads(text) if as_json else yaml_rs.loads(text)
+    except json.JSONDecodeError as err:
+        raise SpecError(
+            f"{p} is not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}",
+            hint="fix the syntax there",
+        ) from None
+    except yaml_rs.YAMLDecodeError as err:
+        raise SpecError(
+            f"{p} is not valid YAML{_yaml_where(err)}", hint="fix the syntax there"
+        ) from None
+    except RecursionError:
+        raise _too_deep(p) from None
     if data is None:
         raise SpecError(f"{p} is empty", hint=f"write a {expect} in it")
+    _check_size(data, p)
     return data
+
+
+def _yaml_where(err: Exception) -> str:
+    """yaml-rs says ``… at line L, column C`` on its first line and the reason on its last
+    (a source excerpt between): keep both, on one line."""
+    lines = str(err).strip().splitlines() or [""]
+    where = lines[0].partition(" at ")[2]
+    reason = lines[-1].strip()
+    return (f" at {where}" if where else "") + (f": {reason}" if reason else "")
+
+
+def _too_deep(p: Path) -> SpecError:
+    return SpecError(
+        f"{p} nests deeper than {MAX_NESTING} levels, deeper than any spec or report",
+        hint="check the brackets and indentation",
+    )
+
+
+def _check_size(data: Any, p: Path) -> None:
+    """Refuse deep nesting and alias bombs before pydantic walks the data recursively."""
+    stack = [(data, 0)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if depth > MAX_NESTING:
+            raise _too_deep(p)
+        if count > MAX_VALUES:
+            raise SpecError(
+                f"{p} holds more than {MAX_VALUES:,} values (YAML aliases expand them)",
+                hint="write the spec out without aliases, or split it",
+            )
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)

@@ -4,8 +4,11 @@ to the newest checkpoint that is still good."""
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +211,86 @@ def test_manager_validates(tmp_path: Path) -> None:
         CheckpointManager(tmp_path, keep=0)
     with pytest.raises(SpecError, match="-1"):
         CheckpointManager(tmp_path).path_for(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# files that are not (whole) checkpoints: one line naming the file and what to do
+
+
+def _ours(payload: bytes) -> bytes:
+    """A header with a valid checksum around ``payload``: it passes verification."""
+    return ckpt._HEADER.pack(MAGIC, len(payload), hashlib.sha256(payload).digest()) + payload
+
+
+def _torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "message", "hint"),
+    [
+        (lambda good: b"", r"is empty \(0 bytes", "previous epoch"),
+        (lambda good: MAGIC[:7], "truncated to 7 bytes", "previous epoch"),
+        (lambda good: good[: len(good) // 2], "is truncated: header promises", "previous epoch"),
+        (lambda good: good + b"!", "has trailing bytes", "previous epoch"),
+        (
+            lambda good: b"name: lab\ndevices: []\n",
+            r"not a deepedge checkpoint \(it starts",
+            "deepedge",
+        ),
+        (
+            lambda good: _torch_bytes({"w": torch.ones(2)}),
+            "plain torch.save file",
+            "save_checkpoint",
+        ),
+        (lambda good: pickle.dumps({"w": 1}), "plain pickle file", "save_checkpoint"),
+        (lambda good: b"DEEPEDGE-CKPT-v9" + good[16:], "format 'DEEPEDGE-CKPT-v9'", "version"),
+        (lambda good: _ours(b"not a torch payload"), "weights-only loader refused it", "older"),
+        (lambda good: _ours(_torch_bytes({"a": np.zeros(2)})), "holds a numpy", "non-tensor"),
+        (lambda good: _ours(_torch_bytes({"w": 1})[:-40]), "not a valid archive", "older"),
+        (lambda good: _ours(b""), "payload ends before", "older"),
+        (lambda good: _ours(_torch_bytes(torch.ones(2))), "holds a Tensor, not a dict", "older"),
+    ],
+    ids=[
+        "empty",
+        "inside-magic",
+        "half",
+        "trailing",
+        "yaml",
+        "plain-torch-save",
+        "pickle",
+        "other-format-version",
+        "garbage-payload",
+        "numpy-payload",
+        "broken-zip-payload",
+        "empty-payload",
+        "not-a-dict",
+    ],
+)
+def test_bad_files_give_one_line_naming_the_file_and_what_to_do(
+    tmp_path: Path, content, message: str, hint: str
+) -> None:
+    good = tmp_path / "good.ckpt"
+    save_checkpoint(good, {"w": torch.ones(3)})
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(content(good.read_bytes()))
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_checkpoint(path)
+    line = err.value.one_line()
+    assert "\n" not in line and "\x1b" not in line and len(line) < 400, line
+    assert str(path) in str(err.value)
+    assert err.value.hint and hint in err.value.hint
+
+
+def test_a_directory_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="is a directory") as err:
+        load_checkpoint(tmp_path)
+    assert str(tmp_path) in str(err.value) and "epoch-" in (err.value.hint or "")
+
+
+def test_a_non_dict_state_is_refused_at_save_with_a_hint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="must be a dict, got list") as err:
+        save_checkpoint(tmp_path / "c.ckpt", [1, 2])  # type: ignore[arg-type]
+    assert "state_dict" in (err.value.hint or "")

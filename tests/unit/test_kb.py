@@ -389,16 +389,45 @@ def test_create_false_on_missing_path(tmp_path: Path) -> None:
 
 
 def test_default_path_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from deepedge.profile.kb import _default_kb_path
+    from deepedge.profile.kb import default_kb_path
 
     monkeypatch.setenv("DEEPEDGE_KB", str(tmp_path / "x.sqlite"))
-    assert _default_kb_path() == tmp_path / "x.sqlite"
+    assert default_kb_path() == tmp_path / "x.sqlite"
     monkeypatch.delenv("DEEPEDGE_KB")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    assert _default_kb_path() == tmp_path / "data" / "deepedge" / "kb.sqlite"
+    assert default_kb_path() == tmp_path / "data" / "deepedge" / "kb.sqlite"
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert _default_kb_path() == tmp_path / "home" / ".local" / "share" / "deepedge" / "kb.sqlite"
+    assert default_kb_path() == tmp_path / "home" / ".local" / "share" / "deepedge" / "kb.sqlite"
+
+
+def test_default_path_follows_the_environment_set_after_import(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """deepedge.profile was imported long before this test set $DEEPEDGE_KB (conftest's
+    autouse fixture sets it per test), yet in-process callers use the new value."""
+    import deepedge.profile
+    from deepedge.profile import default_kb_path
+
+    assert not hasattr(deepedge.profile, "DEFAULT_KB_PATH")  # no value frozen at import
+    first = tmp_path / "first" / "kb.sqlite"
+    monkeypatch.setenv("DEEPEDGE_KB", str(first))
+    assert default_kb_path() == first
+    with KnowledgeBase() as kb:
+        assert kb.path == first
+    assert first.is_file()
+
+    second = tmp_path / "second.sqlite"
+    monkeypatch.setenv("DEEPEDGE_KB", str(second))
+    with KnowledgeBase() as kb:
+        assert kb.path == second
+    assert second.is_file()
+
+
+def test_the_autouse_fixture_keeps_in_process_tests_off_the_users_file(tmp_path: Path) -> None:
+    from deepedge.profile import default_kb_path
+
+    assert default_kb_path() == tmp_path / "kb.sqlite"
 
 
 def test_a_schema_1_file_is_upgraded_keeping_its_profiles(tmp_path: Path) -> None:
@@ -436,3 +465,144 @@ def test_interference_runs_filter_and_invalidate(tmp_path: Path) -> None:
         kb.save_model("m", b"blob", {"k": 1})
         kb.save_model("m", b"blob2", {"k": 2})  # replaced, not added
         assert kb.load_model("m") == (b"blob2", {"k": 2})
+
+
+# ---------------------------------------------------------------------------------------
+# files given by --kb that are not (or no longer) knowledge bases
+
+
+def _snapshot(path: Path) -> tuple[bytes, int, list[str]]:
+    """Content, mtime and sibling -wal/-shm/-journal files: what "untouched" means."""
+    sidecars = sorted(p.name for p in path.parent.glob(f"{path.name}-*"))
+    return path.read_bytes(), path.stat().st_mtime_ns, sidecars
+
+
+def _assert_one_line(err: KnowledgeBaseError, path: Path) -> None:
+    line = err.one_line()
+    assert "\n" not in line and str(path) in line and err.hint, line
+
+
+def _foreign(path: Path, *, user_version: int = 0) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+    conn.execute(f"PRAGMA user_version = {user_version}")
+    conn.close()
+
+
+def _full_kb(path: Path) -> None:
+    with KnowledgeBase(path) as kb:
+        pid = kb.open_profile(key(), software=SW)
+        for batch in range(1, 120):
+            kb.add_point(pid, batch, [0.1] * 40, None)
+
+
+@pytest.mark.parametrize("create", [True, False])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b"\x00garbage\xff" * 300), "not a SQLite database"),
+        (lambda p: p.write_bytes(b"name: my-cluster\ndevices: []\n"), "not a SQLite database"),
+        (_foreign, "not a deepedge knowledge base"),
+        (lambda p: _foreign(p, user_version=1), "not a deepedge knowledge base"),
+        (lambda p: _foreign(p, user_version=99), "not a deepedge knowledge base"),
+    ],
+    ids=["garbage", "yaml", "foreign-sqlite", "foreign-sqlite-v1", "foreign-sqlite-v99"],
+)
+def test_a_file_that_is_not_ours_is_refused_and_not_written(
+    tmp_path: Path, make, message: str, create: bool
+) -> None:
+    path = tmp_path / "kb.sqlite"
+    make(path)
+    before = _snapshot(path)
+    with pytest.raises(KnowledgeBaseError, match=message) as info:
+        KnowledgeBase(path, create=create)
+    _assert_one_line(info.value, path)
+    assert _snapshot(path) == before  # no WAL switch, no tables, no side files
+
+
+def test_a_foreign_database_keeps_its_journal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "app.sqlite"
+    _foreign(path)
+    with pytest.raises(KnowledgeBaseError):
+        KnowledgeBase(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert conn.execute("SELECT name FROM customers").fetchall() == [("ada",)]
+    conn.close()
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_directory_is_refused(tmp_path: Path, create: bool) -> None:
+    with pytest.raises(KnowledgeBaseError, match="is a directory") as info:
+        KnowledgeBase(tmp_path, create=create)
+    _assert_one_line(info.value, tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["empty", "monitor-only"])
+def test_read_only_open_never_creates_a_knowledge_base(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "kb.sqlite"
+    if kind == "empty":
+        path.touch()
+    else:
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.execute("CREATE TABLE ts_samples (series_id INTEGER, ts REAL, value REAL)")
+        conn.close()
+    before = _snapshot(path)
+    with pytest.raises(KnowledgeBaseError, match="holds no profiles yet") as info:
+        KnowledgeBase(path, create=False)
+    _assert_one_line(info.value, path)
+    assert "deepedge profile run" in info.value.one_line()
+    assert _snapshot(path) == before
+
+
+@pytest.mark.parametrize("create", [True, False])
+@pytest.mark.parametrize("cut", [0.0, 0.002, 0.01, 0.5, 0.9, 0.99])
+def test_a_truncated_file_is_one_line(tmp_path: Path, cut: float, create: bool) -> None:
+    """Wherever the file was cut, opening it and reading it is a KnowledgeBaseError."""
+    path = tmp_path / "kb.sqlite"
+    _full_kb(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    try:
+        with KnowledgeBase(path, create=create) as kb:
+            kb.profiles(include_stale=True)
+            kb.open_profile(key("other"), software=SW)
+    except KnowledgeBaseError as err:
+        _assert_one_line(err, path)
+    else:  # only a cut to 0 bytes leaves a usable (empty) file, and only to create
+        assert cut == 0.0 and create
+
+
+@pytest.mark.parametrize("where", [4096, 3 * 4096, -4096, -2 * 4096, 200, 1000])
+def test_a_damaged_page_is_one_line_whichever_call_meets_it(tmp_path: Path, where: int) -> None:
+    path = tmp_path / "kb.sqlite"
+    _full_kb(path)
+    data = bytearray(path.read_bytes())
+    start = where if where >= 0 else len(data) + where
+    data[start : start + 4096] = b"\xa5" * 4096
+    path.write_bytes(bytes(data))
+
+    calls = [  # each on its own, so a failing read does not hide a failing write
+        lambda kb: kb.profiles(include_stale=True),
+        lambda kb: kb.open_profile(key(), software=SW),
+        lambda kb: kb.add_point(1, 300, [0.1], None),
+        lambda kb: kb.add_comm_point("f", 2, 10, [0.1]),
+        lambda kb: kb.comm_points("f"),
+    ]
+    for call in calls:
+        try:
+            with KnowledgeBase(path) as kb:
+                call(kb)
+        except KnowledgeBaseError as err:  # never a bare sqlite3.DatabaseError
+            _assert_one_line(err, path)
+
+
+def test_sqlite_errors_inside_a_write_are_knowledge_base_errors(kb: KnowledgeBase) -> None:
+    with pytest.raises(KnowledgeBaseError) as info, kb._write() as conn:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+    _assert_one_line(info.value, kb.path)
+    with kb._write() as conn:  # the failed transaction was rolled back
+        conn.execute("SELECT 1")

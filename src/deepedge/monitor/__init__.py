@@ -11,6 +11,9 @@ Grafana (:func:`serve_metrics`). Typical use::
         server = serve_metrics(mon.latest)
         ...
         server.close()
+
+and, later, ``export_monitor_window(db, "window.csv", start=..., end=...)`` to export a
+stored file without writing to it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from deepedge.monitor.samplers import (
     process_role,
 )
 from deepedge.monitor.samples import METRICS, MetricInfo, Sample
-from deepedge.monitor.store import TimeSeriesStore
+from deepedge.monitor.store import TimeSeriesStore, export_monitor_window
 
 __all__ = [
     "METRICS",
@@ -50,6 +53,7 @@ __all__ = [
     "TimeSeriesStore",
     "build_samplers",
     "default_samplers",
+    "export_monitor_window",
     "parse_tegrastats",
     "process_role",
     "serve_metrics",

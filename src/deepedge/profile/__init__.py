@@ -8,7 +8,6 @@ and keeps them in a SQLite knowledge base so later jobs reuse them.
 
 from deepedge.profile.comm import CommModel, fabric_key, measure_comm, message_sizes
 from deepedge.profile.kb import (
-    DEFAULT_KB_PATH,
     SCHEMA_VERSION,
     CommPoint,
     KnowledgeBase,
@@ -16,6 +15,7 @@ from deepedge.profile.kb import (
     ProfileKey,
     ProfilePoint,
     SoftwareVersions,
+    default_kb_path,
 )
 from deepedge.profile.stats import AffineModel, TimingSummary, median_ci
 from deepedge.profile.throughput import (
@@ -30,7 +30,6 @@ from deepedge.profile.throughput import (
 )
 
 __all__ = [
-    "DEFAULT_KB_PATH",
     "SCHEMA_VERSION",
     "AffineModel",
     "CommModel",
@@ -44,6 +43,7 @@ __all__ = [
     "SoftwareVersions",
     "TimingSummary",
     "default_batches",
+    "default_kb_path",
     "describe_key",
     "expected_step_s",
     "fabric_key",

@@ -41,7 +41,6 @@ from typing import Any
 from deepedge.errors import KnowledgeBaseError
 
 __all__ = [
-    "DEFAULT_KB_PATH",
     "SCHEMA_VERSION",
     "CommPoint",
     "InterferenceRow",
@@ -51,6 +50,7 @@ __all__ = [
     "ProfilePoint",
     "SoftwareVersions",
     "UsageRow",
+    "default_kb_path",
 ]
 
 SCHEMA_VERSION: int = 2
@@ -69,16 +69,17 @@ _KB_TABLES = (
 )
 
 
-def _default_kb_path() -> Path:
-    """``$DEEPEDGE_KB``, else the XDG data directory, so every job on a machine shares one."""
+def default_kb_path() -> Path:
+    """``$DEEPEDGE_KB``, else the XDG data directory, so every job on a machine shares one.
+
+    Read from the environment on every call, not once at import, so a test or a caller
+    that sets ``$DEEPEDGE_KB`` (or ``$XDG_DATA_HOME``) later is obeyed in this process too.
+    """
     explicit = os.environ.get("DEEPEDGE_KB")
     if explicit:
         return Path(explicit).expanduser()
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home).expanduser() / "deepedge" / "kb.sqlite"
-
-
-DEFAULT_KB_PATH: Path = _default_kb_path()
 
 
 def _canonical(value: object) -> str:
@@ -379,8 +380,16 @@ class KnowledgeBase:
     the process dies between calls.
     """
 
-    def __init__(self, path: Path | str = DEFAULT_KB_PATH, *, create: bool = True) -> None:
-        self.path = Path(path).expanduser()
+    def __init__(self, path: Path | str | None = None, *, create: bool = True) -> None:
+        """Open (with ``create``: create if need be) the knowledge base at ``path``.
+
+        ``path=None`` means :func:`default_kb_path` as of this call. With
+        ``create=False`` (read-only commands) nothing is written into a file that does not
+        already hold a knowledge base: a missing, empty or monitor-only file is refused.
+        A non-SQLite or foreign SQLite file is refused either way, before anything is
+        written to it.
+        """
+        self.path = Path(path if path is not None else default_kb_path()).expanduser()
         self._lock = threading.RLock()
         if not self.path.exists():
             if not create:
@@ -396,9 +405,15 @@ class KnowledgeBase:
                     hint="pick a writable path with --kb or $DEEPEDGE_KB",
                 ) from None
         self._check_header()
+        # create=False: mode=rw, so a file removed since the check above is not recreated.
+        target = self.path if create else f"{self.path.absolute().as_uri()}?mode=rw"
         try:
             self._conn = sqlite3.connect(
-                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                target,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=not create,
             )
         except sqlite3.Error as err:
             raise KnowledgeBaseError(
@@ -406,8 +421,10 @@ class KnowledgeBase:
                 hint="pick a writable path with --kb or $DEEPEDGE_KB",
             ) from None
         try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            self._refuse_before_writing(create)
             self._configure()
-            self._check_schema()
+            self._check_schema(create)
         except sqlite3.DatabaseError as err:
             self._conn.close()
             raise self._wrap(err) from None
@@ -445,9 +462,51 @@ class KnowledgeBase:
                 hint=_reset_hint(self.path),
             )
 
+    def _refuse_before_writing(self, create: bool) -> None:
+        """Refuse, with reads only, a file this instance must not write to.
+
+        Switching to WAL rewrites the file's header and creating the schema adds tables,
+        so a foreign database, a newer schema, or (without ``create``) a file that holds
+        no knowledge base yet is refused here, before either happens.
+        """
+        refusal = self._refusal(*self._schema_state(), create=create)
+        if refusal is not None:
+            raise refusal
+
+    def _refusal(
+        self, version: int, tables: set[str], *, create: bool
+    ) -> KnowledgeBaseError | None:
+        """Why this file must not be opened (``None``: it may be)."""
+        others = sorted(t for t in tables if not t.startswith("ts_"))
+        if version == 0:
+            if others:  # our schema always sets user_version, so these are someone else's
+                return self._foreign(f"it has tables {', '.join(others[:5])}")
+            if not create:
+                what = "holds only monitor time series" if tables else "is empty"
+                return KnowledgeBaseError(
+                    f"knowledge base {self.path} holds no profiles yet (the file {what})",
+                    hint=f"measure the cluster first with `deepedge profile run --kb {self.path}`",
+                )
+            return None
+        if not any(t.startswith("kb_") for t in tables):
+            listed = f"tables {', '.join(others[:5])}" if others else "no tables of ours"
+            return self._foreign(f"it has user_version {version} and {listed}")
+        if version > SCHEMA_VERSION:
+            return KnowledgeBaseError(
+                f"knowledge base {self.path} has schema {version}, written by a newer "
+                f"deepedge (this one reads schema {SCHEMA_VERSION})",
+                hint=f"upgrade deepedge, or {_reset_hint(self.path)}",
+            )
+        return None
+
+    def _foreign(self, what: str) -> KnowledgeBaseError:
+        return KnowledgeBaseError(
+            f"{self.path} is not a deepedge knowledge base ({what})",
+            hint=f"use another path with --kb, or {_reset_hint(self.path)}",
+        )
+
     def _configure(self) -> None:
         conn = self._conn
-        conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
         # Switching to WAL needs a moment of exclusive access; another process that is
         # switching at the same time can make it fail once without the busy handler.
@@ -478,27 +537,17 @@ class KnowledgeBase:
         }
         return version, tables
 
-    def _check_schema(self) -> None:
+    def _check_schema(self, create: bool) -> None:
         """Accept our schema, create it in an empty or monitor-only file, refuse the rest."""
         version, tables = self._schema_state()
         if version == SCHEMA_VERSION and set(_KB_TABLES) <= tables:
             return  # the common case needs no write lock
         with self._write() as conn:  # re-check under the lock: another process may be creating
             version, tables = self._schema_state()
-            if version > SCHEMA_VERSION:
-                raise KnowledgeBaseError(
-                    f"knowledge base {self.path} has schema {version}, written by a newer "
-                    f"deepedge (this one reads schema {SCHEMA_VERSION})",
-                    hint=f"upgrade deepedge, or {_reset_hint(self.path)}",
-                )
+            refusal = self._refusal(version, tables, create=create)
+            if refusal is not None:
+                raise refusal
             if version == 0:
-                foreign = sorted(t for t in tables if not t.startswith("ts_"))
-                if foreign:
-                    raise KnowledgeBaseError(
-                        f"{self.path} is not a deepedge knowledge base "
-                        f"(it has tables {', '.join(foreign[:5])})",
-                        hint=f"use another path with --kb, or {_reset_hint(self.path)}",
-                    )
                 _create_schema(conn)
                 return
             while version < SCHEMA_VERSION:
@@ -528,6 +577,11 @@ class KnowledgeBase:
                 f"knowledge base {self.path} stayed locked for over {_BUSY_TIMEOUT_S:.0f} s",
                 hint="another deepedge process holds it; retry when it has finished",
             )
+        if "malformed" in text or "not a database" in text:
+            return KnowledgeBaseError(
+                f"knowledge base {self.path} is damaged or truncated ({text})",
+                hint=_reset_hint(self.path),
+            )
         return KnowledgeBaseError(
             f"knowledge base {self.path} cannot be used ({text})", hint=_reset_hint(self.path)
         )
@@ -542,6 +596,10 @@ class KnowledgeBase:
                 raise self._wrap(err) from None
             try:
                 yield self._conn
+            except sqlite3.Error as err:  # e.g. a damaged page met halfway: one line, not a trace
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise self._wrap(err) from None
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")

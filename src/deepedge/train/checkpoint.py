@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 MAGIC = b"DEEPEDGE-CKPT-v1"
 _HEADER = struct.Struct(f"<{len(MAGIC)}sQ32s")
 _ZIP_MAGIC = b"PK\x03\x04"  # what a plain torch.save file starts with
+_PICKLE_MAGIC = b"\x80"  # pickle protocol 2+ (also torch.save with the legacy format)
+_FAMILY = b"DEEPEDGE-CKPT-"  # MAGIC without its version
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes, bytearray)
 _CONTAINERS = (dict, collections.OrderedDict, list, tuple, set)  # not frozenset: refused
 _TENSORS = (torch.Tensor, torch.nn.Parameter, torch.Size, torch.dtype, torch.device)
@@ -141,7 +144,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> CheckpointInfo:
     """
     path = Path(path)
     if not isinstance(state, dict):
-        raise CheckpointError(f"cannot checkpoint {path}: state must be a dict, got {type(state)}")
+        raise CheckpointError(
+            f"cannot checkpoint {path}: state must be a dict, got {type(state).__name__}",
+            hint="pass a dict, e.g. {'model': model.state_dict(), 'epoch': epoch}",
+        )
     _check_state(state)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -182,19 +188,20 @@ def _read_verified(path: Path) -> tuple[CheckpointInfo, bytes]:
             f"checkpoint {path} does not exist",
             hint="check the path; `ls` its directory for the epochs written",
         ) from exc
+    except IsADirectoryError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is a directory, not a file",
+            hint="pass one checkpoint file in it, e.g. epoch-0003.ckpt",
+        ) from exc
     except OSError as exc:
         raise _os_error("read", path, exc) from exc
-    if not data.startswith(MAGIC):
-        if data.startswith(_ZIP_MAGIC):
-            what = "it looks like a plain torch.save file"
-        elif len(data) < len(MAGIC) and MAGIC.startswith(data):
-            what = f"it is truncated to {len(data)} bytes"
-        else:
-            what = "its magic bytes are wrong"
+    if not data:
         raise CheckpointError(
-            f"{path} is not a deepedge checkpoint: {what}",
-            hint="use a file written by deepedge, or " + _OLDER,
+            f"checkpoint {path} is empty (0 bytes: truncated, or never written by deepedge)",
+            hint=_OLDER,
         )
+    if not data.startswith(MAGIC):
+        raise _not_ours(path, data)
     if len(data) < _HEADER.size:
         raise CheckpointError(
             f"checkpoint {path} is truncated: {len(data)} bytes, shorter than its "
@@ -204,9 +211,9 @@ def _read_verified(path: Path) -> tuple[CheckpointInfo, bytes]:
     _, length, digest = _HEADER.unpack_from(data)
     payload = data[_HEADER.size :]
     if len(payload) != length:
-        problem = "truncated" if len(payload) < length else "has trailing bytes"
+        problem = "is truncated" if len(payload) < length else "has trailing bytes"
         raise CheckpointError(
-            f"checkpoint {path} is {problem}: header promises {length} payload bytes, "
+            f"checkpoint {path} {problem}: header promises {length} payload bytes, "
             f"file holds {len(payload)}",
             hint=_OLDER,
         )
@@ -218,6 +225,52 @@ def _read_verified(path: Path) -> tuple[CheckpointInfo, bytes]:
             hint=_OLDER,
         )
     return CheckpointInfo(path=path, sha256=digest.hex(), size_bytes=len(data)), payload
+
+
+def _not_ours(path: Path, data: bytes) -> CheckpointError:
+    """Why a non-empty file without our magic is not a checkpoint, and what to do."""
+    resave = (
+        "deepedge checkpoints carry a checksum; re-save the state with "
+        "deepedge.train.save_checkpoint if you trust the file, or " + _OLDER
+    )
+    if len(data) < len(MAGIC) and MAGIC.startswith(data):
+        return CheckpointError(
+            f"checkpoint {path} is truncated to {len(data)} bytes, inside its header",
+            hint=_OLDER,
+        )
+    if data.startswith(_FAMILY):
+        version = data[: len(MAGIC)].decode("ascii", "replace")
+        return CheckpointError(
+            f"checkpoint {path} has format {version!r}; this deepedge reads {MAGIC.decode()!r}",
+            hint="load it with the deepedge version that wrote it, or " + _OLDER,
+        )
+    if data.startswith(_ZIP_MAGIC):
+        what = "it looks like a plain torch.save file, without deepedge's header and checksum"
+        return CheckpointError(f"{path} is not a deepedge checkpoint: {what}", hint=resave)
+    if data.startswith(_PICKLE_MAGIC):
+        what = "it looks like a plain pickle file, without deepedge's header and checksum"
+        return CheckpointError(f"{path} is not a deepedge checkpoint: {what}", hint=resave)
+    return CheckpointError(
+        f"{path} is not a deepedge checkpoint (it starts with {data[:8]!r})",
+        hint="use a file written by deepedge, or " + _OLDER,
+    )
+
+
+def _decode_problem(exc: Exception) -> str:
+    """torch.load's multi-paragraph, ANSI-coloured error as a short clause."""
+    if isinstance(exc, EOFError):
+        return "its payload ends before the state does"
+    text = _ANSI.sub("", str(exc))
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"it holds a {refused.group(1)} object, which the weights-only loader refuses"
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return f"the weights-only loader refused it ({detail.group(1).strip()})"
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return "its torch payload is not a valid archive"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first or type(exc).__name__
 
 
 def verify_checkpoint(path: Path) -> CheckpointInfo:
@@ -234,11 +287,14 @@ def load_checkpoint(path: Path, *, map_location: _Location = "cpu") -> dict[str,
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint {path} passed its checksum but could not be decoded: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            f"{_decode_problem(exc)}",
             hint="it may come from a newer torch or hold non-tensor objects; " + _OLDER,
         ) from exc
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(state).__name__}, not a dict of state",
+            hint="it was not written by deepedge's save_checkpoint; " + _OLDER,
+        )
     return state
 
 
