@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from deepedge.apps.server import HEADER, REPLY
@@ -19,6 +21,7 @@ def _cgroups_ok() -> bool:
 
 
 needs_cgroups = pytest.mark.skipif(not _cgroups_ok(), reason="needs root and writable cgroups")
+STORE_TIMEOUT = datetime.timedelta(seconds=90)  # ranks import torch slowly on a loaded host
 
 
 @pytest.fixture
@@ -51,11 +54,29 @@ def lc_request(sock: socket.socket, payload: bytes) -> tuple[int, int]:
     return REPLY.unpack(buf)
 
 
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now (for a test's process group)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def host_store() -> dist.TCPStore:
+    """The rendezvous store for a test's spawned ranks, served by the test process itself.
+
+    The OS picks the port and the store keeps it (a port probed free and then released can
+    be taken by anything before a rank binds it), and the store outlives every rank, as
+    the coordinator's does: no rank's exit can take it away from the others.
+    """
+    return dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=STORE_TIMEOUT
+    )
+
+
+def join_store(port: int) -> dist.TCPStore:
+    """A spawned rank's client of :func:`host_store`."""
+    return dist.TCPStore("127.0.0.1", port, is_master=False, timeout=STORE_TIMEOUT)
+
+
+def leave_group(store: dist.Store, rank: int, world: int) -> None:
+    """Destroy the process group once every rank is past its last collective, so that no
+    rank closes its gloo connections while a peer still reads from them."""
+    store.set(f"left/{rank}", "1")
+    store.wait([f"left/{r}" for r in range(world)])
+    dist.destroy_process_group()
 
 
 def tiny_groupnorm_cnn() -> nn.Module:

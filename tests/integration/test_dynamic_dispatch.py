@@ -8,7 +8,6 @@ with fewer chunks than ranks.
 
 from __future__ import annotations
 
-import datetime
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,13 @@ from deepedge.train import load_checkpoint
 from deepedge.train.ddp import dynamic_step, run_dynamic_epochs
 from deepedge.train.local import job_model
 from deepedge.train.sampler import UnevenBatchSampler
-from tests.conftest import free_port, needs_cgroups, tiny_groupnorm_cnn
+from tests.conftest import (
+    host_store,
+    join_store,
+    leave_group,
+    needs_cgroups,
+    tiny_groupnorm_cnn,
+)
 
 WORLD = 3
 B = 32  # global batch
@@ -98,24 +103,18 @@ def _epochs(store: dist.Store) -> dict[str, Any]:
 
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    store = dist.TCPStore(
-        "127.0.0.1",
-        port,
-        world_size=WORLD,
-        is_master=rank == 0,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    store = join_store(port)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD)
     result = {"exact": _exact_step(store), "slow": _slow_step(store, rank), **_epochs(store)}
     torch.save(result, Path(out) / f"rank{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group(store, rank, WORLD)
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("dispatch")
-    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    store = host_store()  # counters and rendezvous, hosted here as the coordinator does
+    mp.spawn(_worker, args=(store.port, str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -3,7 +3,9 @@
 Two profilers add points (one key each, plus one key both share) and all-reduce points,
 while the monitor's time-series store appends samples to its own tables in the same
 file. All start together on a file that does not exist yet, so the schema creation races
-too.
+too. Halfway through, each waits for the others again: every writer is then in the middle of
+its writes at once, however long a loaded host keeps one of them off the CPU (each takes
+only about 0.1 s, so a start barrier alone does not make them overlap).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def _profiler(path: str, kind: str, start: Barrier, out: mp.Queue) -> None:
             own = kb.open_profile(_key(kind), device_name=f"{kind}-1", software=SW)
             shared = kb.open_profile(_key("shared"), software=SW)
             for i in range(OWN_POINTS):
+                if i == OWN_POINTS // 2:
+                    start.wait(60)  # halfway: see the module docstring
                 kb.add_point(own, 1 + i % 8, [0.01 * (i + 1), 0.02], 100.0 + i, cost_s=0.5)
                 if i < SHARED_POINTS:
                     kb.add_point(shared, 4, [0.1], None, cost_s=1.0)
@@ -55,6 +59,8 @@ def _monitor(path: str, start: Barrier, out: mp.Queue) -> None:
         began = time.time()
         with TimeSeriesStore(path) as store:
             for i in range(TS_ROWS):
+                if i == TS_ROWS // 2:
+                    start.wait(60)  # halfway: see the module docstring
                 store.write([Sample.of("deepedge_device_cpu_seconds_total", float(i), 1e9 + i)])
         out.put(("monitor", began, time.time()))
     except BaseException as err:
@@ -86,7 +92,8 @@ def test_concurrent_writers(tmp_path: Path) -> None:
     failed = [r for r in reports if r[2] is None]
     assert failed == []
     assert [p.exitcode for p in procs] == [0, 0, 0]
-    # the writers really ran at the same time (else this test would prove nothing)
+    # the writers really ran at the same time (else this test would prove nothing): the
+    # halfway barrier makes sure of it
     assert max(r[1] for r in reports) < min(r[2] for r in reports)
 
     conn = sqlite3.connect(path)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
 
+import psutil
 import pytest
 
 import deepedge
@@ -78,10 +79,25 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def exited(pid: int) -> bool:
+    """Whether our child ``pid`` has exited (a zombie until stop() reaps it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def drive(kind: str, port: int) -> list[RequestRecord]:
     gen = LoadGenerator([LoadTarget.from_app(app(kind), port)], seed=5, duration_s=LOAD_S)
     gen.start()
-    time.sleep(LOAD_S)
+    # With duration_s the child ends by itself once its whole schedule is answered; a
+    # stop() after sleeping LOAD_S here would cut short a child the host held back.
+    pid = gen.pid
+    assert pid is not None
+    deadline = time.monotonic() + 60
+    while not exited(pid):
+        assert time.monotonic() < deadline, "the load generator did not finish its schedule"
+        time.sleep(0.05)
     records = gen.stop()
     assert len(records) >= RATE * LOAD_S / 2, len(records)
     assert all(r.ok and r.error is None for r in records), records[:3]

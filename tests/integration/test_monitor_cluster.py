@@ -17,6 +17,10 @@ BUSY = [sys.executable, "-c", "while True: pass"]
 CPU = "deepedge_device_cpu_seconds_total"
 
 
+def _points(store: TimeSeriesStore, device: str) -> int:
+    return len(store.query(CPU, labels={"device": device}))
+
+
 def _growth(store: TimeSeriesStore, device: str) -> tuple[float, float]:
     """(counter increase, seconds between first and last stored point) of a device."""
     points = store.query(CPU, labels={"device": device})
@@ -31,7 +35,11 @@ def test_monitor_sees_a_busy_device_at_its_quota(two_device_spec, tmp_path):
         busy = slow.spawn(BUSY)
         samplers = [DeviceSampler(cluster.devices), ProcessSampler(cluster.devices)]
         with Monitor(samplers, store=store, interval_s=0.2) as monitor:
-            time.sleep(1.5)
+            # 8 rounds span at least 1.4 s; a loaded host may take longer to run them
+            deadline = time.monotonic() + 60
+            while min(_points(store, d) for d in ("slow", "fast")) < 8:
+                assert time.monotonic() < deadline, "the monitor stopped sampling"
+                time.sleep(0.05)
         latest = monitor.latest()
 
         used, elapsed = _growth(store, "slow")

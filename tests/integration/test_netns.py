@@ -23,9 +23,11 @@ pytestmark = [
 ]
 
 SINK = """
-import json, socket, sys, time
+import json, os, socket, sys, time
 srv = socket.create_server((sys.argv[1], 0))
-open(sys.argv[2] + ".port", "w").write(str(srv.getsockname()[1]))
+with open(sys.argv[2] + ".part", "w") as f:  # renamed when complete: never read half-written
+    f.write(str(srv.getsockname()[1]))
+os.replace(sys.argv[2] + ".part", sys.argv[2] + ".port")
 conn, _ = srv.accept()
 start, total = None, 0
 while chunk := conn.recv(65536):

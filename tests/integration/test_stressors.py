@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -60,6 +60,14 @@ def device(cluster: LocalCluster):
     return cluster.devices["mini"]
 
 
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie until it is reaped counts)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 @contextlib.contextmanager
 def running(
     cluster: LocalCluster, kind: str, workdir: Path, on: str = "mini", **options
@@ -80,6 +88,14 @@ def running(
         s.close()
 
 
+def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll ``cond`` until it holds: a loaded host may take long to get there."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"not in {timeout_s:.0f} s: {what}"
+        time.sleep(0.05)
+
+
 def usage_at(s: StressorProcess, intensity: float, **params) -> Usage:
     s.set(intensity, **params)
     time.sleep(0.1)  # let the new setting take hold
@@ -95,8 +111,7 @@ def test_cpu_consumption_follows_intensity_up_to_the_quota(cluster, device, tmp_
         half = usage_at(s, 0.5)
         full = usage_at(s, 1.0)
         ops_before = s.read().ops
-        time.sleep(0.2)
-        assert s.read().ops > ops_before
+        wait_for(lambda: s.read().ops > ops_before, "the worker counts its work")
         pid = s.pid
     assert idle.cpu_cores < 0.03
     assert 0.6 * quota < full.cpu_cores < 1.3 * quota + 0.05, full
@@ -104,7 +119,7 @@ def test_cpu_consumption_follows_intensity_up_to_the_quota(cluster, device, tmp_
     assert 0.5 * full.cpu_cores < half.cpu_cores < 1.15 * full.cpu_cores
     # duty 0.2 is below it: about 0.2 cores, clearly less than at 1
     assert 0.08 < low.cpu_cores < 0.8 * full.cpu_cores
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert gone(pid)
 
 
 def test_membw_copies_more_at_higher_intensity(cluster, tmp_path):
@@ -143,7 +158,7 @@ def test_memcap_refuses_to_grow_past_the_device_memory_limit(cluster, tmp_path):
     with running(cluster, "memcap", tmp_path, on="small", max_mb=400) as s:
         held = usage_at(s, 0.5).rss_mb  # 200 MB fit in 300
         s.set(1.0)  # 400 MB do not: an error, not the OOM killer
-        time.sleep(0.3)
+        wait_for(lambda: s.read().errors > 0, "the worker reports the memory limit")
         c = s.read()
         with pytest.raises(StressorFailed, match="memory limit"):
             s.measure(0.2)
@@ -196,9 +211,8 @@ def tiny_fs(tmp_path) -> Iterator[Path]:
 def test_disk_that_fills_up_reports_the_error_and_goes_idle(cluster, tmp_path, tiny_fs):
     with running(cluster, "disk", tmp_path, dir=str(tiny_fs)) as s:
         s.set(1.0)
-        deadline = time.monotonic() + 10
-        while (c := s.read()).errors == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: s.read().errors > 0, "the worker reports the full disk")
+        c = s.read()
         assert c.errors >= 1
         assert "No space left" in c.last_error
         assert c.intensity == 0.0  # idle now, not silently "loading" nothing
@@ -287,8 +301,9 @@ def test_stress_ng_backend_duty_cycles_its_child(cluster, device, tmp_path, monk
 
 def test_a_killed_worker_is_reported_with_its_exit_code(cluster, tmp_path):
     with running(cluster, "cpu", tmp_path) as s:
-        os.kill(s.pid, signal.SIGKILL)
-        time.sleep(0.2)
+        pid = s.pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: gone(pid), "the killed worker exits")
         with pytest.raises(ClusterError, match=r"exited with code -9"):
             s.read()
         s.close()

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from deepedge.train.ddp import global_batch_loss, wrap_ddp
-from tests.conftest import free_port, tiny_groupnorm_cnn
+from tests.conftest import host_store, join_store, leave_group, tiny_groupnorm_cnn
 
 SPLIT = [3, 9, 20]  # deliberately uneven local batches, B = 32
 
@@ -23,9 +23,8 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(SPLIT)
-    )
+    store = join_store(port)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=len(SPLIT))
     x, y = _data()
     lo = sum(SPLIT[:rank])
     wrapped = wrap_ddp(tiny_groupnorm_cnn())
@@ -35,14 +34,14 @@ def _worker(rank: int, port: int, out: str) -> None:
     loss.backward()
     if rank == 0:
         torch.save([p.grad.clone() for p in wrapped.module.parameters()], out)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group(store, rank, len(SPLIT))
 
 
 @pytest.mark.timeout(120)
 def test_uneven_three_process_gradient_equals_full_batch(tmp_path):
     out = str(tmp_path / "grads.pt")
-    mp.spawn(_worker, args=(free_port(), out), nprocs=len(SPLIT), join=True)
+    store = host_store()
+    mp.spawn(_worker, args=(store.port, out), nprocs=len(SPLIT), join=True)
     ddp_grads = torch.load(out)
 
     model = tiny_groupnorm_cnn()
