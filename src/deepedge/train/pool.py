@@ -103,6 +103,13 @@ _STEADY_MALLOC = {
 }
 
 
+# A killed agent's sockets close (its peers see a reset, its coordinator link an EOF)
+# before the kernel reports its exit, and on a loaded host or under a small CPU quota the
+# dying process can wait a while for the CPU in between. How long to wait for that exit
+# before blaming a failure on something else; only failures ever wait.
+_DEATH_GRACE_S = 5.0
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     try:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
@@ -198,9 +205,14 @@ class AgentPool:
         codes = {name: proc.poll() for name, proc in self._procs.items()}
         return {name: code for name, code in codes.items() if code is not None}
 
-    def _death(self, name: str) -> TrainingError | None:
-        """The error naming how ``name``'s agent died, or None while it runs."""
-        code = self._procs[name].poll()
+    def _death(self, name: str, wait_s: float = 0.0) -> TrainingError | None:
+        """The error naming how ``name``'s agent died, or None while it runs (after waiting
+        up to ``wait_s`` for it to exit)."""
+        proc = self._procs[name]
+        try:
+            code = proc.wait(timeout=wait_s) if wait_s > 0 else proc.poll()
+        except subprocess.TimeoutExpired:
+            code = None
         if code is None:
             return None
         log = self._log_dir / f"agent-{name}.log"
@@ -208,6 +220,22 @@ class AgentPool:
             f"worker on device {name!r} died (exit code {code}): {_tail(log, 2)}",
             hint=f"full log: {log}; a negative code is the signal that killed it",
         )
+
+    def _peer_death(self, names: list[str]) -> TrainingError | None:
+        """The death of one of ``names`` that shows within :data:`_DEATH_GRACE_S`, else None.
+
+        A rank's failure in a collective ("connection reset by peer") is usually the echo
+        of a peer that died: that death is the error to report, and its exit status can
+        come a moment after the survivor's failure reply.
+        """
+        deadline = time.monotonic() + _DEATH_GRACE_S
+        while True:
+            for name in names:
+                if (err := self._death(name)) is not None:
+                    return err
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
 
     def _check_alive(self, names: list[str] | None = None) -> None:
         for name in names or list(self._procs):
@@ -233,9 +261,10 @@ class AgentPool:
         pending = {self._conns[n]: n for n in messages}
         results: dict[str, dict[str, Any]] = {}
 
-        def fail(conn: Connection, err: TrainingError) -> None:
+        def fail(conn: Connection, err: TrainingError, *, died: bool = False) -> None:
             if failures is None:
-                raise err
+                # one run: a peer's death, if any, caused the others' failures: report it
+                raise err if died else self._peer_death(list(messages)) or err
             failures[pending.pop(conn)] = err.one_line()
 
         deadline = time.monotonic() + timeout_s
@@ -245,8 +274,9 @@ class AgentPool:
                 try:
                     reply = conn.recv()
                 except (EOFError, ConnectionResetError):
+                    death = self._death(name, wait_s=_DEATH_GRACE_S)  # closed, then exits
                     lost = TrainingError(f"lost the connection to the worker on {name!r}")
-                    fail(conn, self._death(name) or lost)
+                    fail(conn, death or lost, died=death is not None)
                     continue
                 if reply.get("event") != "done":
                     if on_event:
@@ -265,7 +295,7 @@ class AgentPool:
                 del pending[conn]
             for conn, name in list(pending.items()):
                 if (err := self._death(name)) is not None:
-                    fail(conn, err)
+                    fail(conn, err, died=True)
             if time.monotonic() > deadline and pending:
                 raise TrainingError(
                     f"workers {sorted(pending.values())} did not finish in {timeout_s:.0f} s"
