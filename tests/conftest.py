@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from deepedge.apps.server import HEADER, REPLY
 from deepedge.cluster import detect_cgroups
+from deepedge.errors import DeepEdgeError
 from deepedge.spec import ClusterSpec
 
 
@@ -91,3 +93,17 @@ def tiny_groupnorm_cnn() -> nn.Module:
         nn.Flatten(),
         nn.Linear(32, 10),
     )
+
+
+def file_snapshot(path: Path) -> tuple[bytes, int, list[str]]:
+    """Bytes, mtime and the -wal/-shm/-journal files beside ``path``: what "untouched"
+    means for an input file a command must only read."""
+    side = sorted(p.name for p in path.parent.glob(f"{path.name}-*"))
+    return path.read_bytes(), path.stat().st_mtime_ns, side
+
+
+def assert_one_line(err: DeepEdgeError, path: Path) -> str:
+    """``err`` reads as one line naming ``path``, with a hint; returns that line."""
+    line = err.one_line()
+    assert "\n" not in line and str(path) in line and err.hint, line
+    return line

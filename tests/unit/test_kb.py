@@ -14,6 +14,7 @@ from deepedge.profile.kb import (
     ProfileKey,
     SoftwareVersions,
 )
+from tests.conftest import assert_one_line, file_snapshot
 
 SW = SoftwareVersions(torch="2.12.0", deepedge="0.1.0", python="3.11.7")
 SW_NEW_TORCH = SoftwareVersions(torch="2.13.0", deepedge="0.1.0", python="3.11.7")
@@ -471,17 +472,6 @@ def test_interference_runs_filter_and_invalidate(tmp_path: Path) -> None:
 # files given by --kb that are not (or no longer) knowledge bases
 
 
-def _snapshot(path: Path) -> tuple[bytes, int, list[str]]:
-    """Content, mtime and sibling -wal/-shm/-journal files: what "untouched" means."""
-    sidecars = sorted(p.name for p in path.parent.glob(f"{path.name}-*"))
-    return path.read_bytes(), path.stat().st_mtime_ns, sidecars
-
-
-def _assert_one_line(err: KnowledgeBaseError, path: Path) -> None:
-    line = err.one_line()
-    assert "\n" not in line and str(path) in line and err.hint, line
-
-
 def _foreign(path: Path, *, user_version: int = 0) -> None:
     conn = sqlite3.connect(path)
     with conn:
@@ -515,11 +505,11 @@ def test_a_file_that_is_not_ours_is_refused_and_not_written(
 ) -> None:
     path = tmp_path / "kb.sqlite"
     make(path)
-    before = _snapshot(path)
+    before = file_snapshot(path)
     with pytest.raises(KnowledgeBaseError, match=message) as info:
         KnowledgeBase(path, create=create)
-    _assert_one_line(info.value, path)
-    assert _snapshot(path) == before  # no WAL switch, no tables, no side files
+    assert_one_line(info.value, path)
+    assert file_snapshot(path) == before  # no WAL switch, no tables, no side files
 
 
 def test_a_foreign_database_keeps_its_journal_mode(tmp_path: Path) -> None:
@@ -537,7 +527,7 @@ def test_a_foreign_database_keeps_its_journal_mode(tmp_path: Path) -> None:
 def test_a_directory_is_refused(tmp_path: Path, create: bool) -> None:
     with pytest.raises(KnowledgeBaseError, match="is a directory") as info:
         KnowledgeBase(tmp_path, create=create)
-    _assert_one_line(info.value, tmp_path)
+    assert_one_line(info.value, tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["empty", "monitor-only"])
@@ -550,12 +540,12 @@ def test_read_only_open_never_creates_a_knowledge_base(tmp_path: Path, kind: str
         with conn:
             conn.execute("CREATE TABLE ts_samples (series_id INTEGER, ts REAL, value REAL)")
         conn.close()
-    before = _snapshot(path)
+    before = file_snapshot(path)
     with pytest.raises(KnowledgeBaseError, match="holds no profiles yet") as info:
         KnowledgeBase(path, create=False)
-    _assert_one_line(info.value, path)
+    assert_one_line(info.value, path)
     assert "deepedge profile run" in info.value.one_line()
-    assert _snapshot(path) == before
+    assert file_snapshot(path) == before
 
 
 @pytest.mark.parametrize("create", [True, False])
@@ -571,7 +561,7 @@ def test_a_truncated_file_is_one_line(tmp_path: Path, cut: float, create: bool) 
             kb.profiles(include_stale=True)
             kb.open_profile(key("other"), software=SW)
     except KnowledgeBaseError as err:
-        _assert_one_line(err, path)
+        assert_one_line(err, path)
     else:  # only a cut to 0 bytes leaves a usable (empty) file, and only to create
         assert cut == 0.0 and create
 
@@ -597,12 +587,12 @@ def test_a_damaged_page_is_one_line_whichever_call_meets_it(tmp_path: Path, wher
             with KnowledgeBase(path) as kb:
                 call(kb)
         except KnowledgeBaseError as err:  # never a bare sqlite3.DatabaseError
-            _assert_one_line(err, path)
+            assert_one_line(err, path)
 
 
 def test_sqlite_errors_inside_a_write_are_knowledge_base_errors(kb: KnowledgeBase) -> None:
     with pytest.raises(KnowledgeBaseError) as info, kb._write() as conn:
         conn.execute("INSERT INTO no_such_table VALUES (1)")
-    _assert_one_line(info.value, kb.path)
+    assert_one_line(info.value, kb.path)
     with kb._write() as conn:  # the failed transaction was rolled back
         conn.execute("SELECT 1")

@@ -16,6 +16,7 @@ from deepedge.errors import MonitorError
 from deepedge.monitor import Sample, TimeSeriesStore, export_monitor_window
 from deepedge.monitor import store as store_mod
 from deepedge.profile import KnowledgeBase
+from tests.conftest import assert_one_line, file_snapshot
 
 CPU = "deepedge_device_cpu_seconds_total"
 MEM = "deepedge_host_memory_used_bytes"
@@ -30,18 +31,6 @@ def _record(path: Path, n: int = 20) -> Path:
     return path
 
 
-def _snapshot(path: Path) -> tuple[bytes, int, list[str]]:
-    """Bytes, mtime and the -wal/-shm/-journal files beside it: what "untouched" means."""
-    side = sorted(p.name for p in path.parent.glob(f"{path.name}-*"))
-    return path.read_bytes(), path.stat().st_mtime_ns, side
-
-
-def _one_line(err: MonitorError, path: Path) -> str:
-    line = err.one_line()
-    assert "\n" not in line and str(path) in line and err.hint, line
-    return line
-
-
 def _no_temps(directory: Path) -> bool:
     return not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
 
@@ -52,7 +41,7 @@ def _no_temps(directory: Path) -> bool:
 def test_export_leaves_the_input_untouched_and_writes_csv(tmp_path: Path) -> None:
     db = _record(tmp_path / "monitor.sqlite")
     assert db.read_bytes()[18] == 2  # WAL mode, as the monitor writes it
-    before = _snapshot(db)
+    before = file_snapshot(db)
     out = tmp_path / "window.csv"
     n = export_monitor_window(db, out, start=T0 + 5, end=T0 + 9, metric=CPU)
     assert n == 5
@@ -61,7 +50,7 @@ def test_export_leaves_the_input_untouched_and_writes_csv(tmp_path: Path) -> Non
     assert [float(r["ts"]) for r in rows] == [T0 + i for i in range(5, 10)]
     assert {r["metric"] for r in rows} == {CPU}
     assert json.loads(rows[0]["labels"]) == {"device": "d"}
-    assert _snapshot(db) == before  # same bytes, same mtime, no -wal/-shm created
+    assert file_snapshot(db) == before  # same bytes, same mtime, no -wal/-shm created
     assert _no_temps(tmp_path)
 
 
@@ -89,14 +78,14 @@ def test_export_while_a_monitor_is_still_writing(tmp_path: Path) -> None:
 
 def test_a_read_only_store_refuses_writes(tmp_path: Path) -> None:
     db = _record(tmp_path / "monitor.sqlite")
-    before = _snapshot(db)
+    before = file_snapshot(db)
     with TimeSeriesStore.open_readonly(db) as store:
         assert store.readonly and len(store.query(CPU)) == 20
         assert store.holdings() == {CPU: (20, T0, T0 + 19), MEM: (4, T0, T0 + 15)}
         for attempt in (lambda: store.write([Sample.of(CPU, 1.0, T0)]), store.compact):
             with pytest.raises(MonitorError, match="read-only"):
                 attempt()
-    assert _snapshot(db) == before
+    assert file_snapshot(db) == before
 
 
 def test_a_rollback_journal_file_is_read_in_place(tmp_path: Path) -> None:
@@ -105,9 +94,9 @@ def test_a_rollback_journal_file_is_read_in_place(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode = DELETE")
     conn.close()
-    before = _snapshot(db)
+    before = file_snapshot(db)
     assert export_monitor_window(db, tmp_path / "w.csv", metric=MEM) == 4
-    assert _snapshot(db) == before
+    assert file_snapshot(db) == before
 
 
 # --------------------------------------------------------------- files that are not ours
@@ -190,12 +179,12 @@ def test_a_file_that_is_not_a_store_is_one_line_and_untouched(
 ) -> None:
     db = tmp_path / "input.sqlite"
     make(db)
-    before = _snapshot(db)
+    before = file_snapshot(db)
     out = tmp_path / "out.csv"
     with pytest.raises(MonitorError, match=message) as info:
         export_monitor_window(db, out)
-    _one_line(info.value, db)
-    assert _snapshot(db) == before  # no tables, no WAL switch, no side files
+    assert_one_line(info.value, db)
+    assert file_snapshot(db) == before  # no tables, no WAL switch, no side files
     assert not out.exists() and _no_temps(tmp_path)
 
 
@@ -218,7 +207,7 @@ def test_a_missing_file_or_a_directory_is_one_line(tmp_path: Path, where: str) -
         db.mkdir()
     with pytest.raises(MonitorError, match=r"no time-series file|is a directory") as info:
         export_monitor_window(db, tmp_path / "out.csv")
-    _one_line(info.value, db)
+    assert_one_line(info.value, db)
     assert where == "directory" or not db.exists()
 
 
@@ -232,7 +221,7 @@ def test_a_damaged_page_is_one_line(tmp_path: Path, where: int) -> None:
     try:
         export_monitor_window(db, tmp_path / "out.csv")
     except MonitorError as err:  # never a bare sqlite3.DatabaseError
-        _one_line(err, db)
+        assert_one_line(err, db)
 
 
 # ------------------------------------------------------------------------- 0 samples
@@ -240,24 +229,24 @@ def test_a_damaged_page_is_one_line(tmp_path: Path, where: int) -> None:
 
 def test_an_empty_window_names_what_the_file_holds(tmp_path: Path) -> None:
     db = _record(tmp_path / "monitor.sqlite")
-    before = _snapshot(db)
+    before = file_snapshot(db)
     out = tmp_path / "out.csv"
     with pytest.raises(MonitorError, match="nothing to export") as info:
         export_monitor_window(db, out, start=T0 + 1000, end=T0 + 2000)
-    line = _one_line(info.value, db)
+    line = assert_one_line(info.value, db)
     assert "1700001000 (2023-11-14 22:30:00 UTC)" in line  # the window asked for
     assert "1700000000 (2023-11-14 22:13:20 UTC) to 1700000019" in line  # what it holds
     assert CPU in line and MEM in line and "24" in line
     assert "--since" in line and "--until" in line
     assert not out.exists() and _no_temps(tmp_path)
-    assert _snapshot(db) == before
+    assert file_snapshot(db) == before
 
 
 def test_an_empty_window_of_one_metric_gives_that_metrics_range(tmp_path: Path) -> None:
     db = _record(tmp_path / "monitor.sqlite")
     with pytest.raises(MonitorError) as info:
         export_monitor_window(db, tmp_path / "o.csv", start=T0 + 16, metric=MEM)
-    line = _one_line(info.value, db)
+    line = assert_one_line(info.value, db)
     assert f"of metric {MEM!r} after 1700000016" in line and "holds 4 from 1700000000" in line
     assert "to 1700000015" in line
 
@@ -266,7 +255,7 @@ def test_an_unknown_metric_lists_the_metrics_held(tmp_path: Path) -> None:
     db = _record(tmp_path / "monitor.sqlite")
     with pytest.raises(MonitorError, match="no metric 'cpu'") as info:
         export_monitor_window(db, tmp_path / "o.csv", metric="cpu")
-    line = _one_line(info.value, db)
+    line = assert_one_line(info.value, db)
     assert f"2 metrics ({CPU}, {MEM})" in line and "--metric" in line
 
 
@@ -275,7 +264,7 @@ def test_a_store_without_samples(tmp_path: Path) -> None:
     TimeSeriesStore(db).close()
     with pytest.raises(MonitorError, match="holds no samples at all") as info:
         export_monitor_window(db, tmp_path / "o.csv")
-    assert "deepedge monitor" in _one_line(info.value, db)
+    assert "deepedge monitor" in assert_one_line(info.value, db)
 
 
 def test_an_inverted_window_says_so(tmp_path: Path) -> None:
@@ -310,7 +299,7 @@ def test_a_failed_write_leaves_no_half_export(
     monkeypatch.setattr(store_mod.os, fails, enospc)
     with pytest.raises(MonitorError, match=os.strerror(errno.ENOSPC)) as info:
         export_monitor_window(db, out)
-    _one_line(info.value, out)
+    assert_one_line(info.value, out)
     monkeypatch.undo()
     assert out.read_text() == "previous export\n"
     assert _no_temps(tmp_path)
@@ -333,7 +322,7 @@ def test_an_error_while_serialising_leaves_no_temp_file(
 @pytest.mark.parametrize("target", ["self", "wal", "directory", "missing-dir"])
 def test_unwritable_or_dangerous_outputs(tmp_path: Path, target: str) -> None:
     db = _record(tmp_path / "monitor.sqlite")
-    before = _snapshot(db)
+    before = file_snapshot(db)
     out = {
         "self": db,
         "wal": Path(f"{db}-wal"),
@@ -342,8 +331,8 @@ def test_unwritable_or_dangerous_outputs(tmp_path: Path, target: str) -> None:
     }[target]
     with pytest.raises(MonitorError, match=r"onto itself|is a directory|cannot write") as info:
         export_monitor_window(db, out)
-    _one_line(info.value, out if target != "wal" else db)
-    assert _snapshot(db) == before
+    assert_one_line(info.value, out if target != "wal" else db)
+    assert file_snapshot(db) == before
 
 
 def test_the_writable_store_export_is_atomic_and_refuses_an_empty_window(tmp_path: Path) -> None:
