@@ -130,7 +130,9 @@ def _coordinator_script(tmp_path: Path) -> Path:
 def _start_coordinator(tmp_path: Path) -> tuple[subprocess.Popen, dict]:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path.cwd() / "src"), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
     }
     proc = subprocess.Popen([sys.executable, str(_coordinator_script(tmp_path))], env=env)
     info_file = tmp_path / "info.json"

@@ -138,7 +138,7 @@ def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({**JOB, "epochs": 200}))
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(Path.cwd() / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     proc = subprocess.Popen(
         [
             sys.executable,

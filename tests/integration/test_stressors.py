@@ -156,7 +156,9 @@ def test_memcap_holds_intensity_times_max_mb(cluster, tmp_path):
 
 def test_memcap_refuses_to_grow_past_the_device_memory_limit(cluster, tmp_path):
     with running(cluster, "memcap", tmp_path, on="small", max_mb=400) as s:
-        held = usage_at(s, 0.5).rss_mb  # 200 MB fit in 300
+        s.set(0.5)  # 200 MB fit in 300; ops count touched pages once they are all mapped
+        wait_for(lambda: s.read().ops > 0, "the worker maps its 200 MB")
+        held = s.measure(WINDOW_S).rss_mb
         s.set(1.0)  # 400 MB do not: an error, not the OOM killer
         wait_for(lambda: s.read().errors > 0, "the worker reports the memory limit")
         c = s.read()

@@ -12,8 +12,9 @@ The main thread does the work; one thread serves the parent's commands (``set``,
 ``net``) the worker is active for ``intensity × period_s`` and then sleeps; a slice that
 ran long (a slow fsync) is followed by a proportionally longer sleep, so the active share
 of wall time is the intensity. Time throttled by the device's CPU quota does not count as
-active. ``memcap`` holds ``intensity × max_mb`` MB instead; ``train`` sleeps after each
-step for the share of the step's time that makes it compute ``intensity`` of the time.
+active: the slice runs on until it has been active for its share. ``memcap`` holds
+``intensity × max_mb`` MB instead; ``train`` sleeps after each step for the share of the
+step's time that makes it compute ``intensity`` of the time.
 
 A persistent error while active (no space left, an allocation or CUDA failure, a lost
 connection) never crashes the worker: it counts the error, keeps the message as
@@ -62,6 +63,8 @@ DISK_ROTATE = 64 * MB
 TOUCH_EVERY_S = 0.5
 _LLC_FALLBACK = 32 * MB
 _LINE = 64  # bytes per cache line: one random access of the llc stressor reads one line
+_MAX_SLICE_S = 1.0  # wall-time cap of one active slice stretched by throttling
+_SLICE_SLACK_S = 1e-4  # an active slice this close to its share is done
 
 
 class Unavailable(Exception):
@@ -272,7 +275,7 @@ class Stressor:
             start, waited = time.monotonic(), _run_delay_s()
             try:
                 self.resume()
-                nbytes, ops = self.work(start + min(1.0, intensity) * period)
+                nbytes, ops = self._active_slice(state, start, waited, min(1.0, intensity) * period)
                 if intensity < 1:
                     self.pause()
             except Exception as err:  # persistent trouble: report it, never crash
@@ -286,6 +289,27 @@ class Stressor:
             state.add(nbytes=nbytes, ops=ops, active_s=active)
             if intensity < 1:
                 _idle_until(state, start + max(period, active / intensity))
+
+    def _active_slice(
+        self, state: State, start: float, waited: float, want_s: float
+    ) -> tuple[int, int]:
+        """Work until this thread has been *active* for ``want_s`` since ``start``.
+
+        A wall-clock slice would lose every throttled stretch inside it: on a 0.42-core
+        device whose quota runs out every 5 ms, a duty of 0.42 got 0.2 cores. The slice is
+        extended by the time spent throttled or waiting for a CPU, up to ``_MAX_SLICE_S``
+        of wall time so a new command is never kept waiting long.
+        """
+        nbytes = ops = 0
+        deadline = start + want_s
+        while True:
+            b, o = self.work(deadline)
+            nbytes, ops = nbytes + b, ops + o
+            now = time.monotonic()
+            short = want_s - _active_since(start, waited)
+            if short <= _SLICE_SLACK_S or state.changed.is_set() or now - start >= _MAX_SLICE_S:
+                return nbytes, ops
+            deadline = min(now + short, start + _MAX_SLICE_S)
 
 
 class CpuStressor(Stressor):
