@@ -123,3 +123,41 @@ def test_concurrent_writers(tmp_path: Path) -> None:
         assert len(shared.points) == 2 * SHARED_POINTS  # both writers added to one profile
         assert shared.cost_s == 2 * SHARED_POINTS * 1.0
         assert len(kb.comm_points(FABRIC, SW)) == 2 * COMM_POINTS
+
+
+ROUNDS = 30
+
+
+def _opener(folder: str, start: Barrier, out: mp.Queue) -> None:
+    """Open ROUNDS new knowledge bases, each at the same moment as the other openers."""
+    errors = []
+    for r in range(ROUNDS):
+        start.wait(60)
+        try:
+            with KnowledgeBase(Path(folder) / f"kb{r}.sqlite"):
+                pass
+        except Exception as err:
+            errors.append(f"round {r}: {err}")
+    out.put(errors)
+
+
+def test_processes_creating_one_knowledge_base_at_once_all_open_it(tmp_path: Path) -> None:
+    # The schema check read the version and the table list in two statements: a process
+    # creating the schema between them made its tables look foreign (25 of 150 rounds of
+    # four openers failed that way before the fix).
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_opener, args=(str(tmp_path), start, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    try:
+        errors = [e for _ in procs for e in out.get(timeout=120)]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    assert errors == []
+    for r in range(ROUNDS):
+        with KnowledgeBase(tmp_path / f"kb{r}.sqlite", create=False) as kb:
+            assert kb.profiles() == []

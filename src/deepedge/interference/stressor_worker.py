@@ -65,6 +65,7 @@ _LLC_FALLBACK = 32 * MB
 _LINE = 64  # bytes per cache line: one random access of the llc stressor reads one line
 _MAX_SLICE_S = 1.0  # wall-time cap of one active slice stretched by throttling
 _SLICE_SLACK_S = 1e-4  # an active slice this close to its share is done
+_COUNT_EVERY_S = 0.05  # a slice's work reaches the counters at least this often
 
 
 class Unavailable(Exception):
@@ -275,7 +276,7 @@ class Stressor:
             start, waited = time.monotonic(), _run_delay_s()
             try:
                 self.resume()
-                nbytes, ops = self._active_slice(state, start, waited, min(1.0, intensity) * period)
+                active = self._active_slice(state, start, waited, min(1.0, intensity) * period)
                 if intensity < 1:
                     self.pause()
             except Exception as err:  # persistent trouble: report it, never crash
@@ -285,30 +286,33 @@ class Stressor:
                     self.after_error()
                 state.fail(_message(err))  # after cleaning up: the parent may look now
                 continue
-            active = _active_since(start, waited)
-            state.add(nbytes=nbytes, ops=ops, active_s=active)
             if intensity < 1:
                 _idle_until(state, start + max(period, active / intensity))
 
-    def _active_slice(
-        self, state: State, start: float, waited: float, want_s: float
-    ) -> tuple[int, int]:
-        """Work until this thread has been *active* for ``want_s`` since ``start``.
+    def _active_slice(self, state: State, start: float, waited: float, want_s: float) -> float:
+        """Work until this thread has been *active* for ``want_s`` since ``start``; returns
+        the active time.
 
         A wall-clock slice would lose every throttled stretch inside it: on a 0.42-core
         device whose quota runs out every 5 ms, a duty of 0.42 got 0.2 cores. The slice is
         extended by the time spent throttled or waiting for a CPU, up to ``_MAX_SLICE_S``
-        of wall time so a new command is never kept waiting long.
+        of wall time so a new command is never kept waiting long. Work is counted every
+        ``_COUNT_EVERY_S``, so a reader sees it while a long slice (``net``'s) still runs.
         """
-        nbytes = ops = 0
-        deadline = start + want_s
+        deadline, counted = start + want_s, 0.0
         while True:
-            b, o = self.work(deadline)
-            nbytes, ops = nbytes + b, ops + o
+            b, o = self.work(min(deadline, time.monotonic() + _COUNT_EVERY_S))
+            active = _active_since(start, waited)
+            state.add(nbytes=b, ops=o, active_s=active - counted)
+            counted = active
             now = time.monotonic()
-            short = want_s - _active_since(start, waited)
-            if short <= _SLICE_SLACK_S or state.changed.is_set() or now - start >= _MAX_SLICE_S:
-                return nbytes, ops
+            if state.changed.is_set() or now - start >= _MAX_SLICE_S:
+                return active
+            if now < deadline:
+                continue
+            short = want_s - active
+            if short <= _SLICE_SLACK_S:
+                return active
             deadline = min(now + short, start + _MAX_SLICE_S)
 
 

@@ -527,15 +527,14 @@ class KnowledgeBase:
         conn.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL, much faster
 
     def _schema_state(self) -> tuple[int, set[str]]:
-        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-        tables = {
-            row[0]
-            for row in self._conn.execute(
-                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
-                "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-            )
-        }
-        return version, tables
+        """(user_version, table names), read in one statement: one snapshot, so a process
+        creating the schema this instant is never seen half-way (tables but no version)."""
+        rows = self._conn.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), name FROM sqlite_master "
+            "WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+            "UNION ALL SELECT (SELECT user_version FROM pragma_user_version), NULL"
+        ).fetchall()
+        return int(rows[0][0]), {name for _, name in rows if name is not None}
 
     def _check_schema(self, create: bool) -> None:
         """Accept our schema, create it in an empty or monitor-only file, refuse the rest."""
