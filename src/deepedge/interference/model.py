@@ -97,6 +97,23 @@ def _solo(book: UsageBook, sc: Scenario, q: str) -> float:
     return max(float(book.app(str(sc.app), sc.rate_rps).get(f"{q}_ms", 0.0)), 1e-3)
 
 
+def _app_scenarios(
+    apps: Mapping[str, tuple[str, float]], train: TrainLoad | None
+) -> dict[str, Scenario]:
+    """Per app (name -> (kind, rate)) the scenario of it beside the device's other apps and
+    ``train``; two apps of one kind merge their rates (the model knows one per kind)."""
+    out = {}
+    for name, (kind, rate) in apps.items():
+        others: dict[str, float] = {}
+        for other, (k, r) in apps.items():
+            if other != name:
+                others[k] = others.get(k, 0.0) + r
+        if kind in others:
+            rate += others.pop(kind)
+        out[name] = Scenario(device="", app=kind, rate_rps=rate, train=train, other_apps=others)
+    return out
+
+
 def latency_rows(obs: Sequence[Observation]) -> list[Observation]:
     return [
         o
@@ -230,16 +247,33 @@ class InterferenceModel:
         """The planner's question for one device: each LC app's latency when training runs
         there at ``train`` (None: no training). ``apps`` maps app name -> (kind, rate);
         the device's other apps count as co-runners of each."""
+        return {
+            name: self.predict_latency(device_key, sc)
+            for name, sc in _app_scenarios(apps, train).items()
+        }
+
+    def p95_upper_beside_training(
+        self,
+        device_key: str,
+        apps: Mapping[str, tuple[str, float]],
+        batches: Sequence[int],
+        intensity: float,
+    ) -> dict[str, np.ndarray]:
+        """Each app's p95 upper bound (ms) beside training at each of ``batches`` (0: no
+        training) and ``intensity``: :meth:`apps_beside_training` for many batches in one
+        surrogate call per app, so the planner can check every batch size."""
+        book = self.book(device_key)
+        per_batch = [
+            _app_scenarios(apps, TrainLoad(b, intensity) if b > 0 else None) for b in batches
+        ]
         out = {}
-        for name, (kind, rate) in apps.items():
-            others: dict[str, float] = {}
-            for other, (k, r) in apps.items():
-                if other != name:
-                    others[k] = others.get(k, 0.0) + r
-            if kind in others:  # two apps of one kind: the model knows one per kind
-                rate += others.pop(kind)
-            sc = Scenario(device="", app=kind, rate_rps=rate, train=train, other_apps=others)
-            out[name] = self.predict_latency(device_key, sc)
+        for name in apps:
+            scenarios = [row[name] for row in per_batch]
+            X = np.array([latency_features(book, sc) for sc in scenarios], dtype=float)
+            _, upper = self.p95.predict_bound(X.reshape(-1, len(LATENCY_FEATURES)))
+            if self.relative.get("p95"):
+                upper = upper * np.array([_solo(book, sc, "p95") for sc in scenarios])
+            out[name] = np.asarray(upper, dtype=float)
         return out
 
     # --- storage

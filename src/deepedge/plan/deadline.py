@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
+
 from deepedge.errors import PlanInfeasible, SpecError
-from deepedge.interference import InterferenceModel, TrainLoad
+from deepedge.interference import InterferenceModel
 from deepedge.plan.exact import solve_exact
 from deepedge.plan.explain import to_plan
 from deepedge.plan.heuristic import solve_heuristic
@@ -96,10 +98,10 @@ def cluster_problem(
             share /= float(d.cpu_cores or 1.0)
             rates = {a.name: (a.kind, a.rate_rps) for a in mine}
 
-            def bound(b: int, c: float, key: str = key, rates: dict = rates) -> dict[str, float]:
-                train = TrainLoad(b, c) if b > 0 else None
-                preds = interference.apps_beside_training(key, rates, train)
-                return {name: p.p95_upper_ms for name, p in preds.items()}
+            def bound(
+                batches: Sequence[int], c: float, key: str = key, rates: dict = rates
+            ) -> dict[str, np.ndarray]:
+                return interference.p95_upper_beside_training(key, rates, batches, c)
 
         a, s = step_models[d.name]
         options.append(

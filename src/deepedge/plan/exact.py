@@ -10,28 +10,74 @@ slowest step. Constraints:
     f_il·(a_i·z_il + s_i·b_il) ≤ T    every used device finishes within T
     Σ_k y_k = 1,  Σ_il z_il = Σ_k k·y_k
 
-minimise T + Σ_k C(k)·y_k. It proves optimality for small clusters (the benchmark uses
-n ≤ 12) and measures the heuristic's gap; it is not meant for hundreds of devices.
+minimise T + Σ_k C(k)·y_k, with T between the fractional lower bound and the heuristic's
+plan (no better plan has a longer compute step). It proves optimality for small clusters
+(the benchmark uses n ≤ 12) and measures the heuristic's gap; it is not meant for hundreds
+of devices. Caps above :data:`MAX_CAP` are refused: HiGHS accepts a binary within 1e-6 of
+0, and ``b ≤ cap·z`` would then let an "unused" device take ``1e-6·cap`` samples.
+HiGHS writes some progress to the C-level stdout even with ``disp`` off; it is kept out
+of the caller's output.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import lil_matrix
 
-from deepedge.errors import PlanInfeasible
+from deepedge.errors import PlanInfeasible, SpecError
+from deepedge.plan.heuristic import lower_bound_step_s, solve_heuristic
 from deepedge.plan.problem import PlanningProblem, Solution
 
-__all__ = ["solve_exact"]
+__all__ = ["MAX_CAP", "solve_exact"]
+
+MAX_CAP = 100_000
+"""Largest per-device cap the MILP represents exactly (see the module doc)."""
+
+_STDOUT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _highs_output_hidden() -> Iterator[None]:
+    """Send file descriptor 1 to a scratch file while HiGHS runs, then pass on whatever
+    other threads printed meanwhile, without HiGHS's own lines."""
+    with _STDOUT_LOCK, tempfile.TemporaryFile() as scratch:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(scratch.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            scratch.seek(0)
+            kept = [ln for ln in scratch.read().splitlines(keepends=True) if b"Highs" not in ln]
+            if kept:
+                sys.stdout.buffer.write(b"".join(kept))
+                sys.stdout.flush()
 
 
 def solve_exact(problem: PlanningProblem, *, time_limit_s: float = 60.0) -> Solution:
+    """The optimal plan, or the best found within ``time_limit_s`` (``optimal`` False)."""
     started = time.perf_counter()
     devices = problem.usable()
     B = problem.global_batch
+    biggest = max(lv.cap for d in devices for lv in d.levels)
+    if biggest > MAX_CAP:
+        raise SpecError(
+            f"the exact planner handles caps up to {MAX_CAP:,} samples per device, this "
+            f"problem has {biggest:,}",
+            hint="use the heuristic planner (the default), which is exact for small clusters",
+        )
+    heuristic = solve_heuristic(problem)
     pairs = [(i, j) for i, d in enumerate(devices) for j, lv in enumerate(d.levels) if lv.cap > 0]
     n, P = len(devices), len(pairs)
     ks = list(range(1, min(n, B) + 1))
@@ -65,21 +111,27 @@ def solve_exact(problem: PlanningProblem, *, time_limit_s: float = 60.0) -> Solu
         lo[r], hi[r] = low, high
     integrality = np.ones(nvar)
     integrality[iT] = 0
+    # No better plan computes longer than the heuristic's step minus the cheapest all-reduce.
+    t_hi = heuristic.step_s - min(problem.comm_s(k) for k in ks) + 1e-9
+    lower = np.zeros(nvar)
+    lower[iT] = lower_bound_step_s(problem) * (1 - 1e-9)
     upper = np.concatenate(
         [
             np.ones(P),
             [float(devices[i].levels[j].cap) for i, j in pairs],
             np.ones(ny),
-            [np.inf],
+            [max(t_hi, lower[iT])],
         ]
     )
-    res = milp(
-        c,
-        constraints=LinearConstraint(A.tocsr(), lo, hi),
-        integrality=integrality,
-        bounds=Bounds(np.zeros(nvar), upper),
-        options={"time_limit": time_limit_s, "disp": False},
-    )
+    left = max(0.1, time_limit_s - (time.perf_counter() - started))
+    with _highs_output_hidden():
+        res = milp(
+            c,
+            constraints=LinearConstraint(A.tocsr(), lo, hi),
+            integrality=integrality,
+            bounds=Bounds(lower, upper),
+            options={"time_limit": left, "disp": False},
+        )
     if res.x is None:
         raise PlanInfeasible(
             f"the exact planner found no solution ({res.message})",
@@ -97,7 +149,7 @@ def solve_exact(problem: PlanningProblem, *, time_limit_s: float = 60.0) -> Solu
         for p, (i, j) in enumerate(pairs)
         if x[iz + p] > 0.5
     )
-    return Solution(
+    sol = Solution(
         "exact",
         batches,
         intensities,
@@ -106,3 +158,11 @@ def solve_exact(problem: PlanningProblem, *, time_limit_s: float = 60.0) -> Solu
         time.perf_counter() - started,
         optimal=res.status == 0,
     )
+    try:
+        sol.check(problem)
+    except AssertionError as err:  # rounding broke a constraint: numerical trouble
+        raise PlanInfeasible(
+            f"the exact planner's solution does not round to a valid plan ({err})",
+            hint="use the heuristic planner (the default)",
+        ) from err
+    return sol

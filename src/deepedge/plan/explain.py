@@ -28,9 +28,15 @@ def to_plan(
         assert level is not None
         compute[name] = t
         note = f"{name}: {b} samples/step at intensity {level.intensity:g}, {t * 1e3:.0f} ms"
-        faster = [lv for lv in d.levels if lv.intensity > level.intensity]
-        if faster:
-            note += f" (throttled: {faster[0].binding or 'a higher intensity is slower here'})"
+        higher = [lv for lv in d.levels if lv.intensity > level.intensity]
+        blocked = [lv for lv in higher if b > lv.cap]
+        if blocked:
+            why = (
+                blocked[0].binding or f"intensity {blocked[0].intensity:g} allows {blocked[0].cap}"
+            )
+            note += f" (throttled: {why})"
+        elif higher:  # a higher level would allow b but is no faster: the apps' CPU share
+            note += " (a higher intensity would be no faster: the LC apps use the rest)"
         notes.append(note)
     for d in problem.devices:
         if d.name in sol.local_batches:
