@@ -34,22 +34,31 @@ _ALL_K = 64  # every k is tried up to this many devices; a geometric grid beyond
 
 
 class _Fleet:
-    """Vectorised devices: steps ``(a_i + s_i·b)·f_il`` within caps ``cap_il``."""
+    """Vectorised devices: steps ``(a_i + s_i·b)·f_il`` within caps ``cap_il``.
+
+    Levels are stored level-major (L × n), so the max over a device's levels is an
+    elementwise maximum of L contiguous rows, not a slow reduction over a short axis.
+    """
 
     def __init__(self, problem: PlanningProblem, devices: list[DeviceOption]) -> None:
         arr = problem.arrays(devices)
         self.devices = devices
         self.a, self.s, self.cap, self.slow = arr["a"], arr["s"], arr["cap"], arr["slow"]
-        self.max_cap = self.cap.max(axis=1)
+        self._inv_slow = np.ascontiguousarray((1.0 / self.slow).T)
+        self._cap_t = np.ascontiguousarray(self.cap.T)
+        self._inv_s = 1.0 / self.s
+        self.max_cap = self._cap_t.max(axis=0)
 
     def __len__(self) -> int:
         return len(self.devices)
 
     def fits(self, T: float, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Per device: the most samples whose step fits in T at some allowed level."""
-        room = T / self.slow[rows] - self.a[rows, None]
-        b = np.floor(room / self.s[rows, None] + 1e-9)
-        return np.clip(np.minimum(b, self.cap[rows]), 0, None).max(axis=1)
+        b = (T * self._inv_slow[:, rows] - self.a[rows]) * self._inv_s[rows] + 1e-9
+        np.floor(b, out=b)
+        np.minimum(b, self._cap_t[:, rows], out=b)
+        best = b.max(axis=0)
+        return np.maximum(best, 0.0, out=best)
 
     def subset(self, problem: PlanningProblem, rows: np.ndarray) -> _Fleet:
         return _Fleet(problem, [self.devices[i] for i in rows])
@@ -59,12 +68,15 @@ class _Fleet:
         return float(np.max((self.a + self.s * B) * self.slow.max(axis=1)))
 
 
-def _bisect(fleet: _Fleet, B: int, enough: Callable[[np.ndarray], bool]) -> float:
-    """Smallest T (to 1e-9 relative) with ``enough(fleet.fits(T))``; it holds at upper_T."""
+def _bisect(
+    fleet: _Fleet, B: int, enough: Callable[[np.ndarray], bool], rows: slice = slice(None)
+) -> float:
+    """Smallest T (to 1e-9 relative) with ``enough(fleet.fits(T, rows))``; it holds at
+    upper_T."""
     lo, hi = 0.0, fleet.upper_T(B)
     for _ in range(64):
         mid = (lo + hi) / 2
-        if enough(fleet.fits(mid)):
+        if enough(fleet.fits(mid, rows)):
             hi = mid
         else:
             lo = mid
@@ -86,7 +98,7 @@ def _prefix_T(fleet: _Fleet, k: int, B: int) -> float | None:
     """The smallest step at which the first k devices (in the fleet's order) fit B."""
     if fleet.max_cap[:k].sum() < B:
         return None
-    return _bisect(fleet, B, lambda b: b[:k].sum() >= B)
+    return _bisect(fleet, B, lambda b: b.sum() >= B, slice(0, k))
 
 
 def _chosen(fleet: _Fleet, k: int, T: float, *, prefix: bool) -> np.ndarray:

@@ -25,6 +25,7 @@ from deepedge.sim.fleet import (
     queueing_bound,
     synthetic_fleet,
 )
+from deepedge.sim.instances import small_instance
 
 __all__ = [
     "LC_CONTENTION",
@@ -36,5 +37,6 @@ __all__ = [
     "build_problem",
     "lc_p95_ms",
     "queueing_bound",
+    "small_instance",
     "synthetic_fleet",
 ]
