@@ -605,7 +605,12 @@ def interference_fit(
             part.chosen,
             f"{part.cv_error[part.chosen]:.1f} %",
             others,
-            f"{'×' if part.bound == 'upper' else '÷'}{math.exp(part.log_margin):.2f}",
+            f"{'×' if part.bound == 'upper' else '÷'}"
+            + (
+                f"{part.median_bound_factor():.2f} (median, adaptive)"
+                if part.conformal == "adaptive"
+                else f"{math.exp(part.log_margin):.2f}"
+            ),
         )
     console.print(table)
     if plots is not None:

@@ -52,6 +52,7 @@ from deepedge.interference.stressors import (
 )
 from deepedge.interference.surrogate import (
     NotEnoughPoints,
+    StaleModel,
     Surrogate,
     coverage,
     fit_surrogate,
@@ -59,7 +60,9 @@ from deepedge.interference.surrogate import (
 )
 from deepedge.interference.usage import (
     LATENCY_FEATURES,
+    LATENCY_MONOTONE,
     THROUGHPUT_FEATURES,
+    THROUGHPUT_MONOTONE,
     MissingUsage,
     UsageBook,
     latency_features,
@@ -68,11 +71,13 @@ from deepedge.interference.usage import (
 
 __all__ = [
     "LATENCY_FEATURES",
+    "LATENCY_MONOTONE",
     "MODEL_NAME",
     "PLAN_CAMPAIGN",
     "RESOURCE_STRESSORS",
     "STRESSOR_KINDS",
     "THROUGHPUT_FEATURES",
+    "THROUGHPUT_MONOTONE",
     "CampaignSettings",
     "Factor",
     "FactorSpace",
@@ -85,6 +90,7 @@ __all__ = [
     "Observation",
     "RunResult",
     "Scenario",
+    "StaleModel",
     "StressorProcess",
     "StressorUnavailable",
     "Surrogate",

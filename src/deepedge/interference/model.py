@@ -23,7 +23,9 @@ from deepedge.interference.lab import Scenario, TrainLoad
 from deepedge.interference.surrogate import NotEnoughPoints, Surrogate, fit_surrogate
 from deepedge.interference.usage import (
     LATENCY_FEATURES,
+    LATENCY_MONOTONE,
     THROUGHPUT_FEATURES,
+    THROUGHPUT_MONOTONE,
     UsageBook,
     latency_features,
     throughput_features,
@@ -174,9 +176,21 @@ class InterferenceModel:
             solo = np.array([_solo(o.book, o.scenario, q) for o in lat], dtype=float)
             # Latency itself, or the slowdown over the app alone: in log space their CV
             # residuals are the same quantity, so the lower CV error picks one fairly.
-            absolute = fit_surrogate(X, y, LATENCY_FEATURES, target=f"LC {q} latency", **kwargs)
+            absolute = fit_surrogate(
+                X,
+                y,
+                LATENCY_FEATURES,
+                target=f"LC {q} latency",
+                monotone=LATENCY_MONOTONE,
+                **kwargs,
+            )
             slowdown = fit_surrogate(
-                X, y / solo, LATENCY_FEATURES, target=f"LC {q} slowdown", **kwargs
+                X,
+                y / solo,
+                LATENCY_FEATURES,
+                target=f"LC {q} slowdown",
+                monotone=LATENCY_MONOTONE,
+                **kwargs,
             )
             better = slowdown.cv_log_error[slowdown.chosen] < absolute.cv_log_error[absolute.chosen]
             fitted[q], relative[q] = (slowdown, True) if better else (absolute, False)
@@ -191,11 +205,20 @@ class InterferenceModel:
                 THROUGHPUT_FEATURES,
                 target="training throughput",
                 bound="lower",
+                monotone=THROUGHPUT_MONOTONE,
                 **kwargs,
             )
         return cls(p95, p99, throughput, dict(books), relative, resident)
 
     # --- prediction
+
+    def check_features(self) -> None:
+        """Raise :class:`~deepedge.interference.surrogate.StaleModel` (saying to refit)
+        when a part was fitted on other features than this version computes."""
+        self.p95.require_features(LATENCY_FEATURES)
+        self.p99.require_features(LATENCY_FEATURES)
+        if self.throughput is not None:
+            self.throughput.require_features(THROUGHPUT_FEATURES)
 
     def book(self, device_key: str) -> UsageBook:
         book = self.books.get(device_key)
@@ -211,6 +234,7 @@ class InterferenceModel:
 
     def predict_latency(self, device_key: str, sc: Scenario) -> LatencyPrediction:
         """Tail latency of ``sc``'s target app beside its co-runners."""
+        self.check_features()
         book = self.book(device_key)
         x = [latency_features(book, sc)]
         out = []
@@ -235,6 +259,7 @@ class InterferenceModel:
                 "the interference model has no training-throughput part",
                 hint="profile with runs that include the training job, then refit",
             )
+        self.check_features()
         pred, low = self.throughput.predict_bound([throughput_features(self.book(device_key), sc)])
         return float(pred[0]), float(low[0])
 
@@ -262,6 +287,7 @@ class InterferenceModel:
         """Each app's p95 upper bound (ms) beside training at each of ``batches`` (0: no
         training) and ``intensity``: :meth:`apps_beside_training` for many batches in one
         surrogate call per app, so the planner can check every batch size."""
+        self.check_features()
         book = self.book(device_key)
         per_batch = [
             _app_scenarios(apps, TrainLoad(b, intensity) if b > 0 else None) for b in batches
@@ -294,6 +320,10 @@ class InterferenceModel:
 
     @classmethod
     def load(cls, kb: KnowledgeBase, name: str = MODEL_NAME) -> InterferenceModel:
+        """The model stored in ``kb``. Raises :class:`NoInterferenceModel` when there is
+        none, :class:`~deepedge.interference.surrogate.StaleModel` when it was fitted by
+        another version (another surrogate format, scikit-learn or feature set) and must
+        be refitted."""
         stored = kb.load_model(name)
         if stored is None:
             raise NoInterferenceModel(
@@ -306,7 +336,7 @@ class InterferenceModel:
                 "the stored interference model has an unknown format",
                 hint="refit it with `deepedge interference fit`",
             )
-        return cls(
+        model = cls(
             Surrogate.load(data["p95"]),
             Surrogate.load(data["p99"]),
             Surrogate.load(data["throughput"]) if data["throughput"] else None,
@@ -314,6 +344,8 @@ class InterferenceModel:
             dict(data.get("relative", {})),
             str(data.get("resident", "")),
         )
+        model.check_features()
+        return model
 
     def summary(self) -> dict[str, Any]:
         """What was fitted and how well it cross-validated (for reports and `fit`'s table)."""
@@ -329,7 +361,9 @@ class InterferenceModel:
                 "cv_p90_ape_pct": s.cv_p90_error,
                 "bound": s.bound,
                 "alpha": s.alpha,
+                "conformal": s.conformal,
                 "bound_factor": math.exp(s.log_margin),
+                "bound_factor_median": s.median_bound_factor(),
             }
             for name, s in parts.items()
         } | {"devices": [json.loads(k)["kind"] for k in self.books]}

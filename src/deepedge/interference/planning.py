@@ -28,7 +28,7 @@ from deepedge.interference.campaign import (
 from deepedge.interference.doe import Factor, FactorSpace
 from deepedge.interference.lab import InterferenceLab, Scenario, TrainLoad, device_key
 from deepedge.interference.model import InterferenceModel, NoInterferenceModel, observations
-from deepedge.interference.surrogate import min_points
+from deepedge.interference.surrogate import NotEnoughPoints, StaleModel, min_points
 from deepedge.interference.usage import LATENCY_FEATURES, UsageBook
 from deepedge.profile.kb import KnowledgeBase
 from deepedge.spec import ClusterSpec, JobSpec
@@ -137,6 +137,10 @@ def ensure_model(
             model = InterferenceModel.load(kb)
         except NoInterferenceModel:
             model = None
+        except StaleModel:
+            # fitted by another version: refit on the stored runs, which are still good
+            status("interference model: the stored one is stale, refitting it")
+            model = _refit(kb, job)
     todo = with_apps if model is None else missing_devices(model, spec, keys, job)
     if model is not None and not todo:
         status("interference model: reusing the stored one (it covers every LC app)")
@@ -173,8 +177,21 @@ def ensure_model(
                 kb.add_interference(
                     keys[sc.device], f"{PLAN_CAMPAIGN}:{spec.name}", sc.to_dict(), r.to_dict()
                 )
+    model = _refit(kb, job, required=True)
+    assert model is not None
+    return model
+
+
+def _refit(kb: KnowledgeBase, job: JobSpec, *, required: bool = False) -> InterferenceModel | None:
+    """Fit the model on every stored run for ``job`` and store it; None (unless
+    ``required``: then NotEnoughPoints) when the stored runs are too few."""
     books = load_books(kb, job)
     obs = observations(kb.interference_runs(), books)
-    model = InterferenceModel.fit(obs, books, resident=train_resident(job))
+    try:
+        model = InterferenceModel.fit(obs, books, resident=train_resident(job))
+    except NotEnoughPoints:
+        if required:
+            raise
+        return None
     model.save(kb)
     return model

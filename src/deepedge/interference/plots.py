@@ -100,12 +100,11 @@ def plot_sensitivity(
 def oof_scatter(model: InterferenceModel, obs: Sequence[Observation], path: Path) -> Path:
     """The p95 surrogate's out-of-fold predictions against what was measured."""
     rows = latency_rows(obs)
-    factor = float(np.exp(model.p95.log_margin))
     pred = model.out_of_fold_ms("p95", rows)
     return plot_predicted_vs_measured(
         [o.p95_ms for o in rows],
         pred,
-        pred * factor,
+        pred * model.p95.bound_factors(),
         [str(o.scenario.app) for o in rows],
         path,
         title=f"p95, out-of-fold ({model.p95.chosen}, {len(rows)} runs)",

@@ -7,6 +7,17 @@ run together is then described by the sum of its residents' vectors, and the sur
 model maps that description to latency. :class:`UsageBook` holds one device's solo
 measurements and interpolates between measured settings; :func:`latency_features` and
 :func:`throughput_features` turn a scenario into the model's inputs.
+
+The training co-runner also gets features of its own, because a summed consumption vector
+says almost nothing about how it hurts an LC app. Training runs at ``SCHED_IDLE`` inside
+the device's CPU-quota cgroup, so a request mostly suffers by *waiting behind the trainer's
+unbroken stretches* (an op that is not preempted, or the rest of a quota period the trainer
+used up), whose length grows with the local batch, in units of the device's per-sample step
+time, up to a cap, and which a request meets with probability about
+``p = min(intensity, 1 − the normal-priority CPU load)`` (see
+:func:`deepedge.sim.fleet.lc_p95_ms`, whose calibrated constants
+:data:`STRETCH_PER_SAMPLE` and :data:`STRETCH_CAP` mirror). Every feature is computed from
+solo usage books only, so a prediction needs no live cluster.
 """
 
 from __future__ import annotations
@@ -26,7 +37,12 @@ from deepedge.profile.kb import UsageRow
 
 __all__ = [
     "LATENCY_FEATURES",
+    "LATENCY_MONOTONE",
+    "STRETCH_CAP",
+    "STRETCH_PER_SAMPLE",
     "THROUGHPUT_FEATURES",
+    "THROUGHPUT_MONOTONE",
+    "TRAIN_FEATURES",
     "MissingUsage",
     "UsageBook",
     "latency_features",
@@ -35,6 +51,17 @@ __all__ = [
 
 _VECTOR = tuple(f for f in Usage.FIELDS if f != "samples_per_s")
 """The consumption fields that compose by addition (throughput is an outcome, not a load)."""
+
+# The simulator's calibrated constants (deepedge.sim.fleet LC_STRETCH_PER_SAMPLE and
+# LC_STRETCH_CAP; a unit test keeps them equal). Copied, not imported: deepedge.sim imports
+# the planner, which imports this package.
+STRETCH_PER_SAMPLE = 0.233
+"""φ: the trainer's unbroken stretch grows by this many per-sample step times per sample
+of local batch."""
+STRETCH_CAP = 3.496
+"""Q: the longest stretch a request waits behind, in per-sample step times."""
+_TAIL = 0.05
+"""1 − the predicted percentile (p95): a wait seen by fewer requests is not in the tail."""
 
 
 class MissingUsage(DeepEdgeError):
@@ -170,6 +197,16 @@ class UsageBook:
         u_lo, u_hi = at_batch(lo), at_batch(hi)
         return {k: (1 - w) * u_lo.get(k, 0.0) + w * u_hi.get(k, 0.0) for k in u_lo | u_hi}
 
+    def per_sample_ms(self) -> float:
+        """The device's per-sample training step time alone, in ms: at its largest
+        measured batch (fixed per-step costs amortised) and highest measured intensity."""
+        if not self.train:
+            raise self._missing("the training job")
+        batch = max(b for b, _ in self.train)
+        level = max(c for b, c in self.train if b == batch)
+        rate = float(self.train[(batch, level)].get("samples_per_s", 0.0))
+        return 1e3 / max(rate, 1e-3)
+
     def compose(
         self,
         *,
@@ -190,6 +227,26 @@ class UsageBook:
 
 
 _CO = tuple(f"co_{f}" for f in _VECTOR)
+TRAIN_FEATURES: tuple[str, ...] = (
+    "train_intensity",
+    "log_train_batch",
+    "log1p_train_step_ms",
+    "train_stretch_ms",
+    "train_share",
+    "log_train_wait",
+)
+"""The training co-runner's own latency features (all zero without training):
+
+* ``train_intensity``: its share c of the device's CPU;
+* ``log_train_batch``: log of its local batch b;
+* ``log1p_train_step_ms``: log(1 + its solo step time in ms at (b, c), b / samples/s);
+* ``train_stretch_ms``: the unbroken stretch a request may wait behind,
+  ``min(Q, φ·b) · t`` with t the device's per-sample step time;
+* ``train_share``: how often a request meets it, ``p = min(c, 1 − u)`` with u the normal-
+  priority CPU load (the app and its other co-runners) over the quota;
+* ``log_train_wait``: the stretch's share of the p95, ``log(1 + r(p)·stretch / solo p95)``
+  with ``r(p) = max(0, 1 − 0.05/p)`` (the simulator's queueing model as one feature).
+"""
 LATENCY_FEATURES: tuple[str, ...] = (
     *(f"app={k}" for k in APP_KINDS),
     "quota_cores",
@@ -200,8 +257,28 @@ LATENCY_FEATURES: tuple[str, ...] = (
     *_CO,
     "co_util",
     "total_util",
+    *TRAIN_FEATURES,
+    "cpu_throttle",
 )
-"""Inputs of the LC latency models, in order."""
+"""Inputs of the LC latency models, in order. ``cpu_throttle`` is the share of the
+device's CPU demand (its residents' solo demand, training included) its quota cannot
+serve, ``max(0, 1 − 1/total_util)``: how much of each period the cgroup spends throttled,
+when the LC app cannot run either."""
+
+LATENCY_MONOTONE: dict[str, int] = {
+    name: 1
+    for name in (
+        "rate_rps",
+        "own_util",
+        "co_cpu_cores",
+        "co_util",
+        "total_util",
+        *TRAIN_FEATURES,
+        "cpu_throttle",
+    )
+}
+"""Features the LC latency (and its slowdown over the app alone) never falls as they rise
+(more load, a bigger or busier trainer); the one-hots and the rest are unconstrained."""
 
 THROUGHPUT_FEATURES: tuple[str, ...] = (
     "quota_cores",
@@ -212,8 +289,47 @@ THROUGHPUT_FEATURES: tuple[str, ...] = (
     *_CO,
     "co_util",
     "total_util",
+    "train_share",
 )
-"""Inputs of the training-throughput model, in order."""
+"""Inputs of the training-throughput model, in order (``train_share``: the CPU share the
+trainer can get, ``min(intensity, 1 − co_util)``, as it yields to every co-runner)."""
+
+THROUGHPUT_MONOTONE: dict[str, int] = {
+    "intensity": 1,
+    "log_solo_samples_per_s": 1,
+    "train_share": 1,
+    "co_cpu_cores": -1,
+    "co_util": -1,
+}
+"""Features training throughput never falls (+1) or never rises (-1) as they rise."""
+
+
+def _train_features(
+    book: UsageBook,
+    train: TrainLoad | None,
+    solo: Mapping[str, float],
+    normal_util: float,
+    solo_p95_ms: float,
+) -> list[float]:
+    """:data:`TRAIN_FEATURES` of ``train`` (whose solo usage is ``solo``) beside a
+    normal-priority CPU load (over the quota) of ``normal_util``, for an app whose solo
+    p95 is ``solo_p95_ms``."""
+    if train is None:
+        return [0.0] * len(TRAIN_FEATURES)
+    c, b = train.intensity, train.batch
+    rate = max(float(solo.get("samples_per_s", 0.0)), 1e-3)
+    step_ms = 1e3 * b / rate
+    stretch_ms = min(STRETCH_CAP, STRETCH_PER_SAMPLE * b) * book.per_sample_ms()
+    p = min(c, max(0.0, 1.0 - normal_util))
+    seen = 1.0 - _TAIL / p if p > _TAIL else 0.0
+    return [
+        c,
+        math.log(b),
+        math.log1p(step_ms),
+        stretch_ms,
+        p,
+        math.log1p(seen * stretch_ms / max(solo_p95_ms, 1e-3)),
+    ]
 
 
 def latency_features(book: UsageBook, sc: Scenario) -> list[float]:
@@ -221,20 +337,26 @@ def latency_features(book: UsageBook, sc: Scenario) -> list[float]:
     if sc.app is None:
         raise ValueError("latency features need a scenario with a target LC app")
     own = book.app(sc.app, sc.rate_rps)
-    co = book.compose(stressors=sc.stressors, train=sc.train, apps=sc.other_apps)
+    normal = book.compose(stressors=sc.stressors, apps=sc.other_apps)
+    trainer = book.training(sc.train) if sc.train is not None else {}
+    co = {k: normal[k] + float(trainer.get(k, 0.0)) for k in _VECTOR}
     q = book.quota_cores
     own_util = own.get("cpu_cores", 0.0) / q
     co_util = co["cpu_cores"] / q
+    total = own_util + co_util
+    solo_p95 = max(own.get("p95_ms", 1e-3), 1e-3)
     return [
         *(1.0 if sc.app == k else 0.0 for k in APP_KINDS),
         q,
         sc.rate_rps,
         own_util,
-        math.log(max(own.get("p95_ms", 1e-3), 1e-3)),
+        math.log(solo_p95),
         math.log(max(own.get("p99_ms", 1e-3), 1e-3)),
         *(co[f] for f in _VECTOR),
         co_util,
-        own_util + co_util,
+        total,
+        *_train_features(book, sc.train, trainer, own_util + normal["cpu_cores"] / q, solo_p95),
+        max(0.0, 1.0 - 1.0 / total) if total > 0 else 0.0,
     ]
 
 
@@ -259,4 +381,5 @@ def throughput_features(book: UsageBook, sc: Scenario) -> list[float]:
         *(co[f] for f in _VECTOR),
         co_util,
         train_util + co_util,
+        min(sc.train.intensity, max(0.0, 1.0 - co_util)),
     ]
