@@ -40,6 +40,7 @@ from deepedge.profile import (
     KnowledgeBase,
     ProfileSettings,
     default_batches,
+    expected_step_s,
     fabric_key,
     measure_comm,
     measure_profiles,
@@ -226,11 +227,15 @@ class Retraining:
             }
             feasible_lb = math.fsum(per_size[b] for b in sizes)
         total = self.job.epochs * len(self.train_set)
+        plans = {p: builders[p]() for p in policies}
+        for name, plan in plans.items():
+            if plan.micro_batch is None:  # a static split waits for its slowest device each step
+                plans[name] = self._with_expected_step(plan, profiles, comm)
         return Planning(
             profiles,
             comm,
             excluded,
-            {p: builders[p]() for p in policies},
+            plans,
             lower_bound_from_models(models, len(self.train_set), B, self.job.epochs),
             total,
             profiling_s,
@@ -238,6 +243,23 @@ class Retraining:
             self.grad_bytes,
             feasible_lb,
         )
+
+    def _with_expected_step(
+        self, plan: Plan, profiles: Mapping[str, DeviceProfile], comm: CommModel | None
+    ) -> Plan:
+        """``plan`` predicting its step as the expected slowest device (each one's measured
+        step-to-step spread around its planned compute) plus the all-reduce: the largest
+        median alone misses the straggler wait every synchronous step pays."""
+        k = len(plan.local_batches)
+        comm_s = comm.predict(k, self.grad_bytes) if comm and k > 1 else 0.0
+        compute = {n: plan.predicted_compute_s.get(n) for n in plan.local_batches}
+        step = expected_step_s(
+            profiles,
+            plan.local_batches,
+            comm_s,
+            compute_s={n: t for n, t in compute.items() if t is not None},
+        )
+        return plan.model_copy(update={"predicted_step_s": step, "predicted_comm_s": comm_s})
 
     def training_memory_mb(self, batch: int) -> float:
         """Memory one worker needs at ``batch`` samples per step (runtime, data, model, step)."""

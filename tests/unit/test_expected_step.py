@@ -44,3 +44,13 @@ def test_noise_makes_the_expected_maximum_exceed_every_median():
     }
     medians = max(p.step_s(10) for p in noisy.values())
     assert expected_step_s(noisy, dict.fromkeys("abcde", 10)) > 1.05 * medians
+
+
+def test_a_plans_throttled_compute_replaces_the_profiles_step():
+    steady = {
+        "a": _profile("a", {10: [0.1] * 5, 20: [0.2] * 5}),
+        "b": _profile("b", {10: [0.3] * 5, 20: [0.6] * 5}),
+    }
+    # a at intensity 0.25 takes 0.8 s for its 20 samples: it, not b, is now the slowest
+    got = expected_step_s(steady, {"a": 20, "b": 10}, 0.05, compute_s={"a": 0.8})
+    assert got == pytest.approx(0.85)

@@ -262,6 +262,7 @@ def expected_step_s(
     local_batches: Mapping[str, int],
     comm_s: float = 0.0,
     *,
+    compute_s: Mapping[str, float] | None = None,
     draws: int = 4000,
     seed: int = 0,
 ) -> float:
@@ -269,11 +270,13 @@ def expected_step_s(
 
     The slowest device decides every step, and with noisy step times the expected
     maximum exceeds the largest median (five devices at 15 % noise: about +20 %). Each
-    device's noise is resampled from its own profile's measured spread.
+    device's noise is resampled from its own profile's measured spread, around
+    ``compute_s[name]`` where given (a plan's throttled compute), else the profile's step.
     """
     rng = np.random.default_rng(seed)
+    median = dict(compute_s or {})
     cols = [
-        profiles[n].step_s(b) * rng.choice(profiles[n].relative_spread(), draws)
+        median.get(n, profiles[n].step_s(b)) * rng.choice(profiles[n].relative_spread(), draws)
         for n, b in local_batches.items()
     ]
     return float(np.mean(np.max(np.column_stack(cols), axis=1))) + comm_s
