@@ -132,8 +132,7 @@ def trains(policy: dict[str, Any], device: str) -> bool:
 Model = Callable[[Sequence[float], Point], float]
 
 
-def chosen(theta: Sequence[float], p: Point) -> float:
-    kappa, phi, cap = theta
+def _at(p: Point, kappa: float, phi: float, cap: float) -> float:
     return lc_p95_ms(
         p.batch,
         p.intensity,
@@ -146,18 +145,14 @@ def chosen(theta: Sequence[float], p: Point) -> float:
     )
 
 
+def chosen(theta: Sequence[float], p: Point) -> float:
+    kappa, phi, cap = theta
+    return _at(p, kappa, phi, cap)
+
+
 def contention_only(theta: Sequence[float], p: Point) -> float:
     """No waiting term: batch does not matter (1 constant, κ)."""
-    return lc_p95_ms(
-        p.batch,
-        p.intensity,
-        solo_p95_ms=p.solo_p95_ms,
-        app_load=p.app_load,
-        per_sample_ms=p.per_sample_ms,
-        contention=theta[0],
-        stretch_per_sample=0.0,
-        stretch_cap=0.0,
-    )
+    return _at(p, theta[0], 0.0, 0.0)
 
 
 def cap_in_ms(theta: Sequence[float], p: Point) -> float:
