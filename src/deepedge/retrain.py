@@ -252,12 +252,8 @@ class Retraining:
         median alone misses the straggler wait every synchronous step pays."""
         k = len(plan.local_batches)
         comm_s = comm.predict(k, self.grad_bytes) if comm and k > 1 else 0.0
-        compute = {n: plan.predicted_compute_s.get(n) for n in plan.local_batches}
         step = expected_step_s(
-            profiles,
-            plan.local_batches,
-            comm_s,
-            compute_s={n: t for n, t in compute.items() if t is not None},
+            profiles, plan.local_batches, comm_s, compute_s=plan.predicted_compute_s
         )
         return plan.model_copy(update={"predicted_step_s": step, "predicted_comm_s": comm_s})
 

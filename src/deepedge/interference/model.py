@@ -236,13 +236,24 @@ class InterferenceModel:
         """Tail latency of ``sc``'s target app beside its co-runners."""
         self.check_features()
         book = self.book(device_key)
-        x = [latency_features(book, sc)]
         out = []
-        for q, part in (("p95", self.p95), ("p99", self.p99)):
-            scale = _solo(book, sc, q) if self.relative.get(q) else 1.0
-            value, bound = part.predict_bound(x)
-            out += [float(value[0]) * scale, float(bound[0]) * scale]
+        for q in ("p95", "p99"):
+            value, bound = self._latency_ms(q, book, [sc])
+            out += [float(value[0]), float(bound[0])]
         return LatencyPrediction(str(sc.app), *out, _solo(book, sc, "p95"))
+
+    def _latency_ms(
+        self, q: str, book: UsageBook, scenarios: Sequence[Scenario]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Latency quantile ``q`` of each scenario's app and its upper bound, in ms (a
+        slowdown surrogate's output times the app's solo latency)."""
+        part = self.p95 if q == "p95" else self.p99
+        X = np.array([latency_features(book, sc) for sc in scenarios], dtype=float)
+        value, bound = part.predict_bound(X.reshape(-1, len(LATENCY_FEATURES)))
+        if self.relative.get(q):
+            scale = np.array([_solo(book, sc, q) for sc in scenarios])
+            value, bound = value * scale, bound * scale
+        return value, bound
 
     def out_of_fold_ms(self, q: str, obs: Sequence[Observation]) -> np.ndarray:
         """Cross-validation predictions of latency quantile ``q`` ("p95"/"p99") in ms, for
@@ -292,15 +303,10 @@ class InterferenceModel:
         per_batch = [
             _app_scenarios(apps, TrainLoad(b, intensity) if b > 0 else None) for b in batches
         ]
-        out = {}
-        for name in apps:
-            scenarios = [row[name] for row in per_batch]
-            X = np.array([latency_features(book, sc) for sc in scenarios], dtype=float)
-            _, upper = self.p95.predict_bound(X.reshape(-1, len(LATENCY_FEATURES)))
-            if self.relative.get("p95"):
-                upper = upper * np.array([_solo(book, sc, "p95") for sc in scenarios])
-            out[name] = np.asarray(upper, dtype=float)
-        return out
+        return {
+            name: self._latency_ms("p95", book, [row[name] for row in per_batch])[1]
+            for name in apps
+        }
 
     # --- storage
 

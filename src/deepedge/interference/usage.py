@@ -15,8 +15,8 @@ unbroken stretches* (an op that is not preempted, or the rest of a quota period 
 used up), whose length grows with the local batch, in units of the device's per-sample step
 time, up to a cap, and which a request meets with probability about
 ``p = min(intensity, 1 − the normal-priority CPU load)`` (see
-:func:`deepedge.sim.fleet.lc_p95_ms`, whose calibrated constants
-:data:`STRETCH_PER_SAMPLE` and :data:`STRETCH_CAP` mirror). Every feature is computed from
+:func:`deepedge.sim.fleet.lc_p95_ms`, whose calibrated constants and waiting share are
+used here as they are). Every feature is computed from
 solo usage books only, so a prediction needs no live cluster.
 """
 
@@ -34,6 +34,9 @@ from deepedge.errors import DeepEdgeError
 from deepedge.interference.lab import Scenario, TrainLoad
 from deepedge.interference.stressors import Usage
 from deepedge.profile.kb import UsageRow
+from deepedge.sim.fleet import LC_STRETCH_CAP as STRETCH_CAP
+from deepedge.sim.fleet import LC_STRETCH_PER_SAMPLE as STRETCH_PER_SAMPLE
+from deepedge.sim.fleet import tail_wait_share, trainer_share
 
 __all__ = [
     "LATENCY_FEATURES",
@@ -51,17 +54,6 @@ __all__ = [
 
 _VECTOR = tuple(f for f in Usage.FIELDS if f != "samples_per_s")
 """The consumption fields that compose by addition (throughput is an outcome, not a load)."""
-
-# The simulator's calibrated constants (deepedge.sim.fleet LC_STRETCH_PER_SAMPLE and
-# LC_STRETCH_CAP; a unit test keeps them equal). Copied, not imported: deepedge.sim imports
-# the planner, which imports this package.
-STRETCH_PER_SAMPLE = 0.233
-"""φ: the trainer's unbroken stretch grows by this many per-sample step times per sample
-of local batch."""
-STRETCH_CAP = 3.496
-"""Q: the longest stretch a request waits behind, in per-sample step times."""
-_TAIL = 0.05
-"""1 − the predicted percentile (p95): a wait seen by fewer requests is not in the tail."""
 
 
 class MissingUsage(DeepEdgeError):
@@ -320,8 +312,8 @@ def _train_features(
     rate = max(float(solo.get("samples_per_s", 0.0)), 1e-3)
     step_ms = 1e3 * b / rate
     stretch_ms = min(STRETCH_CAP, STRETCH_PER_SAMPLE * b) * book.per_sample_ms()
-    p = min(c, max(0.0, 1.0 - normal_util))
-    seen = 1.0 - _TAIL / p if p > _TAIL else 0.0
+    p = trainer_share(c, normal_util)
+    seen = tail_wait_share(p)
     return [
         c,
         math.log(b),

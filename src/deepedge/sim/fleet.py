@@ -23,6 +23,8 @@ __all__ = [
     "lc_p95_ms",
     "queueing_bound",
     "synthetic_fleet",
+    "tail_wait_share",
+    "trainer_share",
 ]
 
 REFERENCE_PROFILE = ("orin-nano", 0.020, 0.004)
@@ -200,9 +202,20 @@ def _terms(
     if rho >= LC_RHO_MAX:
         return math.inf, 1.0  # the app's own queue cannot keep up: no deadline holds
     own = solo_p95_ms * grow * (1.0 - app_load) / (1.0 - rho)
-    p = min(intensity, 1.0 - app_load)
+    return own, tail_wait_share(trainer_share(intensity, app_load))
+
+
+def trainer_share(intensity: float, load: float) -> float:
+    """p: how often a request finds the trainer running, ``min(c, 1 − u)`` with u the
+    normal-priority CPU load (over the quota) it yields to."""
+    return min(intensity, max(0.0, 1.0 - load))
+
+
+def tail_wait_share(p: float) -> float:
+    """r(p): the share of a trainer stretch in the app's tail, ``max(0, 1 − (1 − tail)/p)``
+    (a wait that fewer than the tail's share of requests meet is not in the tail)."""
     tail = 1.0 - LC_TAIL
-    return own, (1.0 - tail / p if p > tail else 0.0)
+    return 1.0 - tail / p if p > tail else 0.0
 
 
 def queueing_bound(
