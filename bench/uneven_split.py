@@ -114,7 +114,7 @@ def main() -> int:
         f"apps under load. T_min = {lb:.2f} s. Median of {args.repeats} run(s) per policy.",
         "",
         "| policy | local batches | makespan (s) | / T_min | / equal split "
-        "| start-up (s) | median step (s) | predicted compute per step (s) |",
+        "| start-up (s) | median step (s) | predicted step (s): expected slowest + all-reduce |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for p, r in rows.items():
