@@ -308,7 +308,7 @@ def measure(args: argparse.Namespace, kb: KnowledgeBase, console: Console) -> di
             )
             phase("grid vs LHS slice study", t, lab.run_count - before)
         return {
-            "emulation": lab.cluster.mode.value,
+            "emulation": lab.cluster.emulation,
             "cluster": cluster.model_dump(mode="json"),
             "job": job.model_dump(mode="json"),
             "phases": phases,

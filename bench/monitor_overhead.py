@@ -56,7 +56,7 @@ def main() -> int:
             overhead = session.monitor.overhead()
             series = len(session.monitor.latest())
             samplers = session.monitor.samplers
-            emulation = session.cluster.mode.value
+            emulation = session.cluster.emulation
         rows[interval] = {
             "overhead_cores": overhead,
             "series": series,

@@ -144,7 +144,7 @@ def main() -> int:
             console.print(
                 f"  {label}: step {step_meas:.3f} s measured, {step_pred:.3f} s predicted"
             )
-        emulation = session.cluster.mode.value
+        emulation = session.cluster.emulation
 
     first = {r["device"]: r["measured_s"] for r in rows if r["run"] == "profiled B=128"}
     again = {r["device"]: r["measured_s"] for r in rows if r["run"] == "repeat B=128"}

@@ -333,7 +333,7 @@ def main() -> int:
             scenarios[name] = run_scenario(
                 name, cluster, job, base_state, kb, args.workdir, console, args.repeats, idle
             )
-    emulation = LocalCluster(demo_cluster).mode.value
+    emulation = LocalCluster(demo_cluster).emulation
     result = {
         "machine": machine(emulation),
         "job": job.model_dump(mode="json"),

@@ -89,7 +89,7 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "emulation": session.cluster.mode.value,
+            "emulation": session.cluster.emulation,
         },
         "job": job.model_dump(mode="json"),
         "devices": {
@@ -110,7 +110,7 @@ def main() -> int:
         "",
         f"Job: {job.model.arch} w{job.model.width}, {planning.total_samples} samples "
         f"({job.epochs} epochs), global batch {job.global_batch}; "
-        f"{len(session.spec.devices)} emulated devices ({session.cluster.mode.value}) with LC "
+        f"{len(session.spec.devices)} emulated devices ({session.cluster.emulation}) with LC "
         f"apps under load. T_min = {lb:.2f} s. Median of {args.repeats} run(s) per policy.",
         "",
         "| policy | local batches | makespan (s) | / T_min | / equal split "

@@ -647,7 +647,7 @@ def interference_predict(
         return
     with KnowledgeBase(_kb_path(kb), create=False) as base:
         model = InterferenceModel.load(base)
-    key = device_key(dev, spec, local.mode.value)
+    key = device_key(dev, spec, local.emulation)
     train = TrainLoad(batch, intensity) if batch > 0 else None
     preds = model.apps_beside_training(key, apps, train)
     title = f"b={batch}, intensity {intensity:g}" if train else "off"

@@ -211,7 +211,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     )
     report["demo_wall_s"] = time.time() - t_demo
     report["interference_s"] = interference_s
-    report["emulation"] = session.cluster.mode.value
+    report["emulation"] = session.cluster.emulation
     report["monitor"] = {
         "db": str(session.monitor_db),
         "overhead_cores": session.monitor.overhead() if session.monitor else None,

@@ -154,7 +154,7 @@ class Retraining:
                 + "; ".join(f"{e.device}: {e.reason}" for e in excluded),
                 hint="use a smaller model or global batch, or add devices with more memory",
             )
-        emulation = self.session.cluster.mode.value
+        emulation = self.session.cluster.emulation
         keys = {d.name: profile_key(d, spec, self.workload, emulation) for d in usable}
         cores = {d.name: d.cpu_cores or 1.0 for d in usable}
         runs = default_batches(cores, self.job.global_batch)
@@ -277,7 +277,7 @@ class Retraining:
 
         assert self.kb is not None
         spec = self.session.spec
-        emulation = self.session.cluster.mode.value
+        emulation = self.session.cluster.emulation
         keys = {d.name: device_key(d, spec, emulation) for d in spec.devices}
         apps = [a for a in spec.apps if a.device in profiles]
         model = InterferenceModel.load(self.kb) if apps else None

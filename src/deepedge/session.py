@@ -87,7 +87,7 @@ class EdgeSession:
                 dev.set_cpu_limit(None)
             network = "netns + tbf links" if self.cluster.fabric else "loopback"
             self.status(
-                f"booting {len(self.spec.devices)} devices ({self.cluster.mode.value}, {network})"
+                f"booting {len(self.spec.devices)} devices ({self.cluster.emulation}, {network})"
             )
             servers = {}
             for app in self.spec.apps:

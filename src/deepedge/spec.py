@@ -120,6 +120,9 @@ class ClusterSpec(_Spec):
     # loopback: all devices share this machine's loopback; netns: a namespace per device
     # with a tbf-shaped link of the device's link_mbps (needs root and iproute2)
     network: Literal["loopback", "netns"] = "loopback"
+    # pin each device to its own host CPUs (cpuset, or CPU affinity without one), so that
+    # where the scheduler happens to put a device's processes does not change its latency
+    pin_cpus: bool = True
 
     @model_validator(mode="after")
     def _check_references(self) -> ClusterSpec:

@@ -72,6 +72,22 @@ def test_devices_are_cgroups_with_the_catalog_limits(two_device_spec):
 
 
 @needs_cgroups
+def test_devices_are_pinned_to_their_own_host_cpus(two_device_spec):
+    with LocalCluster(two_device_spec) as cluster:
+        assert cluster.emulation.endswith("+pinned")
+        for device in cluster.devices.values():
+            proc = device.spawn(SLEEP_WITH_CHILD)
+            _wait_for(lambda d=device: len(d.pids()) == 2)
+            assert os.sched_getaffinity(proc.pid) == set(device.cpus)
+    unpinned = two_device_spec.model_copy(update={"pin_cpus": False})
+    with LocalCluster(unpinned) as cluster:
+        device = cluster.devices["fast"]
+        assert device.cpus is None and not cluster.emulation.endswith("+pinned")
+        proc = device.spawn(SLEEP_WITH_CHILD)
+        assert os.sched_getaffinity(proc.pid) == os.sched_getaffinity(0)
+
+
+@needs_cgroups
 def test_cpu_quota_limits_a_busy_process(two_device_spec):
     with LocalCluster(two_device_spec) as cluster:
         slow = cluster.devices["slow"]

@@ -70,7 +70,7 @@ def test_profiles_the_plans_operating_points_then_reuses_the_model(tmp_path):
         assert any("round 1/" in m for m in said)
 
         local = LocalCluster(CLUSTER)
-        keys = {d.name: device_key(d, local.spec, local.mode.value) for d in local.spec.devices}
+        keys = {d.name: device_key(d, local.spec, local.emulation) for d in local.spec.devices}
         assert missing_devices(model, local.spec, keys, JOB) == []
         # the model answers the planner's question on both devices
         for name, rate in (("big", 20.0), ("small", 10.0)):

@@ -30,3 +30,17 @@ def test_v2_usage_parsing(tmp_path):
     assert driver.cpu_usage_ns("g") == 1_500_000_000
     assert driver.cpu_throttled("g") == (7, 42_000)
     assert driver.memory_usage_bytes("g") == 12345
+
+
+def test_v2_pins_a_device_to_its_cpus_when_cpuset_is_available(tmp_path):
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    driver = CgroupV2Driver(tmp_path, cpuset=True)
+    driver.create(
+        "deepedge/s1/dev", cpu_cores=0.25, period_us=20000, memory_bytes=None, cpus=[3, 1]
+    )
+    assert (tmp_path / "deepedge/s1/dev/cpuset.cpus").read_text() == "1,3"
+    unpinned = CgroupV2Driver(tmp_path)
+    unpinned.create(
+        "deepedge/s1/other", cpu_cores=0.25, period_us=20000, memory_bytes=None, cpus=[1]
+    )
+    assert not (tmp_path / "deepedge/s1/other/cpuset.cpus").exists()

@@ -21,7 +21,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def demo_cluster() -> tuple[ClusterSpec, str]:
     """The demo cluster's spec (catalog defaults filled) and its emulation mode here."""
     local = LocalCluster(load_spec(ClusterSpec, EXAMPLES / "demo-cluster.yaml"))
-    return local.spec, local.mode.value
+    return local.spec, local.emulation
 
 
 def fill(kb_path: Path) -> None:

@@ -78,6 +78,11 @@ class ClusterBackend(Protocol):
     mode: EmulationMode
 
     @property
+    def emulation(self) -> str:
+        """Everything about the emulation that sets device speed, for profile keys."""
+        ...
+
+    @property
     def devices(self) -> Mapping[str, DeviceHandle]: ...
 
     def start(self) -> None: ...

@@ -4,6 +4,11 @@ Each emulated device is one cgroup (under the cpu and memory hierarchies on v1, 
 directory on v2) holding every process of that device, so training and the device's LC
 apps compete for the same quota-limited CPU and memory, as on a real board.
 
+Where the cpuset controller is available, a device's group also pins it to its own host
+CPUs (``cpus`` in :meth:`CgroupDriver.create`): a device whose processes wander across
+host CPUs sees its LC latency swing with where the scheduler put them, which is noise no
+model can learn from.
+
 Groups live under ``<root>/deepedge/<owner-pid>_<owner-start-time>/<device>``. The owner
 part lets a later run find groups whose owner died (SIGKILL, power loss) and reap them.
 """
@@ -17,6 +22,7 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -68,6 +74,7 @@ class CgroupDriver(ABC):
     """Creates, fills, measures and removes device groups on one cgroup version."""
 
     version: int
+    pins_cpus: bool = False  # whether ``create(cpus=...)`` fences devices to host CPUs
 
     @abstractmethod
     def dirs(self, group: str) -> list[Path]:
@@ -89,13 +96,24 @@ class CgroupDriver(ABC):
     @abstractmethod
     def memory_usage_bytes(self, group: str) -> int: ...
 
-    def _prepare_parent(self, group: str) -> None:  # noqa: B027 - optional hook
-        """Hook for v2, which must enable controllers on every ancestor; v1 needs nothing."""
+    def _set_cpus(self, group: str, cpus: str | None) -> None:  # noqa: B027 - optional hook
+        """Pin the group to host CPUs (a kernel CPU list such as ``"0,1"``; None: the parent's)."""
+
+    @abstractmethod
+    def _prepare_parent(self, group: str) -> None:
+        """Make every ancestor of ``group`` able to hold it with the controllers it uses."""
 
     # -- shared mechanics ------------------------------------------------------------
     def create(
-        self, group: str, *, cpu_cores: float | None, period_us: int, memory_bytes: int | None
+        self,
+        group: str,
+        *,
+        cpu_cores: float | None,
+        period_us: int,
+        memory_bytes: int | None,
+        cpus: Sequence[int] | None = None,
     ) -> None:
+        """Make the group with its limits; ``cpus`` pins it where :attr:`pins_cpus`."""
         self._prepare_parent(group)
         for d in self.dirs(group):
             try:
@@ -106,6 +124,8 @@ class CgroupDriver(ABC):
                     hint=_NO_CGROUP_HINT,
                 ) from None
         self.set_limits(group, cpu_cores=cpu_cores, period_us=period_us, memory_bytes=memory_bytes)
+        if self.pins_cpus:
+            self._set_cpus(group, ",".join(str(c) for c in sorted(cpus)) if cpus else None)
 
     def procs_files(self, group: str) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs(group)]
@@ -181,15 +201,41 @@ class CgroupDriver(ABC):
 class CgroupV1Driver(CgroupDriver):
     version = 1
 
-    def __init__(self, cpu_root: Path, memory_root: Path, cpuacct_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        cpu_root: Path,
+        memory_root: Path,
+        cpuacct_root: Path | None = None,
+        cpuset_root: Path | None = None,
+    ) -> None:
         self.cpu_root = cpu_root
         self.memory_root = memory_root
         # CPU time is accounted by cpuacct, which may be mounted apart from cpu.
         self.cpuacct_root = cpuacct_root if cpuacct_root not in (None, cpu_root) else None
+        self.cpuset_root = cpuset_root if cpuset_root not in (cpu_root, memory_root) else None
+        self.pins_cpus = self.cpuset_root is not None
 
     def dirs(self, group: str) -> list[Path]:
-        extra = [self.cpuacct_root / group] if self.cpuacct_root else []
+        extra = [r / group for r in (self.cpuacct_root, self.cpuset_root) if r]
         return [self.cpu_root / group, self.memory_root / group, *extra]
+
+    def _prepare_parent(self, group: str) -> None:
+        # A new v1 cpuset starts with no CPUs and no memory nodes, and a group without
+        # them can hold no process: every ancestor inherits its own parent's.
+        if not self.cpuset_root:
+            return
+        current = self.cpuset_root
+        for part in group.split("/")[:-1]:
+            parent, current = current, current / part
+            current.mkdir(exist_ok=True)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if not (current / name).read_text().strip():
+                    _write(current / name, (parent / name).read_text().strip())
+
+    def _set_cpus(self, group: str, cpus: str | None) -> None:
+        d = self.cpuset_root / group  # type: ignore[operator] - pins_cpus implies a root
+        _write(d / "cpuset.mems", (d.parent / "cpuset.mems").read_text().strip())
+        _write(d / "cpuset.cpus", cpus or (d.parent / "cpuset.cpus").read_text().strip())
 
     def set_limits(
         self, group: str, *, cpu_cores: float | None, period_us: int, memory_bytes: int | None
@@ -230,8 +276,9 @@ class CgroupV1Driver(CgroupDriver):
 class CgroupV2Driver(CgroupDriver):
     version = 2
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, cpuset: bool = False) -> None:
         self.root = root
+        self.pins_cpus = cpuset
 
     def dirs(self, group: str) -> list[Path]:
         return [self.root / group]
@@ -239,6 +286,7 @@ class CgroupV2Driver(CgroupDriver):
     def _prepare_parent(self, group: str) -> None:
         # v2: a controller is usable in a child only if every ancestor enables it.
         parts = group.split("/")[:-1]
+        controllers = ("cpu", "memory", "cpuset") if self.pins_cpus else ("cpu", "memory")
         current = self.root
         for part in ["", *parts]:
             current = current / part if part else current
@@ -246,9 +294,13 @@ class CgroupV2Driver(CgroupDriver):
                 current.mkdir(exist_ok=True)
             control = current / "cgroup.subtree_control"
             enabled = control.read_text().split() if control.exists() else []
-            for ctrl in ("cpu", "memory"):
+            for ctrl in controllers:
                 if ctrl not in enabled:
                     _write(control, f"+{ctrl}")
+
+    def _set_cpus(self, group: str, cpus: str | None) -> None:
+        if cpus:  # an empty v2 cpuset.cpus already means the parent's CPUs
+            _write(self.root / group / "cpuset.cpus", cpus)
 
     def set_limits(
         self, group: str, *, cpu_cores: float | None, period_us: int, memory_bytes: int | None
@@ -297,9 +349,11 @@ def detect_cgroups() -> tuple[CgroupDriver | None, str]:
     cpu = next((Path(m) for t, m, o in mounts if t == "cgroup" and "cpu" in o), None)
     mem = next((Path(m) for t, m, o in mounts if t == "cgroup" and "memory" in o), None)
     acct = next((Path(m) for t, m, o in mounts if t == "cgroup" and "cpuacct" in o), None)
+    cpuset = next((Path(m) for t, m, o in mounts if t == "cgroup" and "cpuset" in o), None)
     if cpu and mem:
         if _writable(cpu) and _writable(mem) and (acct is None or _writable(acct)):
-            return CgroupV1Driver(cpu, mem, acct), f"cgroup v1 at {cpu} and {mem}"
+            pinning = cpuset if cpuset and _writable(cpuset) else None
+            return CgroupV1Driver(cpu, mem, acct, pinning), f"cgroup v1 at {cpu} and {mem}"
         return None, f"cgroup v1 at {cpu} and {mem} is not writable (not root?)"
     for t, m, _ in mounts:
         if t != "cgroup2":
@@ -312,6 +366,6 @@ def detect_cgroups() -> tuple[CgroupDriver | None, str]:
         )
         if {"cpu", "memory"} <= set(controllers):
             if _writable(root):
-                return CgroupV2Driver(root), f"cgroup v2 at {root}"
+                return CgroupV2Driver(root, cpuset="cpuset" in controllers), f"cgroup v2 at {root}"
             return None, f"cgroup v2 at {root} is not writable (not root?)"
     return None, "no cgroup hierarchy with the cpu and memory controllers is mounted"

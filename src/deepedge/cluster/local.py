@@ -30,6 +30,7 @@ from deepedge.catalog import resolve_device
 from deepedge.cluster.api import DeviceUsage, EmulationMode
 from deepedge.cluster.cgroups import PARENT, CgroupDriver, detect_cgroups, owner_tag
 from deepedge.cluster.netns import CLONE_NEWNET, DeviceLink, NetworkFabric, netns_available
+from deepedge.cluster.placement import place_on_cpus
 from deepedge.errors import ClusterError
 from deepedge.spec import ClusterSpec, DeviceSpec
 
@@ -56,8 +57,10 @@ class LocalDevice:
         group: str,
         period_us: int,
         link: DeviceLink | None = None,
+        cpus: Sequence[int] | None = None,
     ) -> None:
         self._spec = spec
+        self.cpus = tuple(cpus) if cpus else None  # host CPUs this device is pinned to
         self.link = link
         self._driver = driver
         self._group = group
@@ -117,6 +120,7 @@ class LocalDevice:
                 cpu_cores=self._cpu_limit,
                 period_us=self._period_for(self._cpu_limit),
                 memory_bytes=self._memory_bytes(),
+                cpus=self.cpus,
             )
 
     def set_cpu_limit(self, cores: float | None) -> None:
@@ -143,6 +147,10 @@ class LocalDevice:
         )
 
         netns_fd: int | None = None
+        # Without a cpuset fence, pinning falls to the process's own CPU affinity.
+        affinity = (
+            self.cpus if self.cpus and not (self._driver and self._driver.pins_cpus) else None
+        )
 
         def enter_device() -> None:  # runs in the child between fork and exec
             _die_with_parent()
@@ -150,6 +158,8 @@ class LocalDevice:
             for f in procs_files:
                 with open(f, "w") as fh:
                     fh.write(pid)
+            if affinity:
+                os.sched_setaffinity(0, affinity)
             if netns_fd is not None and _libc.setns(netns_fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns into the device's network namespace")
 
@@ -288,6 +298,13 @@ class LocalCluster:
                     f"network: netns was asked for but {why}; devices share loopback "
                     "and links are NOT shaped"
                 )
+        placement = (
+            place_on_cpus(
+                {d.name: d.cpu_cores for d in self.spec.devices}, sorted(os.sched_getaffinity(0))
+            )
+            if spec.pin_cpus
+            else {}
+        )
         self._devices = {
             d.name: LocalDevice(
                 d,
@@ -295,6 +312,7 @@ class LocalCluster:
                 group=f"{self._session}/{d.name}",
                 period_us=spec.cpu_period_us,
                 link=self.fabric.links[d.name] if self.fabric else None,
+                cpus=placement.get(d.name),
             )
             for d in self.spec.devices
         }
@@ -309,6 +327,11 @@ class LocalCluster:
     def coordinator_address(self) -> str:
         """Where device processes reach the coordinator (rendezvous, agent control)."""
         return self.fabric.gateway if self.fabric else "127.0.0.1"
+
+    @property
+    def emulation(self) -> str:
+        """How devices are emulated, as far as it sets their speed (part of profile keys)."""
+        return f"{self.mode.value}+pinned" if self.spec.pin_cpus else self.mode.value
 
     @property
     def warnings(self) -> list[str]:

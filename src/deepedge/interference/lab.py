@@ -274,7 +274,7 @@ class InterferenceLab:
         return {d.name: d for d in self.spec.devices}
 
     def device_key(self, device: str) -> str:
-        return device_key(self.devices[device], self.spec, self.cluster.mode.value)
+        return device_key(self.devices[device], self.spec, self.cluster.emulation)
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

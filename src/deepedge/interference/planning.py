@@ -127,7 +127,7 @@ def ensure_model(
     """
     local = LocalCluster(spec, force_fallback=force_fallback)  # resolves; starts nothing
     spec = local.spec
-    keys = {d.name: device_key(d, spec, local.mode.value) for d in spec.devices}
+    keys = {d.name: device_key(d, spec, local.emulation) for d in spec.devices}
     with_apps = [d.name for d in spec.devices if _device_apps(spec, d.name)]
     if not with_apps:
         return None
