@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,24 @@ def machine(emulation: str) -> dict[str, Any]:
     }
 
 
+def git_commit() -> str:
+    """The commit the benchmark ran at, marked when the tree had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + (" (with uncommitted changes)" if git("status", "--porcelain") else "")
+
+
 def write_results(name: str, result: dict[str, Any], markdown: list[str]) -> None:
-    """``bench/results/<name>.json`` and ``.md``; the JSON gets a timestamp and the name."""
+    """``bench/results/<name>.json`` and ``.md``; both say when and at which commit."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
+    when, commit = time.strftime("%Y-%m-%dT%H:%M:%S%z"), result.get("commit") or git_commit()
+    result = {"benchmark": name, "when": when, **result, "commit": commit}
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / f"{name}.md").write_text("\n".join(markdown) + "\n")
+    footer = ["", f"Measured {when} at commit {commit}."]
+    (RESULTS / f"{name}.md").write_text("\n".join([*markdown, *footer]) + "\n")

@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from _common import RESULTS, write_results
+from _common import RESULTS, git_commit, write_results
 from deepedge.catalog import CATALOG
 from deepedge.sim.fleet import LC_RHO_MAX, LC_TAIL, lc_p95_ms
 
@@ -275,18 +274,6 @@ def bootstrap(points: list[Point], n: int, seed: int = 0) -> dict[str, list[floa
         k: [float(np.percentile(arr[:, j], 5)), float(np.percentile(arr[:, j], 95))]
         for j, k in enumerate(names)
     }
-
-
-def git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    head = git("rev-parse", "HEAD") or "unknown"
-    return head + (" (with uncommitted changes)" if git("status", "--porcelain") else "")
 
 
 def markdown(result: dict[str, Any]) -> list[str]:

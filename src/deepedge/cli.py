@@ -302,6 +302,7 @@ def train(
             console.print(f"excluded {e.device}: {e.reason}")
         console.print(f"plan {policy}: {plan.describe()}")
         run = retrain.run(plan)
+        console.print(retrain.learn([(plan, session.phases[-1])]).describe())
     test = build_dataset(job_spec.dataset, "test", drifted=True)
     model.load_state_dict(run.final_state()["model"])
     acc = evaluate(model, *test.to_tensors())

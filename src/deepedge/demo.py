@@ -191,12 +191,16 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             f"[bold]5/5 re-training[/] {job.epochs} epochs × "
             f"{math.ceil(len(drift_train) / job.global_batch)} steps per policy"
         )
+        ran = []
         for policy in POLICIES:
             plan = planning.plans[policy]
             with _progress(console) as prog:
                 total = job.epochs * math.ceil(len(drift_train) / job.global_batch)
                 task = prog.add_task(f"    {policy}: {plan.describe()}", total=total)
                 runs[policy] = retrain.run(plan, on_step=lambda e, s, t=task: prog.advance(t))
+            ran.append((plan, session.phases[-1]))
+        learned = retrain.learn(ran)
+        console.print(f"    {learned.describe()}")
     report = _report(
         job,
         cluster,
@@ -212,6 +216,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     report["demo_wall_s"] = time.time() - t_demo
     report["interference_s"] = interference_s
     report["emulation"] = session.cluster.emulation
+    report["learned"] = learned.summary()
     report["monitor"] = {
         "db": str(session.monitor_db),
         "overhead_cores": session.monitor.overhead() if session.monitor else None,

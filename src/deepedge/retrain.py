@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -46,10 +47,13 @@ from deepedge.profile import (
     measure_profiles,
     profile_key,
 )
-from deepedge.session import EdgeSession
+from deepedge.session import EdgeSession, Phase
 from deepedge.spec import ExcludedDevice, JobSpec, Plan
 from deepedge.train.local import job_model
 from deepedge.train.pool import ProfilePointResult, TrainRun
+
+if TYPE_CHECKING:
+    from deepedge.interference import LearnedRun
 
 __all__ = ["DEADLINE_POLICY", "POLICIES", "Planning", "Retraining"]
 
@@ -335,3 +339,24 @@ class Retraining:
         finally:
             self.session.mark(plan.policy, start)
         return run
+
+    def learn(self, runs: Sequence[tuple[Plan, Phase]]) -> LearnedRun:
+        """Store what each run (its plan and session phase) measured of every LC app in the
+        knowledge base and refit the interference model once, so the next deep-edge plan
+        rests on these runs too (see :mod:`deepedge.interference.learning`)."""
+        from deepedge.interference import LearnedRun, learn_from_runs
+
+        assert self.kb is not None
+        if not runs:
+            return LearnedRun([], {}, refitted=False)
+        records = self.session.lc_records(
+            min(p.start for _, p in runs), max(p.end for _, p in runs)
+        )
+        return learn_from_runs(
+            self.kb,
+            self.session.spec,
+            self.job,
+            [(plan, phase.start, phase.end) for plan, phase in runs],
+            records,
+            emulation=self.session.cluster.emulation,
+        )

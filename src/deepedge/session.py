@@ -65,10 +65,14 @@ class EdgeSession:
     agents: AgentPool = field(init=False)
     phases: list[Phase] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list)
+    live_records: list[RequestRecord] = field(default_factory=list)
+    """Records as the monitor drains them while the session runs (``records`` is complete
+    only once the session stops)."""
     monitor: Monitor | None = None
     metrics: MetricsServer | None = None
     _loadgen: LoadGenerator | None = None
     _store: TimeSeriesStore | None = None
+    _live_done_s: float = 0.0  # when the newest drained request finished
 
     def __post_init__(self) -> None:
         self.cluster = LocalCluster(self.spec, force_fallback=self.force_fallback)
@@ -130,7 +134,7 @@ class EdgeSession:
             return
         samplers, off = default_samplers(
             self.cluster.devices,
-            lc_drain=self._loadgen.drain if self._loadgen else None,
+            lc_drain=self._drain if self._loadgen else None,
             apps=self.spec.apps,
         )
         if self.monitor_db is None:
@@ -146,6 +150,40 @@ class EdgeSession:
         if self.metrics_port is not None:
             self.metrics = serve_metrics(self.monitor.latest, port=self.metrics_port)
             self.status(f"metrics on {self.metrics.url}")
+
+    def _drain(self) -> list[RequestRecord]:
+        assert self._loadgen is not None
+        records = self._loadgen.drain()
+        self.live_records.extend(records)
+        if records:
+            self._live_done_s = max(self._live_done_s, max(r.done_s for r in records))
+        return records
+
+    def lc_records(self, start_s: float, end_s: float) -> list[RequestRecord]:
+        """Every LC request scheduled in ``[start_s, end_s)``, while the session runs.
+
+        Requests are drained in the order they finish, and each finishes (or fails) within
+        the load generator's timeout; so once one that finished a timeout after ``end_s``
+        has been drained, every request of the slice is in, the slow ones included.
+        Needs the monitor, which drains them.
+        """
+        if self._loadgen is None:
+            return [r for r in self.records if start_s <= r.scheduled_s < end_s]
+        if self.monitor is None:
+            raise ClusterError(
+                "live LC latency needs the session's monitor, which is off",
+                hint="start the session with monitor_interval_s set",
+            )
+        complete_at = end_s + self._loadgen.timeout_s
+        deadline = time.monotonic() + 2 * self._loadgen.timeout_s + 10.0
+        while self._live_done_s < complete_at:
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    "the monitor stopped draining LC requests",
+                    hint="see the monitor's warnings in the session's output",
+                )
+            time.sleep(0.05)
+        return [r for r in list(self.live_records) if start_s <= r.scheduled_s < end_s]
 
     def mark(self, label: str, start: float, end: float | None = None) -> Phase:
         phase = Phase(label, start, end if end is not None else time.time())

@@ -21,6 +21,7 @@ from deepedge.cluster import detect_cgroups
 from deepedge.cluster.cgroups import PARENT
 from deepedge.data import build_dataset
 from deepedge.errors import TrainingError
+from deepedge.interference import MIN_RUN_REQUESTS
 from deepedge.models import build_model
 from deepedge.profile import KnowledgeBase, ProfileSettings
 from deepedge.retrain import Retraining
@@ -112,7 +113,17 @@ def test_uneven_ddp_run_follows_the_plan_and_checkpoints(retraining, session):
     assert state["epoch"] == 1 and state["local_batches"] == [
         plan.local_batches[d] for d in plan.devices
     ]
-    assert session.phases[-1].label == "proportional"
+    phase = session.phases[-1]
+    assert phase.label == "proportional"
+    # the run's LC requests are readable live, and become a row of the knowledge base
+    recs = session.lc_records(phase.start, phase.end)
+    assert recs and all(r.app == "cam" and phase.start <= r.scheduled_s < phase.end for r in recs)
+    learned = retraining.learn([(plan, phase)])
+    if len(recs) < MIN_RUN_REQUESTS:
+        assert f"{len(recs)} requests in the run" in learned.skipped["proportional/cam"]
+    else:
+        assert [r.app for r in learned.rows] == ["cam"]
+    assert not learned.refitted  # no interference model was ever fitted here
 
 
 def test_lc_requests_are_recorded_during_the_session(session):

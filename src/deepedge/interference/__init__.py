@@ -6,7 +6,8 @@ measures it on real emulated devices; :func:`calibrate` stores each resident's s
 resource-usage vector in the knowledge base; a Latin-hypercube design
 (:class:`FactorSpace`) picks co-location runs; :class:`InterferenceModel` fits surrogate
 models (chosen by cross-validation) from composed usage vectors to p95/p99 latency and
-training throughput, each with a conformal bound the planner can trust.
+training throughput, each with a conformal bound the planner can trust; and
+:func:`learn_from_runs` adds every training run's measured LC latency and refits.
 """
 
 from deepedge.interference.campaign import (
@@ -30,6 +31,13 @@ from deepedge.interference.lab import (
     TrainLoad,
     device_key,
 )
+from deepedge.interference.learning import (
+    MIN_RUN_REQUESTS,
+    RUN_CAMPAIGN,
+    LearnedRun,
+    RunLatency,
+    learn_from_runs,
+)
 from deepedge.interference.model import (
     MODEL_NAME,
     InterferenceModel,
@@ -43,6 +51,7 @@ from deepedge.interference.planning import (
     ensure_model,
     missing_devices,
     plan_scenarios,
+    refit,
 )
 from deepedge.interference.stressors import (
     STRESSOR_KINDS,
@@ -72,9 +81,11 @@ from deepedge.interference.usage import (
 __all__ = [
     "LATENCY_FEATURES",
     "LATENCY_MONOTONE",
+    "MIN_RUN_REQUESTS",
     "MODEL_NAME",
     "PLAN_CAMPAIGN",
     "RESOURCE_STRESSORS",
+    "RUN_CAMPAIGN",
     "STRESSOR_KINDS",
     "THROUGHPUT_FEATURES",
     "THROUGHPUT_MONOTONE",
@@ -84,10 +95,12 @@ __all__ = [
     "InterferenceLab",
     "InterferenceModel",
     "LatencyPrediction",
+    "LearnedRun",
     "MissingUsage",
     "NoInterferenceModel",
     "NotEnoughPoints",
     "Observation",
+    "RunLatency",
     "RunResult",
     "Scenario",
     "StaleModel",
@@ -106,12 +119,14 @@ __all__ = [
     "factor_space",
     "fit_surrogate",
     "latency_features",
+    "learn_from_runs",
     "load_books",
     "min_points",
     "missing_devices",
     "observations",
     "plan_scenarios",
     "profile_interference",
+    "refit",
     "run_scenarios",
     "scenario_from_point",
     "throughput_features",

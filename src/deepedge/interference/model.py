@@ -99,7 +99,7 @@ def _solo(book: UsageBook, sc: Scenario, q: str) -> float:
     return max(float(book.app(str(sc.app), sc.rate_rps).get(f"{q}_ms", 0.0)), 1e-3)
 
 
-def _app_scenarios(
+def app_scenarios(
     apps: Mapping[str, tuple[str, float]], train: TrainLoad | None
 ) -> dict[str, Scenario]:
     """Per app (name -> (kind, rate)) the scenario of it beside the device's other apps and
@@ -285,7 +285,7 @@ class InterferenceModel:
         the device's other apps count as co-runners of each."""
         return {
             name: self.predict_latency(device_key, sc)
-            for name, sc in _app_scenarios(apps, train).items()
+            for name, sc in app_scenarios(apps, train).items()
         }
 
     def p95_upper_beside_training(
@@ -301,7 +301,7 @@ class InterferenceModel:
         self.check_features()
         book = self.book(device_key)
         per_batch = [
-            _app_scenarios(apps, TrainLoad(b, intensity) if b > 0 else None) for b in batches
+            app_scenarios(apps, TrainLoad(b, intensity) if b > 0 else None) for b in batches
         ]
         return {
             name: self._latency_ms("p95", book, [row[name] for row in per_batch])[1]

@@ -33,7 +33,7 @@ from deepedge.interference.usage import LATENCY_FEATURES, UsageBook
 from deepedge.profile.kb import KnowledgeBase
 from deepedge.spec import ClusterSpec, JobSpec
 
-__all__ = ["PLAN_CAMPAIGN", "ensure_model", "missing_devices", "plan_scenarios"]
+__all__ = ["PLAN_CAMPAIGN", "ensure_model", "missing_devices", "plan_scenarios", "refit"]
 
 PLAN_CAMPAIGN = "plan"
 """Campaign name prefix of plan-targeted runs in the knowledge base."""
@@ -140,7 +140,7 @@ def ensure_model(
         except StaleModel:
             # fitted by another version: refit on the stored runs, which are still good
             status("interference model: the stored one is stale, refitting it")
-            model = _refit(kb, job)
+            model = refit(kb, job)
     todo = with_apps if model is None else missing_devices(model, spec, keys, job)
     if model is not None and not todo:
         status("interference model: reusing the stored one (it covers every LC app)")
@@ -177,12 +177,12 @@ def ensure_model(
                 kb.add_interference(
                     keys[sc.device], f"{PLAN_CAMPAIGN}:{spec.name}", sc.to_dict(), r.to_dict()
                 )
-    model = _refit(kb, job, required=True)
+    model = refit(kb, job, required=True)
     assert model is not None
     return model
 
 
-def _refit(kb: KnowledgeBase, job: JobSpec, *, required: bool = False) -> InterferenceModel | None:
+def refit(kb: KnowledgeBase, job: JobSpec, *, required: bool = False) -> InterferenceModel | None:
     """Fit the model on every stored run for ``job`` and store it; None (unless
     ``required``: then NotEnoughPoints) when the stored runs are too few."""
     books = load_books(kb, job)
