@@ -16,6 +16,7 @@ On real emulated devices (cgroups), it
 Writes bench/results/interference_accuracy.json, .md and a predicted-vs-measured PNG.
 
     .venv/bin/python bench/interference_accuracy.py [--train-runs 48] [--skip-study]
+    .venv/bin/python bench/interference_accuracy.py --study-only   # add step 5 to the last run
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
-from _common import RESULTS, machine, write_results
+from _common import RESULTS, git_commit, machine, write_results
 from deepedge.demo import default_specs
 from deepedge.interference import (
     LATENCY_FEATURES,
@@ -229,6 +230,48 @@ def analyse_slice(
     }
 
 
+def measure_held_out(
+    args: argparse.Namespace,
+    lab: InterferenceLab,
+    kb: KnowledgeBase,
+    books: dict[str, UsageBook],
+    kinds: list[str],
+    batches: tuple[int, ...],
+    settings: CampaignSettings,
+    phase: Callable[[str, float, int], None],
+) -> None:
+    """The design runs the model is fitted on, and every held-out set it is scored on."""
+    t = time.monotonic()
+    space = factor_space(list(lab.devices), lab.app_kinds, kinds, batches, settings)
+    train = run_scenarios(lab, kb, design(space, books, args.train_runs), campaign="train")
+    phase("train (LHS)", t, len(train))
+
+    t = time.monotonic()
+    held_out = replace(settings, train_weight=(0.3, 1.0))
+    test_space = factor_space(list(lab.devices), lab.app_kinds, kinds, batches, held_out)
+    test_sc = design(
+        test_space, books, args.test_runs, seed=101, sampler="random", settings=held_out
+    )
+    test = run_scenarios(lab, kb, test_sc, campaign="test")
+    phase("held-out (random, with training)", t, len(test))
+
+    t = time.monotonic()
+    rng = np.random.default_rng(7)
+    compose_sc = []
+    for sc in design(
+        test_space, books, args.compose_runs, seed=303, sampler="random", settings=held_out
+    ):
+        other = str(rng.choice([k for k in lab.app_kinds if k != sc.app]))
+        rate = books[sc.device].rate_for_load(other, float(rng.uniform(0.05, 0.2)))
+        compose_sc.append(replace(sc, stressors={}, other_apps={other: rate}))
+    compose = run_scenarios(lab, kb, compose_sc, campaign="compose")
+    phase("composed (two LC apps + training)", t, len(compose))
+
+    t = time.monotonic()
+    repeat = run_scenarios(lab, kb, test_sc[: args.repeats], campaign="repeat")
+    phase("repeats (noise floor)", t, len(repeat))
+
+
 def measure(args: argparse.Namespace, kb: KnowledgeBase, console: Console) -> dict:
     """Every measurement of the benchmark, stored in ``kb``; returns what analysis needs."""
     cluster = bench_cluster(args.period_us)
@@ -248,7 +291,9 @@ def measure(args: argparse.Namespace, kb: KnowledgeBase, console: Console) -> di
         cluster, job, args.workdir / "lab", status=console.print, **lab_options
     ) as lab:
         t = time.monotonic()
-        if args.reuse_calibration:
+        if args.study_only:
+            console.print(f"calibration and held-out runs: those stored in {kb.path}")
+        elif args.reuse_calibration:
             with KnowledgeBase(args.reuse_calibration, create=False) as old:
                 for row in old.usages():
                     kb.add_usage(row.device, row.resident, row.setting, row.usage)
@@ -262,35 +307,8 @@ def measure(args: argparse.Namespace, kb: KnowledgeBase, console: Console) -> di
         kinds = sorted({k for b in books.values() for k in b.stressors})
         batches = settings.batch_levels(job)
 
-        t = time.monotonic()
-        space = factor_space(list(lab.devices), lab.app_kinds, kinds, batches, settings)
-        train = run_scenarios(lab, kb, design(space, books, args.train_runs), campaign="train")
-        phase("train (LHS)", t, len(train))
-
-        t = time.monotonic()
-        held_out = replace(settings, train_weight=(0.3, 1.0))
-        test_space = factor_space(list(lab.devices), lab.app_kinds, kinds, batches, held_out)
-        test_sc = design(
-            test_space, books, args.test_runs, seed=101, sampler="random", settings=held_out
-        )
-        test = run_scenarios(lab, kb, test_sc, campaign="test")
-        phase("held-out (random, with training)", t, len(test))
-
-        t = time.monotonic()
-        rng = np.random.default_rng(7)
-        compose_sc = []
-        for sc in design(
-            test_space, books, args.compose_runs, seed=303, sampler="random", settings=held_out
-        ):
-            other = str(rng.choice([k for k in lab.app_kinds if k != sc.app]))
-            rate = books[sc.device].rate_for_load(other, float(rng.uniform(0.05, 0.2)))
-            compose_sc.append(replace(sc, stressors={}, other_apps={other: rate}))
-        compose = run_scenarios(lab, kb, compose_sc, campaign="compose")
-        phase("composed (two LC apps + training)", t, len(compose))
-
-        t = time.monotonic()
-        repeat = run_scenarios(lab, kb, test_sc[: args.repeats], campaign="repeat")
-        phase("repeats (noise floor)", t, len(repeat))
+        if not args.study_only:
+            measure_held_out(args, lab, kb, books, kinds, batches, settings, phase)
 
         if not args.skip_study:
             t, before = time.monotonic(), lab.run_count
@@ -307,7 +325,13 @@ def measure(args: argparse.Namespace, kb: KnowledgeBase, console: Console) -> di
                 console=console,
             )
             phase("grid vs LHS slice study", t, lab.run_count - before)
+        commit = git_commit()
+        if args.study_only:
+            earlier = json.loads((args.workdir / "measured.json").read_text())
+            phases = earlier["phases"] | phases
+            commit = earlier.get("held_out_commit", "unknown")
         return {
+            "held_out_commit": commit,
             "emulation": lab.cluster.emulation,
             "cluster": cluster.model_dump(mode="json"),
             "job": job.model_dump(mode="json"),
@@ -335,6 +359,7 @@ def analyse(args: argparse.Namespace, kb: KnowledgeBase, measured: dict) -> tupl
     result = {
         "machine": machine(measured["emulation"]),
         **{k: measured[k] for k in ("cluster", "job", "phases", "skipped_stressors")},
+        "held_out_commit": measured.get("held_out_commit", "unknown"),
         "model": model.summary(),
         "fit_s": round(fit_s, 2),
         "held_out": held,
@@ -379,12 +404,19 @@ def main() -> int:
         action="store_true",
         help="skip the measurements: refit and score the runs stored by the last full run",
     )
+    parser.add_argument(
+        "--study-only",
+        action="store_true",
+        help="run only the grid-vs-LHS study, on the knowledge base of the last full run",
+    )
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.lhs_sizes.split(",") if s]
     console = Console()
     args.workdir.mkdir(parents=True, exist_ok=True)
     kb_path, meta_path = args.workdir / "kb.sqlite", args.workdir / "measured.json"
-    if not args.analyse_only:
+    if args.study_only and args.skip_study:
+        parser.error("--study-only and --skip-study exclude each other")
+    if not (args.analyse_only or args.study_only):
         KnowledgeBase.reset(kb_path)  # a fresh, private knowledge base every run
     with KnowledgeBase(kb_path, create=not args.analyse_only) as kb:
         if args.analyse_only:

@@ -774,6 +774,8 @@ def cluster_info() -> None:
         console.print(f"[yellow]fallback emulation[/]: {reason}")
     else:
         console.print(f"[green]cgroup v{driver.version}[/]: {reason}")
+    fence = "the cpuset controller" if driver and driver.pins_cpus else "CPU affinity"
+    console.print(f"devices are pinned to host CPUs with {fence} (cluster spec: pin_cpus)")
 
 
 @app.command()
