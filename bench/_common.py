@@ -34,7 +34,9 @@ def git_commit() -> str:
         ).stdout.strip()
 
     head = git("rev-parse", "HEAD") or "unknown"
-    return head + (" (with uncommitted changes)" if git("status", "--porcelain") else "")
+    # the benchmark's own outputs (results, plots) are not changes to what it measured
+    changed = git("status", "--porcelain", "--", ".", ":(exclude)bench/results")
+    return head + (" (with uncommitted changes)" if changed else "")
 
 
 def write_results(name: str, result: dict[str, Any], markdown: list[str]) -> None:
