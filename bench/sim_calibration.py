@@ -79,7 +79,7 @@ def load(results: Path) -> tuple[list[Point], list[float], dict[str, Any]]:
     for sname, sc in emulated["scenarios"].items():
         for aname, app in sc["apps"].items():
             dev = app["device"]
-            idle = [p["apps"][aname] for p in sc["policies"].values() if not trains(p, dev)]
+            idle = [m[aname] for plan, m in runs_of(sc) if not trains(plan, dev)]
             p50s[(sname, aname)] = statistics.median(m["p50_ms"] for m in idle) if idle else None
             zero += [m["p95_ms"] / app["idle_p95_ms"] for m in idle]
     default_p50 = statistics.median(v for v in p50s.values() if v is not None)
@@ -87,18 +87,18 @@ def load(results: Path) -> tuple[list[Point], list[float], dict[str, Any]]:
         for aname, app in sc["apps"].items():
             dev, kind = app["device"], sc["devices"][app["device"]]
             p50 = p50s[(sname, aname)] or default_p50
-            for pname, pol in sc["policies"].items():
-                if not trains(pol, dev):
+            for plan, measured in runs_of(sc):
+                if not trains(plan, dev):
                     continue
-                m = pol["apps"][aname]
+                m = measured[aname]
                 rows.append(
                     Point(
                         sname,
-                        pname,
+                        plan["policy"],
                         aname,
                         kind,
-                        int(pol["local_batches"][dev]),
-                        float(pol["intensities"].get(dev, 1.0)),
+                        int(plan["local_batches"][dev]),
+                        float(plan["intensities"].get(dev, 1.0)),
                         float(m["p95_ms"]),
                         int(m["requests"]),
                         float(app["idle_p95_ms"]),
@@ -122,8 +122,21 @@ def json_load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def trains(policy: dict[str, Any], device: str) -> bool:
-    return int(policy["local_batches"].get(device, 0)) > 0
+def trains(plan: dict[str, Any], device: str) -> bool:
+    return int(plan["local_batches"].get(device, 0)) > 0
+
+
+def runs_of(scenario: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every static run of a scenario: (its plan, each app's latency over the run).
+
+    Dynamic dispatch has no fixed local batch, so its runs say nothing about one."""
+    out = []
+    for name, pol in scenario["policies"].items():
+        if pol["split"].startswith("dynamic"):
+            continue
+        for plan, apps in zip(pol["runs"], pol["apps"], strict=True):
+            out.append(({"policy": name, **plan}, apps))
+    return out
 
 
 # --- the model and the alternatives it is compared with ---------------------------------
