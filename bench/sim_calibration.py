@@ -43,7 +43,14 @@ from scipy.optimize import least_squares
 
 from _common import RESULTS, git_commit, write_results
 from deepedge.catalog import CATALOG
-from deepedge.sim.fleet import LC_RHO_MAX, LC_TAIL, lc_p95_ms
+from deepedge.sim.fleet import (
+    LC_CONTENTION,
+    LC_RHO_MAX,
+    LC_STRETCH_CAP,
+    LC_STRETCH_PER_SAMPLE,
+    LC_TAIL,
+    lc_p95_ms,
+)
 
 SOURCES = ("schedule_emulated.json", "profile_accuracy.json")
 # κ stays where every lab app's queue is stable (u ≤ 0.1): (1 + 5)·0.1 < 0.98
@@ -328,6 +335,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{f['in_sample']['median_ape_pct']:.1f} % | {f['in_sample']['worst_ape_pct']:.1f} % | "
             + (f"{loo['median_ape_pct']:.1f} % | {loo['worst_ape_pct']:.1f} % |" if loo else "| |")
         )
+    use = result["in_use"]
+    consts = ", ".join(f"{k} {v:g}" for k, v in use["constants"].items())
+    lines += [
+        f"| in use: `deepedge.sim` runs with | {consts} | {use['in_sample']['rms_log']:.3f} | "
+        f"{use['in_sample']['median_ape_pct']:.1f} % | {use['in_sample']['worst_ape_pct']:.1f} % "
+        "| | |"
+    ]
     z = result["solo_reference_noise"]
     prof = ", ".join(f"κ = {r['kappa']:g}: {r['rms_log']:.3f}" for r in result["kappa_profile"])
     lines += [
@@ -340,8 +354,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"(leave-one-out {ch['leave_one_out']['median_ape_pct']:.1f} %). "
         f"Noise of the solo reference: in {z['n']} phases where an app's device did not "
         f"train, p95 / idle p95 has median |log| {z['median_abs_log']:.3f} "
-        f"(range {z['min_ratio']:.2f}–{z['max_ratio']:.2f}): the idle p95 comes from a 4 s "
-        "window, so the fit is at that noise floor.",
+        f"(range {z['min_ratio']:.2f}–{z['max_ratio']:.2f}): the fit is at the noise of the "
+        "idle p95 it is relative to (one session's worth of requests per app).",
         "",
         "Limits: the lab's app loads are low (u "
         f"{result['data']['app_load_range'][0]:.2f}–{result['data']['app_load_range'][1]:.2f}) "
@@ -352,6 +366,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"Reproduce: `{result['command']}`",
     ]
     return lines
+
+
+def in_use(points: list[Point]) -> dict[str, Any]:
+    """The constants the simulator runs with, and the chosen form's error at them."""
+    theta = {"kappa": LC_CONTENTION, "phi": LC_STRETCH_PER_SAMPLE, "Q": LC_STRETCH_CAP}
+    log_res = residuals(chosen, list(theta.values()), points)
+    return {"constants": theta, "in_sample": errors(log_res)}
 
 
 def main() -> int:
@@ -375,6 +396,7 @@ def main() -> int:
         if args.bootstrap
         else {"resamples": 0, "intervals": {k: [v, v] for k, v in constants.items()}},
         "forms": forms,
+        "in_use": in_use(points),
         "kappa_profile": kappa_profile(points, (0.0, 0.25, 0.5, 1.0, 2.0)),
         "solo_reference_noise": {
             "n": len(zero),
