@@ -168,7 +168,9 @@ def measure_slice(
     n_test: int,
     console: Console,
 ) -> None:
-    """Run the slice study's held-out points, full grid and Latin hypercubes."""
+    """Run the slice study's held-out points, full grid and Latin hypercubes (replacing
+    any an earlier, perhaps interrupted, study stored)."""
+    kb.invalidate_interference(campaign_prefix="slice-")
     space = slice_space(device, batch)
     designs = {
         "slice-test": space.random(n_test, seed=202),

@@ -460,8 +460,15 @@ def test_interference_runs_filter_and_invalidate(tmp_path: Path) -> None:
         kb.add_usage("a", "app:x", {"rate_rps": 10.0}, {"cpu_cores": 0.1})
         assert [r.result["p95_ms"] for r in kb.interference_runs(campaign="train")] == [5.0]
         assert [r.device for r in kb.interference_runs(device="b")] == ["b"]
+        kb.add_interference("b", "slice-test", {"app": "y"}, {"p95_ms": 8.0})
+        kb.add_interference("b", "slicex", {"app": "y"}, {"p95_ms": 9.0})
+        # a prefix is literal: "_" and "%" match only themselves
+        assert kb.invalidate_interference(campaign_prefix="slice_") == 0
+        assert kb.invalidate_interference(campaign_prefix="slice-") == 1
+        assert [r.campaign for r in kb.interference_runs(device="b")] == ["test", "slicex"]
+        assert kb.usages("a")  # usage rows are no campaign's: untouched
         assert kb.invalidate_interference("a") == 2  # its run and its usage row
-        assert [r.device for r in kb.interference_runs()] == ["b"] and kb.usages() == []
+        assert {r.device for r in kb.interference_runs()} == {"b"} and kb.usages() == []
         assert kb.load_model("none") is None
         kb.save_model("m", b"blob", {"k": 1})
         kb.save_model("m", b"blob2", {"k": 2})  # replaced, not added

@@ -1025,14 +1025,22 @@ class KnowledgeBase:
             for d, c, sc, r, at in rows
         ]
 
-    def invalidate_interference(self, device: str | None = None) -> int:
-        """Mark usage rows and co-location runs stale (of one device key, or all)."""
+    def invalidate_interference(
+        self, device: str | None = None, *, campaign_prefix: str | None = None
+    ) -> int:
+        """Mark usage rows and co-location runs stale (of one device key, or all); with
+        ``campaign_prefix``, only the co-location runs of campaigns named so."""
         where, args = "stale_reason IS NULL", ()
         if device is not None:
             where, args = where + " AND device = ?", (device,)
+        tables = ("kb_usage", "kb_interference")
+        if campaign_prefix is not None:
+            escaped = campaign_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where, args = where + " AND campaign LIKE ? ESCAPE '\\'", (*args, escaped + "%")
+            tables = ("kb_interference",)
         with self._write() as conn:
             n = 0
-            for table in ("kb_usage", "kb_interference"):
+            for table in tables:
                 n += conn.execute(
                     f"UPDATE {table} SET stale_reason = 'invalidated by user' WHERE {where}", args
                 ).rowcount
