@@ -40,8 +40,15 @@ from deepedge.interference import ensure_model
 from deepedge.profile import KnowledgeBase
 from deepedge.retrain import DEADLINE_POLICY, Retraining
 from deepedge.session import EdgeSession
-from deepedge.train import job_model, train_local
-from schedule_emulated import IDLE_S, TIGHT_FACTOR, idle_p95_ms, slo_stats, with_deadlines
+from schedule_emulated import (
+    IDLE_S,
+    TIGHT_FACTOR,
+    base_state,
+    idle_p95_ms,
+    job_summary,
+    slo_stats,
+    with_deadlines,
+)
 
 
 def one_run(retrain: Retraining, session: EdgeSession, console: Console) -> dict[str, Any]:
@@ -157,16 +164,14 @@ def main() -> int:
         Path(f"{kb_path}{suffix}").unlink(missing_ok=True)
     shutil.copy(lab_kb, kb_path)
 
-    source = build_dataset(job.dataset, "train", drifted=False)
-    model = job_model(job, source)
-    train_local(model, *source.to_tensors(), job, epochs=3, batch=32)
+    start_state = base_state(job)
     train_set = build_dataset(job.dataset, "train", drifted=True)
     runs = []
     with (
         KnowledgeBase(kb_path) as kb,
         EdgeSession(cluster, args.workdir / "session", status=console.print) as session,
     ):
-        retrain = Retraining(session, job, train_set, model.state_dict(), kb=kb)
+        retrain = Retraining(session, job, train_set, start_state, kb=kb)
         time.sleep(IDLE_S)
         for i in range(args.runs):
             console.print(f"[bold]run {i + 1}/{args.runs}[/]")
@@ -176,8 +181,7 @@ def main() -> int:
     result = {
         "machine": machine(session.cluster.emulation),
         "job": job.model_dump(mode="json"),
-        "job_summary": f"{job.model.arch} w{job.model.width}, {job.dataset.train_size} samples × "
-        f"{job.epochs} epochs, global batch {job.global_batch}",
+        "job_summary": job_summary(job),
         "deadlines_ms": {a.name: a.deadline_ms for a in cluster.apps},
         "idle_p95_ms": idle,
         "wall_s": time.time() - t0,

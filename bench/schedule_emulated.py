@@ -114,6 +114,21 @@ def idle_p95_ms(cluster: ClusterSpec, workdir: Path, console: Console) -> dict[s
     return {name: s.p95_ms for name, s in stats.items()}
 
 
+def base_state(job: JobSpec) -> dict:
+    """The deployed model every run starts from: the job's model trained on undrifted data."""
+    source = build_dataset(job.dataset, "train", drifted=False)
+    model = job_model(job, source)
+    train_local(model, *source.to_tensors(), job, epochs=3, batch=32)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def job_summary(job: JobSpec) -> str:
+    return (
+        f"{job.model.arch} w{job.model.width}, {job.dataset.train_size} samples × "
+        f"{job.epochs} epochs, global batch {job.global_batch}"
+    )
+
+
 def with_deadlines(cluster: ClusterSpec, name: str, deadlines: dict[str, float]) -> ClusterSpec:
     """``cluster`` renamed, each app's deadline from ``deadlines`` (default: loose)."""
     apps = [
@@ -145,7 +160,7 @@ def run_scenario(
     name: str,
     cluster: ClusterSpec,
     job: JobSpec,
-    base_state: dict,
+    start_state: dict,
     kb: KnowledgeBase,
     workdir: Path,
     console: Console,
@@ -158,7 +173,7 @@ def run_scenario(
     model = job_model(job, train_set)
     runs: dict[str, list] = {p: [] for p in POLICIES}
     with EdgeSession(cluster, workdir / name, status=console.print) as session:
-        retrain = Retraining(session, job, train_set, base_state, kb=kb)
+        retrain = Retraining(session, job, train_set, start_state, kb=kb)
         time.sleep(IDLE_S)
         planning = retrain.plan(POLICIES)
         first_lb_lc = planning.feasible_lower_bound_s
@@ -357,10 +372,7 @@ def main() -> int:
     unknown = [s for s in wanted if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
-    source = build_dataset(job.dataset, "train", drifted=False)
-    model = job_model(job, source)
-    train_local(model, *source.to_tensors(), job, epochs=3, batch=32)
-    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    start_state = base_state(job)
 
     scenarios: dict[str, dict[str, Any]] = {}
     t0 = time.time()
@@ -382,7 +394,7 @@ def main() -> int:
                 name,
                 cluster,
                 job,
-                base_state,
+                start_state,
                 kb,
                 args.workdir,
                 console,
@@ -394,8 +406,7 @@ def main() -> int:
     result = {
         "machine": machine(emulation),
         "job": job.model_dump(mode="json"),
-        "job_summary": f"{job.model.arch} w{job.model.width}, {job.dataset.train_size} samples × "
-        f"{job.epochs} epochs, global batch {job.global_batch}",
+        "job_summary": job_summary(job),
         "wall_s": time.time() - t0,
         "scenarios": scenarios,
         "repeats": args.repeats,

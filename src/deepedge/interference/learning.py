@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from deepedge.apps import AppLatencyStats, RequestRecord, latency_summary
@@ -105,7 +105,7 @@ class LearnedRun:
 def run_latencies(
     spec: ClusterSpec,
     plan: Plan,
-    records: Iterable[RequestRecord],
+    records: Sequence[RequestRecord],
     start_s: float,
     end_s: float,
     *,
@@ -117,7 +117,6 @@ def run_latencies(
     when the plan has no fixed operating point (dynamic dispatch), when too few of its
     requests fall in the run, or when failures reach its p95.
     """
-    recs: Sequence[RequestRecord] = list(records)
     rows, skipped = [], {}
     for device in spec.devices:
         apps = {a.name: (a.kind, a.rate_rps) for a in spec.apps if a.device == device.name}
@@ -129,7 +128,9 @@ def run_latencies(
         batch = plan.local_batches.get(device.name, 0)
         train = TrainLoad(batch, plan.intensities.get(device.name, 1.0)) if batch else None
         for name, sc in app_scenarios(apps, train).items():
-            stats = latency_summary(recs, deadline_ms=1e9, start_s=start_s, end_s=end_s, app=name)
+            stats = latency_summary(
+                records, deadline_ms=1e9, start_s=start_s, end_s=end_s, app=name
+            )
             if stats.requests < min_requests:
                 skipped[name] = f"{stats.requests} requests in the run (< {min_requests})"
             elif not math.isfinite(stats.p95_ms):
@@ -144,7 +145,7 @@ def learn_from_runs(
     spec: ClusterSpec,
     job: JobSpec,
     runs: Sequence[tuple[Plan, float, float]],
-    records: Iterable[RequestRecord],
+    records: Sequence[RequestRecord],
     *,
     emulation: str,
     min_requests: int = MIN_RUN_REQUESTS,
@@ -158,7 +159,6 @@ def learn_from_runs(
     before these runs. The model is refitted only when one is stored and a row was added:
     without a lab fit there are no usage books to compose features from.
     """
-    recs = list(records)
     keys = {d.name: device_key(d, spec, emulation) for d in spec.devices}
     try:
         model: InterferenceModel | None = InterferenceModel.load(kb)
@@ -168,7 +168,7 @@ def learn_from_runs(
     skipped: dict[str, str] = {}
     for plan, start_s, end_s in runs:
         measured, missed = run_latencies(
-            spec, plan, recs, start_s, end_s, min_requests=min_requests
+            spec, plan, records, start_s, end_s, min_requests=min_requests
         )
         skipped.update({f"{plan.policy}/{app}": why for app, why in missed.items()})
         for device, app, sc, stats in measured:
