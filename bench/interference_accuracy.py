@@ -56,7 +56,7 @@ from deepedge.interference import (
     scenario_from_point,
 )
 from deepedge.interference.plots import plot_predicted_vs_measured
-from deepedge.interference.surrogate import ape
+from deepedge.interference.surrogate import NotEnoughPoints, ape
 from deepedge.profile import KnowledgeBase
 from deepedge.spec import ClusterSpec
 
@@ -202,14 +202,17 @@ def analyse_slice(
     def score(train: Sequence[Row]) -> dict:
         # Point accuracy only: the bound is not compared here, so a loose alpha lets the
         # smallest designs fit (the conformal quantile needs about 1/alpha points).
-        s = fit_surrogate(
-            features(train)[:, varying],
-            [r[2]["p95_ms"] for r in train],
-            names,
-            target="p95 (slice)",
-            alpha=0.5,
-            folds=4,
-        )
+        try:
+            s = fit_surrogate(
+                features(train)[:, varying],
+                [r[2]["p95_ms"] for r in train],
+                names,
+                target="p95 (slice)",
+                alpha=0.5,
+                folds=4,
+            )
+        except NotEnoughPoints as err:  # a design smaller than the model's minimum
+            return {"runs": len(train), "chosen": None, "too_few": err.one_line()}
         pred = s.predict(features(test)[:, varying])
         return errors([r[2]["p95_ms"] for r in test], pred) | {
             "runs": len(train),
@@ -219,7 +222,9 @@ def analyse_slice(
     results = {name: score(rows) for name, rows in designs.items()}
     grid_err = results[grid_name]["median_ape_pct"]
     matching = [
-        d["runs"] for n, d in results.items() if n != grid_name and d["median_ape_pct"] <= grid_err
+        d["runs"]
+        for n, d in results.items()
+        if n != grid_name and d.get("median_ape_pct", math.inf) <= grid_err
     ]
     grid_runs = results[grid_name]["runs"]
     return {
@@ -496,6 +501,8 @@ def markdown(r: dict) -> list[str]:
             lines.append(
                 f"| {name} | {d['runs']} | {d['chosen']} | {d['median_ape_pct']:.1f} % | "
                 f"{d['p90_ape_pct']:.1f} % | {d['worst_ape_pct']:.1f} % |"
+                if d.get("chosen")
+                else f"| {name} | {d['runs']} | too few runs to fit the model | | | |"
             )
         ratio = s["run_ratio"]
         lines += [
