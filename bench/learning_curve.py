@@ -6,7 +6,7 @@ plan-targeted interference model is built once (cached in ``--workdir``); each b
 starts from a copy of that knowledge base, so no earlier bench run's rows are in it.
 
 In one session, the same job then runs ``--runs`` times under the deep-edge plan. After
-each run, :meth:`~deepedge.retrain.Retraining.learn` stores every LC app's latency over the
+each run, :meth:`~deepedge.control.RunController.learn` stores every LC app's latency over the
 run and refits the model, and the next run is planned on the refitted model. Per run: the
 plan, the makespan, the SLO windows violated, and per app the model's p95 upper bound at
 the plan's operating point (as the model stood *before* the run) over the run's measured
@@ -34,12 +34,11 @@ import matplotlib.pyplot as plt
 from rich.console import Console
 
 from _common import RESULTS, machine, write_results
+from deepedge.control import DEADLINE_POLICY, RunController, RunOptions
 from deepedge.data import build_dataset
 from deepedge.demo import _quick, default_specs
 from deepedge.interference import ensure_model
 from deepedge.profile import KnowledgeBase
-from deepedge.retrain import DEADLINE_POLICY, Retraining
-from deepedge.session import EdgeSession
 from schedule_emulated import (
     IDLE_S,
     TIGHT_FACTOR,
@@ -51,14 +50,14 @@ from schedule_emulated import (
 )
 
 
-def one_run(retrain: Retraining, session: EdgeSession, console: Console) -> dict[str, Any]:
+def one_run(ctl: RunController, console: Console) -> dict[str, Any]:
     """Plan on the stored model, train, learn from the run; what the run showed."""
-    planning = retrain.plan((DEADLINE_POLICY,))
-    plan = planning.plans[DEADLINE_POLICY]
+    plan = ctl.plan((DEADLINE_POLICY,)).plans[DEADLINE_POLICY]
     console.print(f"  plan: {plan.describe()}")
-    run = retrain.run(plan)
-    phase = session.phases[-1]
-    learned = retrain.learn([(plan, phase)])
+    done = ctl.train(plan)
+    run, phase, session = done.run, done.phase, ctl.session
+    assert session is not None
+    learned = ctl.learn([done])
     console.print(f"  {run.wall_s:.1f} s; {learned.describe()}")
     stats = slo_stats(
         session.lc_records(phase.start, phase.end), session.spec, phase.start, phase.end
@@ -167,19 +166,20 @@ def main() -> int:
     start_state = base_state(job)
     train_set = build_dataset(job.dataset, "train", drifted=True)
     runs = []
-    with (
-        KnowledgeBase(kb_path) as kb,
-        EdgeSession(cluster, args.workdir / "session", status=console.print) as session,
-    ):
-        retrain = Retraining(session, job, train_set, start_state, kb=kb)
-        time.sleep(IDLE_S)
+    options = RunOptions(
+        out=args.workdir, kb=kb_path, session_dir=args.workdir / "session", settle_s=IDLE_S
+    )
+    with RunController(
+        cluster, job, options, train_set=train_set, initial_state=start_state, status=console.print
+    ) as ctl:
         for i in range(args.runs):
             console.print(f"[bold]run {i + 1}/{args.runs}[/]")
-            runs.append(one_run(retrain, session, console))
+            runs.append(one_run(ctl, console))
+    assert ctl.session is not None
     png = RESULTS / "learning_curve.png"
     plot(runs, png)
     result = {
-        "machine": machine(session.cluster.emulation),
+        "machine": machine(ctl.session.cluster.emulation),
         "job": job.model_dump(mode="json"),
         "job_summary": job_summary(job),
         "deadlines_ms": {a.name: a.deadline_ms for a in cluster.apps},

@@ -26,11 +26,11 @@ from typing import Any
 from rich.console import Console
 
 from _common import machine, write_results  # bench/ is on sys.path when run as a script
+from deepedge.control import Retraining
 from deepedge.data import build_dataset
 from deepedge.demo import default_specs
 from deepedge.plan import equal_split, profiled_split
 from deepedge.profile import KnowledgeBase, ProfileSettings, expected_step_s
-from deepedge.retrain import Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import JobSpec, Plan
 from deepedge.train import TrainRun, job_model

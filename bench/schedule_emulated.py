@@ -38,12 +38,11 @@ from rich.console import Console
 
 from _common import machine, write_results
 from deepedge.apps import AppLatencyStats, latency_summary, summarize_apps
-from deepedge.cluster import LocalCluster
+from deepedge.cluster import make_backend
+from deepedge.control import DEADLINE_POLICY, PolicyRun, RunController, RunOptions
 from deepedge.data import build_dataset
 from deepedge.demo import _quick, default_specs
-from deepedge.interference import ensure_model
 from deepedge.profile import KnowledgeBase
-from deepedge.retrain import DEADLINE_POLICY, Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import ClusterSpec, JobSpec
 from deepedge.train import evaluate, job_model, train_local
@@ -172,52 +171,52 @@ def run_scenario(
     train_set = build_dataset(job.dataset, "train", drifted=True)
     test = build_dataset(job.dataset, "test", drifted=True)
     model = job_model(job, train_set)
-    runs: dict[str, list] = {p: [] for p in POLICIES}
-    with EdgeSession(cluster, workdir / name, status=console.print) as session:
-        retrain = Retraining(session, job, train_set, start_state, kb=kb)
-        time.sleep(IDLE_S)
-        planning = retrain.plan(POLICIES)
+    runs: dict[str, list[PolicyRun]] = {p: [] for p in POLICIES}
+    options = RunOptions(out=workdir / name, policies=POLICIES, kb=kb, settle_s=IDLE_S)
+    with RunController(
+        cluster, job, options, train_set=train_set, initial_state=start_state, status=console.print
+    ) as ctl:
+        planning = ctl.plan()
         first_lb_lc = planning.feasible_lower_bound_s
         plans = dict(planning.plans)
         # the session's first run pays for cold caches and first-touch start-up (~20 % in
         # earlier runs); it would land on whichever policy round 1 starts with
         console.print(f"  {name}: warm-up run, not counted")
-        retrain.run(plans["proportional"])
+        ctl.train(plans["proportional"])
         for r in range(repeats):
             ran = []
             for policy in POLICIES[r % len(POLICIES) :] + POLICIES[: r % len(POLICIES)]:
                 plan = plans[policy]
                 console.print(f"  {name}/{policy} (round {r + 1}): {plan.describe()}")
-                run = retrain.run(plan)
-                runs[policy].append((run, session.phases[-1], plan))
-                ran.append((plan, session.phases[-1]))
-                console.print(f"    {run.wall_s:.1f} s")
+                done = ctl.train(plan)
+                runs[policy].append(done)
+                ran.append(done)
+                console.print(f"    {done.run.wall_s:.1f} s")
             if learn and r + 1 < repeats:  # the next round's deep-edge plan knows this one
-                console.print(f"  {retrain.learn(ran).describe()}")
-                planning = retrain.plan((DEADLINE_POLICY,))
+                console.print(f"  {ctl.learn(ran).describe()}")
+                planning = ctl.plan((DEADLINE_POLICY,))
                 plans[DEADLINE_POLICY] = planning.plans[DEADLINE_POLICY]
-        records = session.records  # filled when the session stops its load generator
+    assert ctl.session is not None
+    records = ctl.session.records  # complete once the session has stopped its load generator
     lb, lb_lc = planning.lower_bound_s, planning.feasible_lower_bound_s
-    equal = statistics.median(run.wall_s for run, _, _ in runs["equal"])
+    equal = statistics.median(d.run.wall_s for d in runs["equal"])
     rows = {}
     for policy, done in runs.items():
-        per_run = [slo_stats(records, cluster, phase.start, phase.end) for _, phase, _ in done]
-        model.load_state_dict(done[-1][0].final_state()["model"])
-        plan = done[-1][2]
-        makespan = statistics.median(run.wall_s for run, _, _ in done)
+        per_run = [slo_stats(records, cluster, d.phase.start, d.phase.end) for d in done]
+        model.load_state_dict(done[-1].run.final_state()["model"])
+        plan = done[-1].plan
+        makespan = statistics.median(d.run.wall_s for d in done)
         worst = max(
             (s.p95_ms / s.deadline_ms for stats in per_run for s in stats.values() if s.requests),
             default=math.nan,
         )
         rows[policy] = {
             "makespan_s": makespan,
-            "makespans_s": [run.wall_s for run, _, _ in done],
+            "makespans_s": [d.run.wall_s for d in done],
             "ratio_to_lower_bound": makespan / lb,
             "ratio_to_feasible_lower_bound": makespan / lb_lc if lb_lc else None,
             "ratio_to_equal": makespan / equal,
-            "median_step_s": statistics.median(
-                t for run, _, _ in done for t in run.step_durations_s()
-            ),
+            "median_step_s": statistics.median(t for d in done for t in d.run.step_durations_s()),
             "predicted_step_s": plan.predicted_step_s,
             "split": plan.describe(),
             "local_batches": plan.local_batches,
@@ -240,12 +239,12 @@ def run_scenario(
             "apps": [{a: s.to_dict() for a, s in stats.items()} for stats in per_run],
             "runs": [
                 {
-                    "split": p.describe(),
-                    "local_batches": p.local_batches,
-                    "intensities": p.intensities,
-                    "makespan_s": run.wall_s,
+                    "split": d.plan.describe(),
+                    "local_batches": d.plan.local_batches,
+                    "intensities": d.plan.intensities,
+                    "makespan_s": d.run.wall_s,
                 }
-                for run, _, p in done
+                for d in done
             ],
             "accuracy": evaluate(model, *test.to_tensors()),
         }
@@ -305,7 +304,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "the same within each device's LC and memory limits"
         + (
             " (as the last deep-edge plan knew them). After each round the session's runs "
-            "are learned from (Retraining.learn) and deep-edge is planned again, so its "
+            "are learned from (RunController.learn) and deep-edge is planned again, so its "
             "first run rests on the lab's model and later ones on the runs too."
             if result.get("learn")
             else "."
@@ -394,7 +393,6 @@ def main() -> int:
             else:
                 deadlines = {}
             cluster = with_deadlines(base, f"{name}-edge", deadlines)
-            ensure_model(cluster, job, kb, args.workdir / "interference", status=console.print)
             console.print(f"[bold]{name}[/]")
             scenarios[name] = run_scenario(
                 name,
@@ -408,7 +406,7 @@ def main() -> int:
                 idle,
                 not args.no_learn,
             )
-    emulation = LocalCluster(demo_cluster).emulation
+    emulation = make_backend(demo_cluster).emulation
     result = {
         "machine": machine(emulation),
         "job": job.model_dump(mode="json"),

@@ -11,25 +11,19 @@ and against the equal split run in the same session. Writes bench/results/uneven
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
+from _common import machine, write_results
+from deepedge.control import BASELINES, RunController, RunOptions
 from deepedge.data import build_dataset
 from deepedge.demo import default_specs
-from deepedge.profile import KnowledgeBase
-from deepedge.retrain import POLICIES, Retraining
-from deepedge.session import EdgeSession
 from deepedge.train import job_model
 
-RESULTS = Path(__file__).parent / "results"
+POLICIES = BASELINES
 
 
 def main() -> int:
@@ -50,10 +44,13 @@ def main() -> int:
     makespans: dict[str, list[float]] = {p: [] for p in POLICIES}
     startups: dict[str, list[float]] = {p: [] for p in POLICIES}
     step_medians: dict[str, list[float]] = {p: [] for p in POLICIES}
-    with EdgeSession(cluster, args.workdir, status=console.print) as session:
-        kb = KnowledgeBase(args.workdir / "kb.sqlite")
-        retrain = Retraining(session, job, train_set, model.state_dict(), kb=kb)
-        planning = retrain.plan(POLICIES, refresh=True)
+    options = RunOptions(
+        out=args.workdir, policies=POLICIES, kb=args.workdir / "kb.sqlite", refresh=True
+    )
+    with RunController(
+        cluster, job, options, train_set=train_set, initial_state=model.state_dict()
+    ) as ctl:
+        planning = ctl.plan()
         console.print(
             f"T_min = {planning.lower_bound_s:.2f} s; throughput "
             f"{ {n: round(v, 1) for n, v in planning.throughput.items()} }"
@@ -61,12 +58,14 @@ def main() -> int:
         for rep in range(args.repeats):
             order = POLICIES if rep % 2 == 0 else tuple(reversed(POLICIES))
             for policy in order:
-                run = retrain.run(planning.plans[policy])
+                run = ctl.train(planning.plans[policy]).run
                 makespans[policy].append(run.wall_s)
                 startups[policy].append(run.startup_s)
                 step_medians[policy].append(statistics.median(run.step_durations_s()))
                 console.print(f"  {policy:15s} run {rep + 1}: {run.wall_s:.2f} s")
 
+    session = ctl.session
+    assert session is not None
     lb = planning.lower_bound_s
     equal = statistics.median(makespans["equal"])
     rows = {
@@ -83,14 +82,7 @@ def main() -> int:
         for p, v in makespans.items()
     }
     result = {
-        "benchmark": "uneven_split",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "emulation": session.cluster.emulation,
-        },
+        "machine": machine(session.cluster.emulation),
         "job": job.model_dump(mode="json"),
         "devices": {
             d.name: {"kind": d.kind, "cpu_cores": d.cpu_cores} for d in session.spec.devices
@@ -103,8 +95,6 @@ def main() -> int:
         + (" --quick" if args.quick else "")
         + (f" --repeats {args.repeats}" if args.repeats != 1 else ""),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "uneven_split.json").write_text(json.dumps(result, indent=2))
     lines = [
         "# uneven_split",
         "",
@@ -123,8 +113,8 @@ def main() -> int:
             f"{r['ratio_to_lower_bound']:.2f} | {r['ratio_to_equal']:.2f} | "
             f"{r['startup_s']:.2f} | {r['median_step_s']:.3f} | {r['predicted_step_s']:.3f} |"
         )
-    lines += ["", f"Reproduce: `{result['command']}`", ""]
-    (RESULTS / "uneven_split.md").write_text("\n".join(lines))
+    lines += ["", f"Reproduce: `{result['command']}`"]
+    write_results("uneven_split", result, lines)
     console.print("\n".join(lines))
     return 0
 

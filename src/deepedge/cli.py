@@ -256,17 +256,11 @@ def train(
     dry_run: DryRunOption = False,
 ) -> None:
     """Plan and run one re-training job on the emulated cluster, on the job's drifted data."""
+    from deepedge.control import RunController, RunOptions, get_policy
     from deepedge.data import build_dataset
-    from deepedge.interference import ensure_model
-    from deepedge.profile import KnowledgeBase
-    from deepedge.retrain import DEADLINE_POLICY, POLICIES, Retraining
-    from deepedge.session import EdgeSession
     from deepedge.train import evaluate, job_model, load_checkpoint
 
-    if policy not in (DEADLINE_POLICY, *POLICIES):
-        raise UsageError(
-            f"unknown policy {policy!r}", hint=f"use one of {[DEADLINE_POLICY, *POLICIES]}"
-        )
+    get_policy(policy)
     cluster_spec, job_spec = _load_cluster(cluster), _load_job(job)
     init_state = load_checkpoint(init).get("model") if init is not None else None
     if init is not None and not isinstance(init_state, dict):
@@ -288,27 +282,37 @@ def train(
                 f"{str(err).splitlines()[0]}",
                 hint="use the base-model.ckpt of a demo run with the same model spec",
             ) from None
-    if policy == DEADLINE_POLICY:
-        with KnowledgeBase(_kb_path(kb)) as base:
-            ensure_model(cluster_spec, job_spec, base, out / "interference", status=console.print)
-    with (
-        KnowledgeBase(_kb_path(kb)) as base,
-        EdgeSession(cluster_spec, out, status=console.print) as session,
-    ):
-        retrain = Retraining(session, job_spec, train_set, model.state_dict(), kb=base)
-        planning = retrain.plan((policy,))
-        plan = planning.plans[policy]
-        for e in plan.excluded:
-            console.print(f"excluded {e.device}: {e.reason}")
-        console.print(f"plan {policy}: {plan.describe()}")
-        run = retrain.run(plan)
-        console.print(retrain.learn([(plan, session.phases[-1])]).describe())
-    test = build_dataset(job_spec.dataset, "test", drifted=True)
-    model.load_state_dict(run.final_state()["model"])
-    acc = evaluate(model, *test.to_tensors())
+    options = RunOptions(out=out, policies=(policy,), kb=_kb_path(kb))
+    ctl = RunController(
+        cluster_spec,
+        job_spec,
+        options,
+        train_set=train_set,
+        initial_state=model.state_dict(),
+        status=console.print,
+    )
+    result: dict = {"policy": policy}
+    try:
+        with ctl:
+            planning = ctl.plan()
+            plan = planning.plans[policy]
+            result["plan"] = plan.model_dump(mode="json")
+            for e in plan.excluded:
+                console.print(f"excluded {e.device}: {e.reason}")
+            console.print(f"plan {policy}: {plan.describe()}")
+            done = ctl.train(plan)
+            result.update(makespan_s=done.run.wall_s, lower_bound_s=planning.lower_bound_s)
+            console.print(ctl.learn([done]).describe())
+        test = build_dataset(job_spec.dataset, "test", drifted=True)
+        model.load_state_dict(done.run.final_state()["model"])
+        result["accuracy"] = acc = evaluate(model, *test.to_tensors())
+    finally:  # what happened, also when it failed
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps({**result, **ctl.report()}, indent=2))
     console.print(
-        f"trained in {run.wall_s:.1f} s (T_min {planning.lower_bound_s:.1f} s); "
-        f"test accuracy {acc:.3f}; checkpoints in {run.checkpoint_dir}"
+        f"trained in {done.run.wall_s:.1f} s (T_min {planning.lower_bound_s:.1f} s); "
+        f"test accuracy {acc:.3f}; checkpoints in {done.run.checkpoint_dir}; "
+        f"report {out / 'report.json'}"
     )
 
 
@@ -331,28 +335,23 @@ def plan_cmd(
     measured on the booted cluster; LC limits come from the fitted interference model,
     which is profiled first where it does not cover the cluster's LC apps.
     """
-    from deepedge.data import build_dataset
-    from deepedge.interference import ensure_model
+    from deepedge.control import DEADLINE_POLICY, RunController, RunOptions
     from deepedge.plan.explain import gantt_png
-    from deepedge.profile import KnowledgeBase
-    from deepedge.retrain import DEADLINE_POLICY, Retraining
-    from deepedge.session import EdgeSession
-    from deepedge.train import job_model
 
     cluster_spec, job_spec = _load_cluster(cluster), _load_job(job)
     if dry_run:
         _dry_run_report(cluster_spec, job_spec, DEADLINE_POLICY)
         return
-    train_set = build_dataset(job_spec.dataset, "train", drifted=True)
-    state = job_model(job_spec, train_set).state_dict()
-    with KnowledgeBase(_kb_path(kb)) as base:
-        ensure_model(cluster_spec, job_spec, base, out / "interference", status=console.print)
-    with (
-        KnowledgeBase(_kb_path(kb)) as base,
-        EdgeSession(cluster_spec, out, status=console.print, monitor_interval_s=None) as session,
-    ):
-        retrain = Retraining(session, job_spec, train_set, state, kb=base, exact=exact)
-        planning = retrain.plan((DEADLINE_POLICY, "equal"))
+    options = RunOptions(
+        out=out,
+        policies=(DEADLINE_POLICY, "equal"),
+        kb=_kb_path(kb),
+        exact=exact,
+        monitor_interval_s=None,
+    )
+    with RunController(cluster_spec, job_spec, options, status=console.print) as ctl:
+        planning = ctl.plan()
+        train_set = ctl.train_set
     plan = planning.plans[DEADLINE_POLICY]
     table = Table(title=f"Deep-Edge plan: {job_spec.global_batch} samples per step")
     for col in ("device", "samples/step", "intensity", "predicted compute"):
@@ -390,24 +389,14 @@ def profile_run(
     ] = False,
 ) -> None:
     """Profile every device of CLUSTER for JOB under its LC load and store the results."""
-    from deepedge.data import build_dataset
-    from deepedge.profile import KnowledgeBase
-    from deepedge.retrain import Retraining
-    from deepedge.session import EdgeSession
-    from deepedge.train import job_model
+    from deepedge.control import RunController, RunOptions
 
-    cluster_spec, job_spec = _load_cluster(cluster), _load_job(job)
-    train_set = build_dataset(job_spec.dataset, "train", drifted=True)
-    state = job_model(job_spec, train_set).state_dict()
-    with (
-        KnowledgeBase(_kb_path(kb)) as base,
-        EdgeSession(cluster_spec, out, status=console.print) as session,
-    ):
-        retrain = Retraining(session, job_spec, train_set, state, kb=base)
-        console.print(f"profiling into {base.path} …")
-        planning = retrain.plan(
-            ("proportional",),
-            refresh=refresh,
+    cluster_spec = _load_cluster(cluster)
+    options = RunOptions(out=out, policies=("proportional",), kb=_kb_path(kb), refresh=refresh)
+    with RunController(cluster_spec, _load_job(job), options, status=console.print) as ctl:
+        assert ctl.kb is not None
+        console.print(f"profiling into {ctl.kb.path} …")
+        planning = ctl.plan(
             on_run=lambda pts: console.print(
                 "    DDP run: "
                 + ", ".join(f"{n} b={p.batch}" for n, p in pts.items())
@@ -631,12 +620,13 @@ def interference_predict(
     kb: KbOption = None,
 ) -> None:
     """Predict each LC app's p95/p99 on DEVICE if training runs there with BATCH."""
-    from deepedge.cluster import LocalCluster
-    from deepedge.interference import InterferenceModel, TrainLoad, device_key
+    from deepedge.api import TrainLoad
+    from deepedge.cluster import make_backend
+    from deepedge.interference import InterferenceModel, device_key
     from deepedge.profile import KnowledgeBase
 
-    local = LocalCluster(_load_cluster(cluster))  # fills catalog defaults; starts nothing
-    spec = local.spec
+    backend = make_backend(_load_cluster(cluster))  # fills catalog defaults; starts nothing
+    spec = backend.spec
     dev = next((d for d in spec.devices if d.name == device), None)
     if dev is None:
         raise typer.BadParameter(f"no device {device!r}; devices: {[d.name for d in spec.devices]}")
@@ -648,7 +638,7 @@ def interference_predict(
         return
     with KnowledgeBase(_kb_path(kb), create=False) as base:
         model = InterferenceModel.load(base)
-    key = device_key(dev, spec, local.emulation)
+    key = device_key(dev, spec, backend.emulation)
     train = TrainLoad(batch, intensity) if batch > 0 else None
     preds = model.apps_beside_training(key, apps, train)
     title = f"b={batch}, intensity {intensity:g}" if train else "off"

@@ -27,12 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from deepedge.apps import summarize_apps
+from deepedge.control import DEADLINE_POLICY, Event, RunController, RunOptions
 from deepedge.data import build_dataset
 from deepedge.errors import UsageError
-from deepedge.interference import ensure_model
-from deepedge.profile import KnowledgeBase, default_kb_path
 from deepedge.report import plot_lc_latency, plot_step_timeline
-from deepedge.retrain import DEADLINE_POLICY, Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import ClusterSpec, JobSpec, load_spec, read_spec_file, spec_errors
 from deepedge.train import (
@@ -100,6 +98,17 @@ def _final_accuracy(
     return evaluate(model, x, y)
 
 
+def _announce(event: Event, cluster: ClusterSpec, console: Console) -> None:
+    """The demo's step headers, as the controller reaches them."""
+    if event.kind == "cluster":
+        console.print(
+            f"[bold]4/5 cluster[/]: {len(cluster.devices)} devices with {len(cluster.apps)} "
+            f"LC apps under load ({event.data['emulation']})"
+        )
+    elif event.kind == "profiled":
+        console.print(f"    {event.message}")
+
+
 def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     cluster, job = default_specs()
     if opts.cluster_path:
@@ -143,45 +152,28 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     base_ckpt = {"model": base_state, "job": job.model_dump(mode="json")}
     save_checkpoint(opts.out / "base-model.ckpt", base_ckpt)
 
-    kb_path = opts.kb_path if opts.kb_path is not None else default_kb_path()
     console.print("[bold]3/5 interference[/]: how training slows each LC app on its device")
-    t_interference = time.time()
-    with KnowledgeBase(kb_path) as kb:
-        ensure_model(
-            cluster,
-            job,
-            kb,
-            opts.out / "interference",
-            refresh=opts.refresh_profiles,
-            force_fallback=opts.force_fallback,
-            status=lambda m: console.print(f"    {m}"),
-        )
-    interference_s = time.time() - t_interference
-    session = EdgeSession(
-        cluster,
-        opts.out / "run",
+    options = RunOptions(
+        out=opts.out,
+        policies=POLICIES,
+        kb=opts.kb_path,
+        session_dir=opts.out / "run",
+        settle_s=IDLE_S,
+        refresh=opts.refresh_profiles,
         force_fallback=opts.force_fallback,
+    )
+    ctl = RunController(
+        cluster,
+        job,
+        options,
+        train_set=drift_train,
+        initial_state=base_state,
         status=lambda m: console.print(f"    {m}"),
     )
-    console.print(
-        f"[bold]4/5 cluster[/]: starting {len(cluster.devices)} devices with "
-        f"{len(cluster.apps)} LC apps under load"
-    )
+    ctl.events.listeners.append(lambda e: _announce(e, cluster, console))
     runs: dict[str, TrainRun] = {}
-    kb = KnowledgeBase(kb_path)
-    with kb, session:
-        idle_start = time.time()
-        retrain = Retraining(session, job, drift_train, base_state, kb=kb)
-        time.sleep(max(0.0, IDLE_S - (time.time() - idle_start)))
-        session.mark("idle", idle_start)
-        profile_start = time.time()
-        planning = retrain.plan(POLICIES, refresh=opts.refresh_profiles)
-        session.mark("profile", profile_start)
-        reused = [n for n, p in planning.profiles.items() if p.reused]
-        console.print(
-            f"    profiles: {len(planning.profiles) - len(reused)} measured now, "
-            f"{len(reused)} reused from {kb.path} ({planning.profiling_s:.1f} s)"
-        )
+    with ctl:
+        planning = ctl.plan()
         headline = planning.plans[DEADLINE_POLICY]
         for note in headline.notes:
             console.print(f"    {note}")
@@ -191,16 +183,17 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             f"[bold]5/5 re-training[/] {job.epochs} epochs × "
             f"{math.ceil(len(drift_train) / job.global_batch)} steps per policy"
         )
-        ran = []
         for policy in POLICIES:
             plan = planning.plans[policy]
             with _progress(console) as prog:
                 total = job.epochs * math.ceil(len(drift_train) / job.global_batch)
                 task = prog.add_task(f"    {policy}: {plan.describe()}", total=total)
-                runs[policy] = retrain.run(plan, on_step=lambda e, s, t=task: prog.advance(t))
-            ran.append((plan, session.phases[-1]))
-        learned = retrain.learn(ran)
+                runs[policy] = ctl.train(plan, on_step=lambda e, s, t=task: prog.advance(t)).run
+        learned = ctl.learn(ctl.runs)
         console.print(f"    {learned.describe()}")
+    session = ctl.session
+    assert session is not None
+    interference = ctl.events.of_kind("interference")
     report = _report(
         job,
         cluster,
@@ -214,9 +207,10 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
         acc_before=acc_before,
     )
     report["demo_wall_s"] = time.time() - t_demo
-    report["interference_s"] = interference_s
+    report["interference_s"] = interference[0].data["seconds"] if interference else 0.0
     report["emulation"] = session.cluster.emulation
     report["learned"] = learned.summary()
+    report["controller"] = ctl.report()
     report["monitor"] = {
         "db": str(session.monitor_db),
         "overhead_cores": session.monitor.overhead() if session.monitor else None,
@@ -228,7 +222,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     }
     # the numbers first: a plotting failure must not lose them
     (opts.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    plot_step_timeline(runs, opts.out / "step_timeline.png")
+    plot_step_timeline(runs, opts.out / "step_timeline.png", events=ctl.events)
     if session.records:
         plot_lc_latency(
             session.records, session.spec.apps, session.phases, opts.out / "lc_latency.png"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,19 +16,47 @@ from deepedge.session import Phase
 from deepedge.spec import AppSpec
 from deepedge.train.pool import TrainRun
 
+if TYPE_CHECKING:
+    from deepedge.control.events import Event
+
 __all__ = ["plot_lc_latency", "plot_step_timeline"]
+
+TIMELINE_QUIET = ("state", "run", "plan", "profiled", "cluster", "interference")
+"""Event kinds the step timeline leaves off: bookkeeping, not decisions taken mid-run."""
 
 _PHASE_COLOURS = ["#dbe9f6", "#fde2cf", "#e2f0d9", "#eadcf2", "#f6f2cf"]
 
 
-def plot_step_timeline(runs: Mapping[str, TrainRun], path: Path, *, max_steps: int = 12) -> Path:
+def plot_step_timeline(
+    runs: Mapping[str, TrainRun],
+    path: Path,
+    *,
+    max_steps: int = 12,
+    events: Iterable[Event] = (),
+) -> Path:
     """Per device and policy: each step's local compute, wait for the slowest, update.
 
-    The first ``max_steps`` steps are drawn so individual bars stay readable.
+    The first ``max_steps`` steps are drawn so individual bars stay readable. The run
+    controller's decisions during a run (``events``: failures, rebalances, SLO-guard
+    actions, joins) are marked where they happened, the axis stretched to show them.
     """
+    marks = [e for e in events if e.kind not in TIMELINE_QUIET]
     fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.2 + 1.6 * len(runs) * 0.9), squeeze=False)
     for ax, (policy, run) in zip(axes[:, 0], runs.items(), strict=True):
         t0 = min(r.start for recs in run.steps.values() for r in recs)
+        t1 = max(r.end for recs in run.steps.values() for r in recs)
+        for e in (e for e in marks if t0 <= e.t <= t1):
+            ax.axvline(e.t - t0, color="#c0392b", linestyle="--", linewidth=1)
+            ax.annotate(
+                e.kind,
+                (e.t - t0, 1.0),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                color="#c0392b",
+                rotation=90,
+                va="top",
+                ha="right",
+            )
         devices = list(run.steps)
         for y, dev in enumerate(devices):
             for r in run.steps[dev][:max_steps]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepedge.apps import LoadGenerator, LoadTarget, RequestRecord, server_command, wait_ready
-from deepedge.cluster.local import LocalCluster
+from deepedge.cluster import BackendFactory, ClusterBackend, make_backend
 from deepedge.errors import ClusterError
 from deepedge.monitor import (
     MetricsServer,
@@ -61,7 +61,8 @@ class EdgeSession:
     monitor_interval_s: float | None = 1.0
     metrics_port: int | None = None
     monitor_db: Path | None = None  # default: workdir/monitor.sqlite
-    cluster: LocalCluster = field(init=False)
+    backend: BackendFactory = make_backend
+    cluster: ClusterBackend = field(init=False)
     agents: AgentPool = field(init=False)
     phases: list[Phase] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list)
@@ -75,7 +76,7 @@ class EdgeSession:
     _live_done_s: float = 0.0  # when the newest drained request finished
 
     def __post_init__(self) -> None:
-        self.cluster = LocalCluster(self.spec, force_fallback=self.force_fallback)
+        self.cluster = self.backend(self.spec, force_fallback=self.force_fallback)
         self.spec = self.cluster.spec  # with catalog defaults filled in
         self.agents = AgentPool(
             self.cluster.devices, self.workdir / "logs", host=self.cluster.coordinator_address
@@ -89,9 +90,9 @@ class EdgeSession:
         try:
             for dev in self.cluster.devices.values():
                 dev.set_cpu_limit(None)
-            network = "netns + tbf links" if self.cluster.fabric else "loopback"
             self.status(
-                f"booting {len(self.spec.devices)} devices ({self.cluster.emulation}, {network})"
+                f"booting {len(self.spec.devices)} devices "
+                f"({self.cluster.emulation}, {self.cluster.network})"
             )
             servers = {}
             for app in self.spec.apps:

@@ -18,10 +18,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from deepedge.control import Retraining
 from deepedge.data import build_dataset
 from deepedge.plan import dynamic_dispatch, equal_split
 from deepedge.profile import KnowledgeBase
-from deepedge.retrain import Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import ClusterSpec, JobSpec
 from deepedge.train import load_checkpoint

@@ -16,8 +16,9 @@ import time
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+from deepedge.knowledge import SoftwareVersions
 from deepedge.monitor import Sample, TimeSeriesStore
-from deepedge.profile.kb import KnowledgeBase, ProfileKey, SoftwareVersions
+from deepedge.profile.kb import KnowledgeBase, ProfileKey
 
 SW = SoftwareVersions(torch="2.13.0", deepedge="0.1.0", python="3.11.7")
 OWN_POINTS = 200

@@ -94,8 +94,8 @@ def test_devices_get_own_namespace_and_shaped_link(tmp_path):
 
 
 def test_ddp_and_lc_traffic_cross_the_namespaces(tmp_path):
+    from deepedge.control import Retraining
     from deepedge.data import build_dataset
-    from deepedge.retrain import Retraining
     from deepedge.session import EdgeSession
     from deepedge.spec import JobSpec
     from deepedge.train import job_model

@@ -9,11 +9,11 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from deepedge.control import Retraining
 from deepedge.data import build_dataset
 from deepedge.models import build_model
 from deepedge.monitor import TimeSeriesStore
 from deepedge.profile import KnowledgeBase, ProfileSettings
-from deepedge.retrain import Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import ClusterSpec, JobSpec
 from tests.conftest import needs_cgroups

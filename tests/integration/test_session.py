@@ -5,6 +5,7 @@ One session is shared by the module's tests (booting devices costs seconds).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,12 +20,12 @@ import yaml
 
 from deepedge.cluster import detect_cgroups
 from deepedge.cluster.cgroups import PARENT
+from deepedge.control import Retraining
 from deepedge.data import build_dataset
 from deepedge.errors import TrainingError
 from deepedge.interference import MIN_RUN_REQUESTS
 from deepedge.models import build_model
 from deepedge.profile import KnowledgeBase, ProfileSettings
-from deepedge.retrain import Retraining
 from deepedge.session import EdgeSession
 from deepedge.spec import ClusterSpec, JobSpec
 from deepedge.train import load_checkpoint
@@ -176,5 +177,9 @@ def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert load_checkpoint(sorted(out.glob(pattern))[-1])["epoch"] >= 0
+    report = json.loads((out / "report.json").read_text())  # the controller's log survives
+    assert report["state"] == "failed" and report["events"][-1]["data"]["error"] == (
+        "KeyboardInterrupt"
+    )
     driver, _ = detect_cgroups()
     assert not [d for d in driver.dirs(PARENT) if list(d.glob(f"{proc.pid}_*"))]

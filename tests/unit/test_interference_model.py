@@ -38,13 +38,14 @@ from deepedge.interference import (
     scenario_from_point,
     throughput_features,
 )
+from deepedge.interference.kb import UsageRow
 from deepedge.interference.usage import (
     STRETCH_CAP,
     STRETCH_PER_SAMPLE,
     TRAIN_FEATURES,
     MissingUsage,
 )
-from deepedge.profile.kb import KnowledgeBase, UsageRow
+from deepedge.profile.kb import KnowledgeBase
 
 KEY = json.dumps({"kind": "x86-mini", "cpu_cores": 0.4})
 QUOTA = 0.4

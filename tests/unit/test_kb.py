@@ -8,12 +8,8 @@ from pathlib import Path
 import pytest
 
 from deepedge.errors import KnowledgeBaseError
-from deepedge.profile.kb import (
-    SCHEMA_VERSION,
-    KnowledgeBase,
-    ProfileKey,
-    SoftwareVersions,
-)
+from deepedge.knowledge import SCHEMA_VERSION, SoftwareVersions
+from deepedge.profile.kb import KnowledgeBase, ProfileKey
 from tests.conftest import assert_one_line, file_snapshot
 
 SW = SoftwareVersions(torch="2.12.0", deepedge="0.1.0", python="3.11.7")
@@ -283,7 +279,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_older_schema_without_migration_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import deepedge.profile.kb as kbmod
+    import deepedge.knowledge as kbmod
 
     path = tmp_path / "kb.sqlite"
     KnowledgeBase(path).close()
@@ -390,7 +386,7 @@ def test_create_false_on_missing_path(tmp_path: Path) -> None:
 
 
 def test_default_path_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from deepedge.profile.kb import default_kb_path
+    from deepedge.knowledge import default_kb_path
 
     monkeypatch.setenv("DEEPEDGE_KB", str(tmp_path / "x.sqlite"))
     assert default_kb_path() == tmp_path / "x.sqlite"

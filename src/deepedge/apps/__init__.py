@@ -25,15 +25,15 @@ memory limit) must not drag numpy in or import its own module twice.
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deepedge.errors import ClusterError
+from deepedge.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from deepedge.apps.loadgen import LoadGenerator, LoadTarget
@@ -73,17 +73,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 
 def server_command(

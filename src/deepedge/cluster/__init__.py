@@ -1,10 +1,18 @@
 """Cluster backends: where emulated or real devices run their processes."""
 
-from deepedge.cluster.api import ClusterBackend, DeviceHandle, DeviceUsage, EmulationMode
+from deepedge.cluster.api import (
+    BackendFactory,
+    ClusterBackend,
+    DeviceHandle,
+    DeviceUsage,
+    EmulationMode,
+)
 from deepedge.cluster.cgroups import detect_cgroups
 from deepedge.cluster.local import LocalCluster, LocalDevice, cleanup_stale
+from deepedge.spec import ClusterSpec
 
 __all__ = [
+    "BackendFactory",
     "ClusterBackend",
     "DeviceHandle",
     "DeviceUsage",
@@ -13,4 +21,14 @@ __all__ = [
     "LocalDevice",
     "cleanup_stale",
     "detect_cgroups",
+    "make_backend",
 ]
+
+
+def make_backend(spec: ClusterSpec, *, force_fallback: bool = False) -> ClusterBackend:
+    """The backend ``spec`` runs on, built but not started (a :class:`BackendFactory`).
+
+    The local emulation (cgroups, or duty cycles without them) is the only backend so far;
+    callers take a factory rather than naming it, so another backend slots in here.
+    """
+    return LocalCluster(spec, force_fallback=force_fallback)

@@ -14,9 +14,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from deepedge.spec import DeviceSpec
+from deepedge.spec import ClusterSpec, DeviceSpec
 
-__all__ = ["ClusterBackend", "DeviceHandle", "DeviceUsage", "EmulationMode"]
+__all__ = ["BackendFactory", "ClusterBackend", "DeviceHandle", "DeviceUsage", "EmulationMode"]
 
 
 class EmulationMode(StrEnum):
@@ -76,6 +76,8 @@ class DeviceHandle(Protocol):
 
 class ClusterBackend(Protocol):
     mode: EmulationMode
+    spec: ClusterSpec
+    """The cluster spec with every device's catalog defaults filled in."""
 
     @property
     def emulation(self) -> str:
@@ -85,8 +87,30 @@ class ClusterBackend(Protocol):
     @property
     def devices(self) -> Mapping[str, DeviceHandle]: ...
 
+    @property
+    def coordinator_address(self) -> str:
+        """Where device processes reach the coordinator (rendezvous, agent control)."""
+        ...
+
+    @property
+    def network(self) -> str:
+        """How devices are linked, in words (for the user)."""
+        ...
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every way this backend is weaker than the spec asked for, to show the user."""
+        ...
+
     def start(self) -> None: ...
 
     def stop(self) -> None:
         """Kill every process of every device and remove every fence. Idempotent."""
         ...
+
+
+class BackendFactory(Protocol):
+    """Builds (without starting) the backend of a cluster spec: how the controller, the
+    session and the interference lab get their devices, so none of them names a backend."""
+
+    def __call__(self, spec: ClusterSpec, *, force_fallback: bool = False) -> ClusterBackend: ...

@@ -329,6 +329,10 @@ class LocalCluster:
         return self.fabric.gateway if self.fabric else "127.0.0.1"
 
     @property
+    def network(self) -> str:
+        return "netns + tbf links" if self.fabric else "loopback"
+
+    @property
     def emulation(self) -> str:
         """How devices are emulated, as far as it sets their speed (part of profile keys)."""
         return f"{self.mode.value}+pinned" if self.spec.pin_cpus else self.mode.value

@@ -17,8 +17,9 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from deepedge.api import Scenario, TrainLoad
 from deepedge.interference.doe import Factor, FactorSpace
-from deepedge.interference.lab import InterferenceLab, RunResult, Scenario, TrainLoad
+from deepedge.interference.lab import InterferenceLab, RunResult
 from deepedge.interference.usage import UsageBook
 from deepedge.models import build_model, model_signature
 from deepedge.profile.kb import KnowledgeBase

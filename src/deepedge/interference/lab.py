@@ -21,13 +21,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from deepedge.api import RESOURCE_STRESSORS, Scenario
 from deepedge.apps import (
     APP_KINDS,
     LoadGenerator,
@@ -38,10 +39,9 @@ from deepedge.apps import (
 )
 from deepedge.apps.server import payload_bytes
 from deepedge.catalog import resolve_device
-from deepedge.cluster import LocalCluster
+from deepedge.cluster import BackendFactory, make_backend
 from deepedge.errors import ClusterError, SpecError
 from deepedge.interference.stressors import (
-    STRESSOR_KINDS,
     Counters,
     StressorProcess,
     StressorUnavailable,
@@ -51,17 +51,7 @@ from deepedge.interference.stressors import (
 from deepedge.profile.throughput import device_hardware
 from deepedge.spec import AppSpec, ClusterSpec, DeviceSpec, JobSpec
 
-__all__ = [
-    "RESOURCE_STRESSORS",
-    "InterferenceLab",
-    "RunResult",
-    "Scenario",
-    "TrainLoad",
-    "device_key",
-]
-
-RESOURCE_STRESSORS: tuple[str, ...] = tuple(k for k in STRESSOR_KINDS if k != "train")
-"""Stressor kinds that load one resource (``train`` is the real job, handled apart)."""
+__all__ = ["InterferenceLab", "RunResult", "device_key"]
 
 _MEMCAP_LIMIT_MB = 1024  # the host has 24 GiB for every device together
 
@@ -77,73 +67,6 @@ def device_key(device: DeviceSpec, cluster: ClusterSpec, emulation: str) -> str:
         sort_keys=True,
         separators=(",", ":"),
     )
-
-
-@dataclass(frozen=True)
-class TrainLoad:
-    """The training job as a co-runner: its local batch and CPU intensity."""
-
-    batch: int
-    intensity: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.batch < 1 or not 0 < self.intensity <= 1:
-            raise SpecError(
-                f"training load needs batch >= 1 and 0 < intensity <= 1, "
-                f"got batch {self.batch}, intensity {self.intensity}"
-            )
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One co-location: a target LC app (or none) and its co-runners on one device."""
-
-    device: str
-    app: str | None = None
-    rate_rps: float = 0.0
-    stressors: Mapping[str, float] = field(default_factory=dict)
-    train: TrainLoad | None = None
-    other_apps: Mapping[str, float] = field(default_factory=dict)  # kind -> rate
-
-    def __post_init__(self) -> None:
-        for kind, level in self.stressors.items():
-            if kind not in RESOURCE_STRESSORS:
-                raise SpecError(
-                    f"unknown stressor {kind!r}", hint=f"use one of {list(RESOURCE_STRESSORS)}"
-                )
-            if not 0 <= level <= 1:
-                raise SpecError(f"stressor {kind} intensity must be in [0, 1], got {level}")
-        for kind in [self.app, *self.other_apps]:
-            if kind is not None and kind not in APP_KINDS:
-                raise SpecError(f"unknown LC app kind {kind!r}", hint=f"use one of {APP_KINDS}")
-        if self.app is not None and not self.rate_rps > 0:
-            raise SpecError(f"LC app {self.app} needs a positive rate, got {self.rate_rps}")
-        if self.app in self.other_apps:
-            raise SpecError(f"app kind {self.app} is both the target and a co-runner")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "app": self.app,
-            "rate_rps": self.rate_rps,
-            "stressors": {k: float(v) for k, v in sorted(self.stressors.items()) if v > 0},
-            "train": None
-            if self.train is None
-            else {"batch": self.train.batch, "intensity": self.train.intensity},
-            "other_apps": {k: float(v) for k, v in sorted(self.other_apps.items())},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
-        train = data.get("train")
-        return cls(
-            device=str(data["device"]),
-            app=data.get("app"),
-            rate_rps=float(data.get("rate_rps", 0.0)),
-            stressors=dict(data.get("stressors") or {}),
-            train=None if not train else TrainLoad(int(train["batch"]), float(train["intensity"])),
-            other_apps=dict(data.get("other_apps") or {}),
-        )
 
 
 @dataclass(frozen=True)
@@ -231,6 +154,7 @@ class InterferenceLab:
         window_s: tuple[float, float] = (4.0, 12.0),
         force_fallback: bool = False,
         seed: int = 0,
+        backend: BackendFactory = make_backend,
     ) -> None:
         names = [d.name for d in cluster.devices]
         chosen = devices or names
@@ -260,7 +184,7 @@ class InterferenceLab:
         self.requests_per_run = requests_per_run
         self.window_range = window_s
         self.seed = seed
-        self.cluster = LocalCluster(self.spec, force_fallback=force_fallback)
+        self.cluster = backend(self.spec, force_fallback=force_fallback)
         self.skipped: dict[str, dict[str, str]] = {}  # device -> stressor kind -> why
         self._apps: dict[str, dict[str, _AppServer]] = {}
         self._stressors: dict[str, dict[str, StressorProcess]] = {}

@@ -21,8 +21,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from deepedge.api import Scenario, TrainLoad
 from deepedge.apps import AppLatencyStats, RequestRecord, latency_summary
-from deepedge.interference.lab import Scenario, TrainLoad, device_key
+from deepedge.interference.lab import device_key
 from deepedge.interference.model import (
     InterferenceModel,
     LatencyPrediction,

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from deepedge.api import Scenario, TrainLoad
 from deepedge.errors import DeepEdgeError
-from deepedge.interference.lab import Scenario, TrainLoad
+from deepedge.interference.kb import InterferenceRow
 from deepedge.interference.surrogate import NotEnoughPoints, Surrogate, fit_surrogate
 from deepedge.interference.usage import (
     LATENCY_FEATURES,
@@ -30,7 +31,7 @@ from deepedge.interference.usage import (
     latency_features,
     throughput_features,
 )
-from deepedge.profile.kb import InterferenceRow, KnowledgeBase
+from deepedge.profile.kb import KnowledgeBase
 
 __all__ = [
     "MODEL_NAME",

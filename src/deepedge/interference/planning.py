@@ -16,7 +16,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from deepedge.cluster import LocalCluster
+from deepedge.api import Scenario, TrainLoad
+from deepedge.cluster import BackendFactory, make_backend
 from deepedge.interference.campaign import (
     CampaignSettings,
     calibrate,
@@ -26,7 +27,7 @@ from deepedge.interference.campaign import (
     train_resident,
 )
 from deepedge.interference.doe import Factor, FactorSpace
-from deepedge.interference.lab import InterferenceLab, Scenario, TrainLoad, device_key
+from deepedge.interference.lab import InterferenceLab, device_key
 from deepedge.interference.model import InterferenceModel, NoInterferenceModel, observations
 from deepedge.interference.surrogate import NotEnoughPoints, StaleModel, min_points
 from deepedge.interference.usage import LATENCY_FEATURES, UsageBook
@@ -118,6 +119,7 @@ def ensure_model(
     settings: CampaignSettings | None = None,
     window_s: tuple[float, float] = (4.0, 8.0),
     status: Callable[[str], None] = lambda msg: None,
+    backend: BackendFactory = make_backend,
 ) -> InterferenceModel | None:
     """The stored interference model if it covers ``spec``'s LC apps for ``job``, else
     profile the devices it misses (side by side), refit on every stored run and store it.
@@ -125,9 +127,9 @@ def ensure_model(
     Returns None when no device runs an LC app (nothing to protect). It boots its own
     lab on the devices, so run it before a session boots them.
     """
-    local = LocalCluster(spec, force_fallback=force_fallback)  # resolves; starts nothing
-    spec = local.spec
-    keys = {d.name: device_key(d, spec, local.emulation) for d in spec.devices}
+    cluster = backend(spec, force_fallback=force_fallback)  # resolves; starts nothing
+    spec = cluster.spec
+    keys = {d.name: device_key(d, spec, cluster.emulation) for d in spec.devices}
     with_apps = [d.name for d in spec.devices if _device_apps(spec, d.name)]
     if not with_apps:
         return None
@@ -160,6 +162,7 @@ def ensure_model(
         status=status,
         force_fallback=force_fallback,
         window_s=window_s,
+        backend=backend,
     ) as lab:
         books = load_books(kb, job)
         stale = [  # identical devices share one calibration

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deepedge.api import Scenario, TrainLoad
 from deepedge.apps import APP_KINDS
-from deepedge.interference.lab import Scenario, TrainLoad
 from deepedge.interference.model import InterferenceModel, Observation, latency_rows
 
 __all__ = ["oof_scatter", "plot_predicted_vs_measured", "plot_sensitivity"]

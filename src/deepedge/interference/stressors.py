@@ -44,20 +44,16 @@ import contextlib
 import json
 import math
 import os
-import queue
-import secrets
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any, ClassVar
 
+from deepedge.cluster.workers import STEADY_MALLOC_ENV, Worker, WorkerListener, stop_workers
 from deepedge.errors import ClusterError
 from deepedge.interference.stressor_worker import KINDS, NO_STRESS_NG, STRESS_NG_KINDS
 
@@ -73,14 +69,6 @@ __all__ = [
 ]
 
 STRESSOR_KINDS: tuple[str, ...] = KINDS
-
-# As deepedge.train.pool: fixed glibc heap thresholds, so the train co-runner's steps
-# cost what a long training run's steps cost (no page faults of a re-grown heap).
-_STEADY_MALLOC = {
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-}
-
 
 # The worker runs as a script (``python -P .../stressor_worker.py``), the same code as
 # ``python -m deepedge.interference.stressor_worker`` without importing the package's
@@ -241,15 +229,6 @@ def _number(value: Any, name: str) -> float:
     return out
 
 
-def _tail(path: Path | None, lines: int = 5) -> str:
-    if path is None:
-        return "(no log)"
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 class _TrafficPeer:
     """The host end of the ``net`` stressor, outside the device: accepts the worker's
     connection on the coordinator address, discards what it sends (its uplink) and sends
@@ -359,8 +338,7 @@ class StressorProcess:
         self.log_path: Path | None = None
         self.startup_s: float | None = None
         """Seconds from spawning the worker to its hello (imports and set-up included)."""
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
+        self._worker: Worker | None = None
         self._peer: _TrafficPeer | None = None
         self._lock = threading.Lock()
         self._intensity = 0.0
@@ -370,7 +348,7 @@ class StressorProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._worker.pid if self._worker is not None else None
 
     @property
     def intensity(self) -> float:
@@ -383,7 +361,7 @@ class StressorProcess:
         Raises :class:`StressorUnavailable` when the kind cannot run there, and
         :class:`ClusterError` (with the log's tail) when the worker dies or times out.
         """
-        if self._proc is not None or self._closed:
+        if self._worker is not None or self._closed:
             raise ClusterError(
                 f"{self.kind} stressor on {self.device_name!r} was already started",
                 hint="use a new StressorProcess",
@@ -392,25 +370,15 @@ class StressorProcess:
         options = dict(self.options)
         if self.kind == "disk":
             options.setdefault("dir", str(self.workdir))
-        key = secrets.token_bytes(16)
-        listener = Listener((self.host, 0), authkey=key)
-        accepted: queue.Queue[Connection | BaseException] = queue.Queue()
-
-        def accept() -> None:
-            try:
-                accepted.put(listener.accept())
-            except BaseException as err:  # closed listener or failed handshake
-                accepted.put(err)
-
-        threading.Thread(target=accept, daemon=True, name="stressor-accept").start()
-        host, port = listener.address
+        listener = WorkerListener(
+            self.host, 1, key_env="DEEPEDGE_STRESSOR_KEY", what=f"{self.kind} stressor"
+        )
         src = str(Path(__file__).resolve().parents[2])  # so the child imports this deepedge
         env = {
-            "DEEPEDGE_STRESSOR_KEY": key.hex(),
             "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
         }
         if self.kind == "train":
-            env.update(_STEADY_MALLOC)
+            env.update(STEADY_MALLOC_ENV)
         self.log_path = self.workdir / f"stressor-{self.kind}-{self.device_name}.log"
         started = time.monotonic()
         try:
@@ -421,22 +389,27 @@ class StressorProcess:
                 self.python,
                 "-P",  # not the package's directory on sys.path: run as a plain script
                 str(_WORKER),
-                "--address",
-                f"{host}:{port}",
                 "--kind",
                 self.kind,
                 "--options",
                 json.dumps(options),
             ]
-            self._proc = self.device.spawn(argv, env=env, log_path=self.log_path)
-            conn = self._await_connection(accepted, started + timeout_s, timeout_s)
-            self._conn = conn
-            hello = self._await_message(conn, started + timeout_s, timeout_s)
+            worker = listener.spawn(
+                self.device_name, self.device, argv, env=env, log_path=self.log_path
+            )
+            self._worker = worker
+            listener.await_hellos(
+                [worker],
+                deadline=started + timeout_s,
+                died=self._died,
+                timed_out=lambda waiting: self._timed_out(waiting[0], timeout_s),
+            )
         except BaseException:
             self.close()
             raise
         finally:
             listener.close()
+        hello = worker.hello or {}
         if hello.get("event") == "unavailable":
             self.close()
             reason = str(hello.get("reason"))
@@ -447,52 +420,20 @@ class StressorProcess:
             raise ClusterError(f"{self.kind} stressor sent {hello!r} instead of hello")
         self.startup_s = time.monotonic() - started
 
-    def _await_connection(
-        self, accepted: queue.Queue[Connection | BaseException], deadline: float, timeout_s: float
-    ) -> Connection:
-        while True:
-            self._check_alive("before connecting")
-            self._check_deadline(deadline, timeout_s)
-            try:
-                item = accepted.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(item, BaseException):
-                raise ClusterError(f"{self.kind} stressor handshake failed: {item}")
-            return item
+    def _timed_out(self, worker: Worker, timeout_s: float) -> ClusterError:
+        return ClusterError(
+            f"{self.kind} stressor on {self.device_name!r} did not start in {timeout_s:.0f} s:"
+            f" {worker.tail(2)}",
+            hint=f"see {worker.log_path}; lift the device's CPU quota while stressors start",
+        )
 
-    def _await_message(self, conn: Connection, deadline: float, timeout_s: float) -> dict:
-        while not conn.poll(0.2):
-            self._check_alive("before saying hello")
-            self._check_deadline(deadline, timeout_s)
-        try:
-            return conn.recv()
-        except (EOFError, OSError):
-            raise self._death() from None
-
-    def _check_deadline(self, deadline: float, timeout_s: float) -> None:
-        if time.monotonic() > deadline:
-            raise ClusterError(
-                f"{self.kind} stressor on {self.device_name!r} did not start in {timeout_s:.0f} s:"
-                f" {_tail(self.log_path, 2)}",
-                hint=f"see {self.log_path}; lift the device's CPU quota while stressors start",
-            )
-
-    def _check_alive(self, when: str = "") -> None:
-        if self._proc is not None and self._proc.poll() is not None:
-            raise self._death(when)
-
-    def _death(self, when: str = "") -> ClusterError:
-        code = None
-        if self._proc is not None:  # a lost connection: the exit code follows shortly
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = self._proc.wait(timeout=1.0)
+    def _died(self, worker: Worker, code: int | None, when: str = "") -> ClusterError:
+        """The error for ``worker``'s exit (``code``), or its lost connection (None)."""
         state = f"exited with code {code}" if code is not None else "closed its connection"
         when = f" {when}" if when else ""
         return ClusterError(
-            f"{self.kind} stressor on device {self.device_name!r} {state}{when}: "
-            f"{_tail(self.log_path, 3)}",
-            hint=f"full log: {self.log_path}; a negative code is the signal that killed it",
+            f"{self.kind} stressor on device {self.device_name!r} {state}{when}: {worker.tail(3)}",
+            hint=f"full log: {worker.log_path}; a negative code is the signal that killed it",
         )
 
     def close(self, grace_s: float = 5.0) -> None:
@@ -503,34 +444,22 @@ class StressorProcess:
         if self._closed:
             return
         self._closed = True
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(OSError):
-                conn.send({"op": "stop"})
-            with contextlib.suppress(OSError):
-                conn.close()
-        proc = self._proc
-        if proc is not None:
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                for sig in (signal.SIGCONT, signal.SIGKILL):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, sig)  # spawned as a session leader
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
+        worker = self._worker
+        if worker is not None:
+            with self._lock:  # not while a request is using the connection
+                worker.hang_up({"op": "stop"})
+            stop_workers([worker], grace_s=grace_s)
             if self.kind == "disk" and self.options.get("backend", "python") == "python":
                 # the worker deletes its file on exit; this covers one that was killed
                 folder = Path(self.options.get("dir") or self.workdir)
                 with contextlib.suppress(OSError):
-                    (folder / f"deepedge-stressor-{proc.pid}.dat").unlink(missing_ok=True)
+                    (folder / f"deepedge-stressor-{worker.pid}.dat").unlink(missing_ok=True)
         if self._peer is not None:
             self._peer.close()
             self._peer = None
 
     def __enter__(self) -> StressorProcess:
-        if self._proc is None:
+        if self._worker is None:
             self.start()
         return self
 
@@ -541,8 +470,9 @@ class StressorProcess:
 
     def _request(self, msg: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
         with self._lock:
-            conn = self._conn
-            if conn is None:
+            worker = self._worker
+            conn = worker.conn if worker is not None else None
+            if worker is None or conn is None:
                 raise ClusterError(
                     f"{self.kind} stressor on {self.device_name!r} is not running",
                     hint="start() it first" if not self._closed else "it was closed",
@@ -551,19 +481,19 @@ class StressorProcess:
                 conn.send(msg)
                 deadline = time.monotonic() + timeout_s
                 while not conn.poll(0.1):
-                    self._check_alive()
+                    if (code := worker.exit_code()) is not None:
+                        raise self._died(worker, code)
                     if time.monotonic() > deadline:
                         # a late reply would answer the next request: drop the channel
-                        self._conn = None
-                        conn.close()
+                        worker.hang_up()
                         raise ClusterError(
                             f"{self.kind} stressor on {self.device_name!r} did not answer "
                             f"{msg['op']!r} in {timeout_s:.0f} s",
                             hint=f"see {self.log_path}",
                         )
                 reply = conn.recv()
-            except (EOFError, OSError):
-                raise self._death() from None
+            except (EOFError, OSError):  # the exit code follows shortly, if it exited
+                raise self._died(worker, worker.exit_code(wait_s=1.0)) from None
         if reply.get("event") == "error":
             raise ValueError(f"{self.kind} stressor rejected {msg['op']!r}: {reply['error']}")
         return reply

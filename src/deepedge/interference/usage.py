@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from deepedge.api import Scenario, TrainLoad
 from deepedge.apps import APP_KINDS
 from deepedge.errors import DeepEdgeError
-from deepedge.interference.lab import Scenario, TrainLoad
+from deepedge.interference.kb import UsageRow
 from deepedge.interference.stressors import Usage
-from deepedge.profile.kb import UsageRow
 from deepedge.sim.fleet import LC_STRETCH_CAP as STRETCH_CAP
 from deepedge.sim.fleet import LC_STRETCH_PER_SAMPLE as STRETCH_PER_SAMPLE
 from deepedge.sim.fleet import tail_wait_share, trainer_share

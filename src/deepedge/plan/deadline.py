@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from deepedge.api import LatencyBounds
 from deepedge.errors import PlanInfeasible, SpecError
-from deepedge.interference import InterferenceModel
 from deepedge.plan.exact import solve_exact
 from deepedge.plan.explain import to_plan
 from deepedge.plan.heuristic import solve_heuristic
@@ -57,7 +57,7 @@ def cluster_problem(
     global_batch: int,
     comm_s: Callable[[int], float],
     need_mb: Callable[[int], float],
-    interference: InterferenceModel | None,
+    interference: LatencyBounds | None,
     device_keys: Mapping[str, str],
     margin: float = DEFAULT_MARGIN,
     levels: tuple[float, ...] = INTENSITY_LEVELS,

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 
 from deepedge.plan.profiled import StepModel
 from deepedge.plan.proportional import _check_batch
+from deepedge.plan.shares import split_batch
 from deepedge.spec import ExcludedDevice, Plan
-from deepedge.train.sampler import split_batch
 
 __all__ = [
     "CHUNKS_PER_DEVICE",

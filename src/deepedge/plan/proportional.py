@@ -13,8 +13,8 @@ import math
 from collections.abc import Mapping, Sequence
 
 from deepedge.errors import PlanInfeasible, SpecError
+from deepedge.plan.shares import split_batch
 from deepedge.spec import AppSpec, DeviceSpec, ExcludedDevice, Plan
-from deepedge.train.sampler import split_batch
 
 __all__ = [
     "available_memory_mb",

@@ -6,17 +6,9 @@ measures the answers on the live cluster, fits small models for batch sizes neve
 and keeps them in a SQLite knowledge base so later jobs reuse them.
 """
 
+from deepedge.knowledge import SCHEMA_VERSION, SoftwareVersions, default_kb_path
 from deepedge.profile.comm import CommModel, fabric_key, measure_comm, message_sizes
-from deepedge.profile.kb import (
-    SCHEMA_VERSION,
-    CommPoint,
-    KnowledgeBase,
-    Profile,
-    ProfileKey,
-    ProfilePoint,
-    SoftwareVersions,
-    default_kb_path,
-)
+from deepedge.profile.kb import CommPoint, KnowledgeBase, Profile, ProfileKey, ProfilePoint
 from deepedge.profile.stats import AffineModel, TimingSummary, median_ci
 from deepedge.profile.throughput import (
     DeviceProfile,

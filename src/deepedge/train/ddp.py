@@ -164,11 +164,17 @@ def run_epochs(
     on_epoch_end: Callable[[int], None] | None = None,
     pace: Callable[[], None] | None = None,
     max_steps: int | None = None,
+    start_step: int = 0,
+    on_samples: Callable[[int, int, Any], None] | None = None,
 ) -> list[StepRecord]:
     """Train ``epochs`` on this rank's share of every global step; returns its step log.
 
     ``max_steps`` stops after that many steps (a profiling run); every rank must be
-    given the same value, as every rank must take part in every step.
+    given the same value, as every rank must take part in every step. ``start_step``
+    skips the first epoch's steps before it (a run resumed after a failure: a global
+    step's samples do not depend on the split, so the rest of the epoch is exactly the
+    samples not yet used). ``on_samples(epoch, step, indices)`` sees this rank's sample
+    indices of each step before it runs (sample accounting in tests).
     """
     sampler = UnevenBatchSampler(len(images), list(local_batches), seed=seed)
     model, clock = wrapped.module, wrapped.clock
@@ -176,9 +182,12 @@ def run_epochs(
     records: list[StepRecord] = []
     for epoch in epochs:
         sizes = sampler.step_sizes(epoch)
-        for step, idx in enumerate(sampler.rank_steps(epoch, rank)):
+        first = start_step if epoch == epochs[0] else 0
+        for step, idx in enumerate(sampler.rank_steps(epoch, rank, first), start=first):
             if max_steps is not None and len(records) >= max_steps:
                 return records
+            if on_samples:
+                on_samples(epoch, step, idx)
             if pace:
                 pace()
             start = time.time()
@@ -306,6 +315,7 @@ def run_dynamic_epochs(
     on_epoch_end: Callable[[int], None] | None = None,
     pace: Callable[[], None] | None = None,
     max_steps: int | None = None,
+    start_step: int = 0,
 ) -> list[StepRecord]:
     """Train ``epochs`` claiming micro-batches of every global step; returns this rank's log.
 
@@ -315,8 +325,8 @@ def run_dynamic_epochs(
     (the sampler's permutation with one "rank" of size ``global_batch``) and claims its
     chunks through counters ``{run_key}/e{epoch}/s{step}`` in ``store``, so ``run_key``
     must be unique to this run. A record's ``batch`` is the number of samples this rank
-    processed in the step, which varies from step to step. ``max_steps`` as in
-    :func:`run_epochs` (the same on every rank).
+    processed in the step, which varies from step to step. ``max_steps`` and
+    ``start_step`` as in :func:`run_epochs` (the same on every rank).
 
     Like static uneven DDP this needs a model without batch statistics (no BatchNorm):
     each chunk is normalised on its own.
@@ -326,7 +336,8 @@ def run_dynamic_epochs(
     records: list[StepRecord] = []
     for epoch in epochs:
         # rank 0 of a one-rank sampler of size B: the indices of every whole global step
-        for step, idx in enumerate(sampler.rank_steps(epoch, 0)):
+        first = start_step if epoch == epochs[0] else 0
+        for step, idx in enumerate(sampler.rank_steps(epoch, 0, first), start=first):
             if max_steps is not None and len(records) >= max_steps:
                 return records
             if pace:

@@ -9,16 +9,13 @@ hang.
 from __future__ import annotations
 
 import datetime
-import queue
-import secrets
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, Listener, wait
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ import numpy as np
 import torch.distributed as dist
 
 from deepedge.cluster.api import DeviceHandle
+from deepedge.cluster.workers import STEADY_MALLOC_ENV, Worker, WorkerListener, stop_workers
 from deepedge.errors import CheckpointError, ClusterError, TrainingError
 from deepedge.spec import JobSpec, Plan
 from deepedge.train.checkpoint import CheckpointManager
@@ -91,30 +89,11 @@ class TrainRun:
         ]
 
 
-# glibc returns freed heap tops to the kernel once they exceed a threshold that adapts to
-# the sizes seen so far; a step's activations (megabytes, freed every step) then fault
-# their pages in again on the next step, in kernel time charged to the device's small CPU
-# quota. Measured on the demo cluster: the first profiling run at small batches was
-# 20-50 % slower than the same run repeated after a larger one. Fixed thresholds keep
-# the heap, so every step costs what a long training run's steps cost.
-_STEADY_MALLOC = {
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # glibc's maximum on 64-bit
-}
-
-
 # A killed agent's sockets close (its peers see a reset, its coordinator link an EOF)
 # before the kernel reports its exit, and on a loaded host or under a small CPU quota the
 # dying process can wait a while for the CPU in between. How long to wait for that exit
 # before blaming a failure on something else; only failures ever wait.
 _DEATH_GRACE_S = 5.0
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class AgentPool:
@@ -126,72 +105,61 @@ class AgentPool:
         self._devices = devices
         self._host = host  # the coordinator's address as the devices see it
         self._log_dir = log_dir
-        self._conns: dict[str, Connection] = {}
-        self._procs: dict[str, Any] = {}
+        self._workers: dict[str, Worker] = {}
         self._store: dist.TCPStore | None = None
         self.runtime_mb: dict[str, float] = {}
         """Each agent's resident memory once torch is imported: the per-worker runtime cost."""
 
+    @property
+    def _procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return {name: w.proc for name, w in self._workers.items()}
+
     def start(self, timeout_s: float = 180.0) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_bytes(16)
-        listener = Listener((self._host, 0), authkey=key)
-        accepted: queue.Queue[Connection | BaseException] = queue.Queue()
+        with WorkerListener(
+            self._host, len(self._devices), key_env="DEEPEDGE_AGENT_KEY", what="agent"
+        ) as listener:
+            for name, dev in self._devices.items():
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "deepedge.train.agent",
+                    "--device",
+                    name,
+                    "--cpu-cores",
+                    str(dev.spec.cpu_cores or 1.0),
+                ]
+                if dev.pace_cores is not None:
+                    argv += ["--pace-cores", str(dev.pace_cores)]
+                env = dict(STEADY_MALLOC_ENV)
+                if dev.interface:  # gloo must use the device's link, not resolve the hostname
+                    env["GLOO_SOCKET_IFNAME"] = dev.interface
+                self._workers[name] = listener.spawn(
+                    name,
+                    dev,
+                    argv,
+                    env=env,
+                    self_paced=dev.pace_cores is not None,
+                    log_path=self._log_dir / f"agent-{name}.log",
+                )
 
-        def accept_all() -> None:
-            for _ in self._devices:
-                try:
-                    accepted.put(listener.accept())
-                except BaseException as err:  # closed listener or failed handshake
-                    accepted.put(err)
-                    return
+            def timed_out(waiting: list[Worker]) -> ClusterError:
+                missing = sorted(w.name for w in waiting)
+                return ClusterError(
+                    f"training agents on {missing} did not start in {timeout_s:.0f} s",
+                    hint=f"see {self._log_dir}",
+                )
 
-        threading.Thread(target=accept_all, daemon=True, name="deepedge-accept").start()
-        host, port = listener.address
-        for name, dev in self._devices.items():
-            argv = [
-                sys.executable,
-                "-m",
-                "deepedge.train.agent",
-                "--address",
-                f"{host}:{port}",
-                "--device",
-                name,
-                "--cpu-cores",
-                str(dev.spec.cpu_cores or 1.0),
-            ]
-            if dev.pace_cores is not None:
-                argv += ["--pace-cores", str(dev.pace_cores)]
-            env = {"DEEPEDGE_AGENT_KEY": key.hex(), **_STEADY_MALLOC}
-            if dev.interface:  # gloo must use the device's link, not resolve the hostname
-                env["GLOO_SOCKET_IFNAME"] = dev.interface
-            self._procs[name] = dev.spawn(
-                argv,
-                env=env,
-                self_paced=dev.pace_cores is not None,
-                log_path=self._log_dir / f"agent-{name}.log",
+            listener.await_hellos(
+                list(self._workers.values()),
+                deadline=time.monotonic() + timeout_s,
+                died=lambda worker, code, _when: self._died(worker, code),
+                timed_out=timed_out,
+                identify=lambda hello: hello["device"],
             )
-        deadline = time.monotonic() + timeout_s
-        try:
-            while len(self._conns) < len(self._devices):
-                self._check_alive()
-                if time.monotonic() > deadline:
-                    missing = sorted(set(self._devices) - set(self._conns))
-                    raise ClusterError(
-                        f"training agents on {missing} did not start in {timeout_s:.0f} s",
-                        hint=f"see {self._log_dir}",
-                    )
-                try:
-                    item = accepted.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if isinstance(item, BaseException):
-                    raise ClusterError(f"agent handshake failed: {item}")
-                hello = item.recv()
-                self._conns[hello["device"]] = item
-                self.runtime_mb[hello["device"]] = hello["rss_mb"]
-        finally:
-            listener.close()
+        for name, worker in self._workers.items():
+            assert worker.hello is not None
+            self.runtime_mb[name] = worker.hello["rss_mb"]
         self._store = dist.TCPStore(
             self._host,
             0,
@@ -202,23 +170,23 @@ class AgentPool:
 
     def dead_devices(self) -> dict[str, int]:
         """Devices whose agent process has exited, with its exit code (-N: killed by N)."""
-        codes = {name: proc.poll() for name, proc in self._procs.items()}
+        codes = {name: w.exit_code() for name, w in self._workers.items()}
         return {name: code for name, code in codes.items() if code is not None}
 
     def _death(self, name: str, wait_s: float = 0.0) -> TrainingError | None:
         """The error naming how ``name``'s agent died, or None while it runs (after waiting
         up to ``wait_s`` for it to exit)."""
-        proc = self._procs[name]
-        try:
-            code = proc.wait(timeout=wait_s) if wait_s > 0 else proc.poll()
-        except subprocess.TimeoutExpired:
-            code = None
-        if code is None:
-            return None
-        log = self._log_dir / f"agent-{name}.log"
+        worker = self._workers[name]
+        code = worker.exit_code(wait_s)
+        return None if code is None else self._died(worker, code)
+
+    @staticmethod
+    def _died(worker: Worker, code: int | None) -> TrainingError:
+        if code is None:  # closed its connection, still running
+            return TrainingError(f"lost the connection to the worker on {worker.name!r}")
         return TrainingError(
-            f"worker on device {name!r} died (exit code {code}): {_tail(log, 2)}",
-            hint=f"full log: {log}; a negative code is the signal that killed it",
+            f"worker on device {worker.name!r} died (exit code {code}): {worker.tail(2)}",
+            hint=f"full log: {worker.log_path}; a negative code is the signal that killed it",
         )
 
     def _peer_death(self, names: list[str]) -> TrainingError | None:
@@ -237,8 +205,14 @@ class AgentPool:
                 return None
             time.sleep(0.05)
 
+    def _conn(self, name: str) -> Connection:
+        conn = self._workers[name].conn
+        if conn is None:
+            raise TrainingError(f"the worker on {name!r} is not running", hint="start() first")
+        return conn
+
     def _check_alive(self, names: list[str] | None = None) -> None:
-        for name in names or list(self._procs):
+        for name in names or list(self._workers):
             if (err := self._death(name)) is not None:
                 raise err
 
@@ -256,9 +230,10 @@ class AgentPool:
         ``failures`` given, its one-line reason goes there instead and the others go on
         (independent work such as profiling, where one dead device must not void the rest).
         """
+        conns = {name: self._conn(name) for name in messages}
         for name, msg in messages.items():
-            self._conns[name].send(msg)
-        pending = {self._conns[n]: n for n in messages}
+            conns[name].send(msg)
+        pending = {conns[n]: n for n in messages}
         results: dict[str, dict[str, Any]] = {}
 
         def fail(conn: Connection, err: TrainingError, *, died: bool = False) -> None:
@@ -275,7 +250,7 @@ class AgentPool:
                     reply = conn.recv()
                 except (EOFError, ConnectionResetError):
                     death = self._death(name, wait_s=_DEATH_GRACE_S)  # closed, then exits
-                    lost = TrainingError(f"lost the connection to the worker on {name!r}")
+                    lost = self._died(self._workers[name], None)
                     fail(conn, death or lost, died=death is not None)
                     continue
                 if reply.get("event") != "done":
@@ -470,19 +445,6 @@ class AgentPool:
 
     def close(self, grace_s: float = 2.0) -> None:
         """Ask agents to exit; kill those still busy after ``grace_s`` (e.g. on Ctrl-C)."""
-        for conn in self._conns.values():
-            try:
-                conn.send({"op": "shutdown"})
-                conn.close()
-            except OSError:
-                pass
-        self._conns.clear()
-        deadline = time.monotonic() + grace_s
-        for proc in self._procs.values():
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._procs.clear()
+        stop_workers(self._workers.values(), {"op": "shutdown"}, grace_s=grace_s)
+        self._workers.clear()
         self._store = None

@@ -1,7 +1,8 @@
 """One re-training job on a running edge session: exclude, profile, plan, train per policy.
 
-Shared by ``deepedge demo``, ``deepedge train`` and the benchmarks, so every number they
-report comes from the same steps: memory filter → throughput profile of each remaining
+The mechanism under the run controller (:mod:`deepedge.control.controller`), so every
+number ``deepedge demo``, ``deepedge train`` and the benchmarks report comes from the same
+steps: memory filter → throughput profile of each remaining
 device under its live LC load (reused from the knowledge base when still valid) and the
 all-reduce model → plans → DDP runs from the same starting weights.
 """
@@ -18,20 +19,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from deepedge.control.policies import BASELINES, PlanInputs, get_policy
 from deepedge.data import ArrayDataset
 from deepedge.errors import PlanInfeasible
 from deepedge.models import estimate_training_memory_mb, model_signature
-from deepedge.plan import (
-    dynamic_dispatch,
-    equal_split,
-    fastest_single,
-    lower_bound_from_models,
-    memory_exclusions,
-    profiled_split,
-    with_dispatch_prediction,
-    with_prediction,
-)
-from deepedge.plan.deadline import deadline_plan
+from deepedge.plan import lower_bound_from_models, memory_exclusions
 from deepedge.plan.heuristic import lower_bound_step_s
 from deepedge.plan.problem import PlanningProblem
 from deepedge.plan.profiled import step_sizes
@@ -55,13 +47,18 @@ from deepedge.train.pool import ProfilePointResult, TrainRun
 if TYPE_CHECKING:
     from deepedge.interference import LearnedRun
 
-__all__ = ["DEADLINE_POLICY", "POLICIES", "Planning", "Retraining"]
+__all__ = ["Planning", "Profiling", "Retraining"]
 
-POLICIES = ("proportional", "equal", "fastest-single", "dynamic")
-"""The baselines: interference-blind split by profiled speed, plain DDP, one device, and
-EDDL-style dynamic dispatch (devices claim micro-batches of every step as they finish)."""
-DEADLINE_POLICY = "deep-edge"
-"""The LC-deadline-aware planner (needs a fitted interference model in the knowledge base)."""
+
+@dataclass(frozen=True)
+class Profiling:
+    """What profiling measured, which every policy plans from."""
+
+    profiles: dict[str, DeviceProfile]
+    comm: CommModel | None
+    excluded: list[ExcludedDevice]  # before planning: memory, failed profiling
+    profiling_s: float  # wall time of profiling, near 0 when everything was reused
+    comm_reused: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,8 @@ class Planning:
     grad_bytes: int = 0  # what one all-reduce moves per step
     feasible_lower_bound_s: float | None = None
     """T_min within the LC and memory limits (each device at its best allowed intensity
-    and batch cap), when the deep-edge policy was planned; ``lower_bound_s`` ignores them."""
+    and batch cap), when a policy that reads them (deep-edge) was planned;
+    ``lower_bound_s`` ignores them."""
 
     @property
     def throughput(self) -> dict[str, float]:
@@ -142,12 +140,25 @@ class Retraining:
 
     def plan(
         self,
-        policies: Sequence[str] = POLICIES,
+        policies: Sequence[str] = BASELINES,
         *,
         refresh: bool = False,
         on_run: Callable[[Mapping[str, ProfilePointResult]], None] | None = None,
     ) -> Planning:
         """Profile (or reuse profiles), then build each policy's plan from the same models."""
+        for p in policies:
+            get_policy(p)  # an unknown name fails before profiling
+        return self.plan_from(self.profile(refresh=refresh, on_run=on_run), policies)
+
+    def profile(
+        self,
+        *,
+        refresh: bool = False,
+        on_run: Callable[[Mapping[str, ProfilePointResult]], None] | None = None,
+    ) -> Profiling:
+        """Each device's step-time profile under its live LC load and the all-reduce model,
+        reused from the knowledge base where still valid; devices that cannot hold the job
+        or fail while profiling are left out, with why."""
         assert self.kb is not None
         spec = self.session.spec
         excluded = memory_exclusions(spec.devices, spec.apps, self.required_memory_mb())
@@ -196,34 +207,32 @@ class Retraining:
             self.grad_bytes,
             refresh=refresh,
         )
-        profiling_s = time.monotonic() - started
+        return Profiling(profiles, comm, excluded, time.monotonic() - started, comm_reused)
+
+    def plan_from(self, profiling: Profiling, policies: Sequence[str]) -> Planning:
+        """Each policy's plan from the same profiles (no measuring: cheap to call again)."""
+        chosen = [get_policy(p) for p in policies]
+        profiles, comm, excluded = profiling.profiles, profiling.comm, list(profiling.excluded)
         models = {n: p.model for n, p in profiles.items()}
 
         allreduce_s = comm.predict(len(models), self.grad_bytes) if comm else 0.0
         B = self.job.global_batch
-        builders: dict[str, Callable[[], Plan]] = {
-            "proportional": lambda: profiled_split(
-                models, B, excluded=excluded, comm_s=allreduce_s
-            ),
-            "equal": lambda: with_prediction(
-                equal_split(list(models), B, excluded=excluded), models, allreduce_s
-            ),
-            "fastest-single": lambda: with_prediction(
-                fastest_single(
-                    {n: p.samples_per_s(B) for n, p in profiles.items()}, B, excluded=excluded
-                ),
-                models,
-            ),
-            "dynamic": lambda: with_dispatch_prediction(
-                dynamic_dispatch(list(models), B, excluded=excluded), models, allreduce_s
-            ),
-        }
+        problem = (
+            self._deadline_problem(profiles, comm)
+            if any(p.needs_interference for p in chosen)
+            else None
+        )
+        inputs = PlanInputs(
+            models,
+            {n: p.samples_per_s(B) for n, p in profiles.items()},
+            B,
+            excluded,
+            allreduce_s,
+            deadline_problem=problem,
+            exact=self.exact,
+        )
         feasible_lb = None
-        if DEADLINE_POLICY in policies:
-            problem = self._deadline_problem(profiles, comm)
-            builders[DEADLINE_POLICY] = lambda: deadline_plan(
-                problem, exact=self.exact, excluded=excluded
-            )
+        if problem is not None:
             sizes = step_sizes(len(self.train_set), B, self.job.epochs)
             per_size = {
                 b: lower_bound_step_s(dataclasses.replace(problem, global_batch=b))
@@ -231,7 +240,7 @@ class Retraining:
             }
             feasible_lb = math.fsum(per_size[b] for b in sizes)
         total = self.job.epochs * len(self.train_set)
-        plans = {p: builders[p]() for p in policies}
+        plans = {p.name: p.plan(inputs) for p in chosen}
         for name, plan in plans.items():
             if plan.micro_batch is None:  # a static split waits for its slowest device each step
                 plans[name] = self._with_expected_step(plan, profiles, comm)
@@ -242,8 +251,8 @@ class Retraining:
             plans,
             lower_bound_from_models(models, len(self.train_set), B, self.job.epochs),
             total,
-            profiling_s,
-            comm_reused,
+            profiling.profiling_s,
+            profiling.comm_reused,
             self.grad_bytes,
             feasible_lb,
         )

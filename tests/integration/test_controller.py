@@ -1,0 +1,92 @@
+"""The run controller on a real 2-device emulated cluster: its states, events and ending."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from deepedge.cluster import make_backend
+from deepedge.control import RunController, RunOptions, RunState
+from deepedge.errors import TrainingError
+from deepedge.profile import ProfileSettings
+from deepedge.spec import ClusterSpec, JobSpec
+from tests.conftest import needs_cgroups
+from tests.integration.test_session import CLUSTER, JOB
+
+pytestmark = [needs_cgroups, pytest.mark.root, pytest.mark.timeout(300)]
+
+FAST = ProfileSettings(steps=4, warmup=1)
+
+
+def _controller(tmp_path, built: list) -> RunController:
+    def backend(spec, *, force_fallback=False):
+        cluster = make_backend(spec, force_fallback=force_fallback)
+        built.append(cluster)
+        return cluster
+
+    options = RunOptions(
+        out=tmp_path / "run",
+        policies=("proportional", "equal"),
+        kb=tmp_path / "kb.sqlite",
+        profile_settings=FAST,
+    )
+    return RunController(
+        ClusterSpec.model_validate(CLUSTER),
+        JobSpec.model_validate(JOB),
+        options,
+        backend=backend,
+    )
+
+
+def test_a_run_goes_through_its_states_and_logs_its_decisions(tmp_path) -> None:
+    built: list = []
+    ctl = _controller(tmp_path, built)
+    with ctl:
+        planning = ctl.plan()
+        done = ctl.train(planning.plans["proportional"])
+        replanned = ctl.plan(("equal",))  # from the held profiles: nothing is measured again
+        ctl.learn([done])
+    assert len(built) == 1 and ctl.session is not None and ctl.session.cluster is built[0]
+    states = [e.state for e in ctl.events.of_kind("state")]
+    assert states == [
+        RunState.BOOT,
+        RunState.PROFILE,
+        RunState.PLAN,
+        RunState.TRAIN,
+        RunState.PLAN,
+        RunState.ADAPT,
+        RunState.DONE,
+    ]
+    assert ctl.state is RunState.DONE
+    plans = [e.data["policy"] for e in ctl.events.of_kind("plan")]
+    assert plans == ["proportional", "equal", "equal"]
+    assert replanned.profiling_s == planning.profiling_s  # the same profiling
+    (run,) = ctl.events.of_kind("run")
+    assert run.data["wall_s"] == pytest.approx(done.run.wall_s)
+    assert done.phase.label == "proportional"
+    report = ctl.report()
+    assert report["state"] == "done" and len(report["events"]) == len(ctl.events)
+    for dev in built[0].devices.values():
+        assert not dev.pids()
+
+
+def test_a_failed_run_ends_in_the_failed_state_and_leaves_nothing(tmp_path) -> None:
+    built: list = []
+    ctl = _controller(tmp_path, built)
+    with pytest.raises(TrainingError, match="slow"), ctl:
+        plan = ctl.plan().plans["equal"]
+        assert ctl.session is not None
+        victim = ctl.session.agents._procs["slow"]
+
+        def kill_soon(epoch: int, step: int) -> None:
+            if step == 1:
+                victim.send_signal(signal.SIGKILL)
+
+        ctl.train(plan, on_step=kill_soon)
+    assert ctl.state is RunState.FAILED
+    last = ctl.events.events[-1]
+    assert last.kind == "state" and "slow" in last.message
+    assert last.data["error"] == "TrainingError"
+    for dev in built[0].devices.values():
+        assert not dev.pids()

@@ -1,0 +1,51 @@
+"""The coordinator's failure bookkeeping: where to go on, and who is lost."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from deepedge.train import recovery
+from deepedge.train.recovery import Liveness, resume_point
+
+
+def test_the_run_goes_on_from_the_most_completed_steps() -> None:
+    # "a" and "c" finished step 7's all-reduce: its gradient is complete, "b" takes theirs
+    assert resume_point({"a": 7, "b": 6, "c": 7}) == (7, "a")
+    assert resume_point({"b": 3, "a": 3}) == (3, "a")  # ties: the first by name
+    with pytest.raises(ValueError):
+        resume_point({})
+
+
+def test_a_stopped_worker_is_lost_sooner_than_a_silent_running_one(monkeypatch) -> None:
+    monkeypatch.setattr(recovery, "STOPPED_S", 0.2)
+    monkeypatch.setattr(recovery, "SILENT_S", 60.0)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = Liveness()
+        live.start(["stopped", "quiet"])
+        pids = {"stopped": sleeper.pid, "quiet": None}
+        assert live.lost(pids) == {}
+        sleeper.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while "stopped" not in (lost := live.lost(pids)):
+            assert time.monotonic() < deadline, lost
+            time.sleep(0.05)
+        assert "stopped" in lost["stopped"] and "quiet" not in lost
+        live.heard("stopped")  # a heartbeat resets the silence
+        assert "stopped" not in live.lost(pids)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_long_silence_is_lost_even_while_running(monkeypatch) -> None:
+    monkeypatch.setattr(recovery, "STOPPED_S", 0.0)
+    monkeypatch.setattr(recovery, "SILENT_S", 0.0)
+    live = Liveness()
+    live.start(["a"])
+    assert "hung" in live.lost({"a": None})["a"]
