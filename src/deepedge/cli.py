@@ -254,6 +254,14 @@ def train(
     ] = None,
     kb: KbOption = None,
     dry_run: DryRunOption = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="go on from the newest checkpoint this policy wrote in OUT (after the "
+            "coordinator itself was killed; a lost device is survived without it)",
+        ),
+    ] = False,
 ) -> None:
     """Plan and run one re-training job on the emulated cluster, on the job's drifted data."""
     from deepedge.control import RunController, RunOptions, get_policy
@@ -262,6 +270,7 @@ def train(
 
     get_policy(policy)
     cluster_spec, job_spec = _load_cluster(cluster), _load_job(job)
+    resume_from = _resume_point(out, policy, job_spec) if resume else None
     init_state = load_checkpoint(init).get("model") if init is not None else None
     if init is not None and not isinstance(init_state, dict):
         raise CheckpointError(
@@ -300,7 +309,7 @@ def train(
             for e in plan.excluded:
                 console.print(f"excluded {e.device}: {e.reason}")
             console.print(f"plan {policy}: {plan.describe()}")
-            done = ctl.train(plan)
+            done = ctl.train(plan, resume_from=resume_from)
             result.update(makespan_s=done.run.wall_s, lower_bound_s=planning.lower_bound_s)
             console.print(ctl.learn([done]).describe())
         test = build_dataset(job_spec.dataset, "test", drifted=True)
@@ -314,6 +323,36 @@ def train(
         f"test accuracy {acc:.3f}; checkpoints in {done.run.checkpoint_dir}; "
         f"report {out / 'report.json'}"
     )
+
+
+def _resume_point(out: Path, policy: str, job_spec) -> Path:
+    """The newest checkpoint ``policy`` wrote for this job in ``out``, to go on from."""
+    from deepedge.train import CheckpointManager, load_checkpoint
+
+    found = [
+        (path.stat().st_mtime, epoch, path)
+        for folder in (out / "checkpoints").glob(f"{policy}-*")
+        for epoch, path in CheckpointManager(folder).list()
+    ]
+    if not found:
+        raise UsageError(
+            f"no checkpoint of policy {policy} in {out / 'checkpoints'} to resume from",
+            hint="run without --resume, or pass the --out and --policy of the run to resume",
+        )
+    _, epoch, path = max(found)
+    saved = load_checkpoint(path)
+    if saved.get("job") != job_spec.model_dump(mode="json"):
+        raise UsageError(
+            f"{path} was written by another job than {job_spec.name!r}",
+            hint="resume with the job spec the run started with",
+        )
+    if epoch + 1 >= job_spec.epochs:
+        raise UsageError(
+            f"{path} is the job's last epoch: the run finished",
+            hint="nothing to resume; start a new run without --resume",
+        )
+    console.print(f"resuming from {path} (epoch {epoch + 1} of {job_spec.epochs} done)")
+    return path
 
 
 @app.command("plan")

@@ -71,22 +71,23 @@ def test_a_run_goes_through_its_states_and_logs_its_decisions(tmp_path) -> None:
         assert not dev.pids()
 
 
-def test_a_failed_run_ends_in_the_failed_state_and_leaves_nothing(tmp_path) -> None:
+def test_a_run_that_loses_every_worker_fails_and_leaves_nothing(tmp_path) -> None:
     built: list = []
     ctl = _controller(tmp_path, built)
-    with pytest.raises(TrainingError, match="slow"), ctl:
+    with pytest.raises(TrainingError, match="every worker of the run was lost"), ctl:
         plan = ctl.plan().plans["equal"]
         assert ctl.session is not None
-        victim = ctl.session.agents._procs["slow"]
+        victims = list(ctl.session.agents._procs.values())
 
         def kill_soon(epoch: int, step: int) -> None:
             if step == 1:
-                victim.send_signal(signal.SIGKILL)
+                for victim in victims:
+                    victim.send_signal(signal.SIGKILL)
 
         ctl.train(plan, on_step=kill_soon)
     assert ctl.state is RunState.FAILED
     last = ctl.events.events[-1]
-    assert last.kind == "state" and "slow" in last.message
+    assert last.kind == "state" and "lost" in last.message
     assert last.data["error"] == "TrainingError"
     for dev in built[0].devices.values():
         assert not dev.pids()

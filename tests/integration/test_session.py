@@ -183,3 +183,33 @@ def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
     )
     driver, _ = detect_cgroups()
     assert not [d for d in driver.dirs(PARENT) if list(d.glob(f"{proc.pid}_*"))]
+
+
+def test_a_killed_coordinator_resumes_from_its_last_checkpoint(tmp_path):
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump({**CLUSTER, "apps": []}))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**JOB, "epochs": 4}))
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    argv = [sys.executable, "-c", "from deepedge.cli import main; main()", "train"]
+    argv += [str(cluster), str(job), "--out", str(out), "--policy", "equal"]
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not list(out.glob("checkpoints/equal-*/*.ckpt")):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.2)
+    first.kill()  # the coordinator itself: no survivor holds the run any more
+    first.communicate(timeout=60)
+    again = subprocess.run(
+        [*argv, "--resume"], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["state"] == "done"
+    assert any(e["kind"] == "resume" for e in report["events"])
+    newest = max(out.glob("checkpoints/equal-*/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert load_checkpoint(newest)["epoch"] == 3
+    nothing = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True)
+    assert nothing.returncode != 0 and "the run finished" in nothing.stderr

@@ -29,14 +29,16 @@ from deepedge.control.events import TERMINAL, Event, EventLog, RunState
 from deepedge.control.policies import DEADLINE_POLICY, get_policy
 from deepedge.control.retraining import Planning, Profiling, Retraining
 from deepedge.data import ArrayDataset, build_dataset
+from deepedge.errors import DeepEdgeError
 from deepedge.profile import KnowledgeBase, ProfileSettings, default_kb_path
 from deepedge.session import EdgeSession, Phase
-from deepedge.spec import ClusterSpec, JobSpec, Plan
+from deepedge.spec import ClusterSpec, ExcludedDevice, JobSpec, Plan
 from deepedge.train import TrainRun, job_model
 
 if TYPE_CHECKING:
     from deepedge.interference import LearnedRun
     from deepedge.train.pool import ProfilePointResult
+    from deepedge.train.recovery import Failure
 
 __all__ = ["PolicyRun", "RunController", "RunOptions"]
 
@@ -117,6 +119,8 @@ class RunController:
         self.profiling: Profiling | None = None
         self.planning: Planning | None = None
         self.runs: list[PolicyRun] = []
+        self.lost: dict[str, str] = {}
+        """Devices whose worker was lost during a run (left out of later plans), and how."""
         self.kb: KnowledgeBase | None = None
         self._owns_kb = False
 
@@ -239,7 +243,7 @@ class RunController:
         assert self.profiling is not None
         names = tuple(policies) if policies is not None else self.options.policies
         self._enter(RunState.PLAN, f"planning {', '.join(names)}")
-        planning = retraining.plan_from(self.profiling, names)
+        planning = retraining.plan_from(self._surviving(), names)
         for name, plan in planning.plans.items():
             self._event(
                 "plan",
@@ -264,21 +268,83 @@ class RunController:
         *,
         on_step: Callable[[int, int], None] | None = None,
         timeout_s: float | None = None,
+        resume_from: Path | None = None,
+        log_samples: bool = False,
     ) -> PolicyRun:
-        """Run ``plan`` from the initial weights (a session phase named after its policy)."""
+        """Run ``plan`` from the initial weights (``resume_from``: from that checkpoint's
+        model, optimiser and epoch); a session phase named after its policy.
+
+        The run is elastic: a lost worker (dead, stopped, silent) is fenced, the policy
+        plans again over the survivors, and they go on from the last completed step with
+        the model they hold, without a restart (:meth:`_recover`).
+        """
         retraining = self._ready()
         assert self.session is not None
         self._enter(RunState.TRAIN, f"training with {plan.policy}", policy=plan.policy)
-        run = retraining.run(plan, on_step=on_step, timeout_s=timeout_s)
+        if resume_from is not None:
+            self._event("resume", f"resuming from {resume_from}", checkpoint=str(resume_from))
+        run = retraining.run(
+            plan,
+            on_step=on_step,
+            timeout_s=timeout_s,
+            on_failure=lambda failure: self._recover(plan.policy, failure),
+            resume_from=resume_from,
+            log_samples=log_samples,
+        )
         done = PolicyRun(plan.policy, plan, run, self.session.phases[-1])
         self.runs.append(done)
         self._event(
             "run",
-            f"{plan.policy} trained in {run.wall_s:.1f} s",
+            f"{plan.policy} trained in {run.wall_s:.1f} s"
+            + (f" after {len(run.recoveries)} recovery(ies)" if run.recoveries else ""),
             policy=plan.policy,
             wall_s=run.wall_s,
+            recoveries=[r.to_dict() for r in run.recoveries],
         )
         return done
+
+    def _surviving(self) -> Profiling:
+        """The session's profiling without the devices lost so far."""
+        assert self.profiling is not None
+        gone = [
+            ExcludedDevice(device=n, reason=f"lost during training: {why}")
+            for n, why in self.lost.items()
+        ]
+        return replace(
+            self.profiling,
+            profiles={n: p for n, p in self.profiling.profiles.items() if n not in self.lost},
+            excluded=[*self.profiling.excluded, *gone],
+        )
+
+    def _recover(self, policy: str, failure: Failure) -> Plan | None:
+        """A worker was lost mid-run: plan ``policy`` again over the survivors (None when
+        it cannot be planned there, which ends the run with the loss)."""
+        retraining = self._ready()
+        self.lost.update(failure.lost)
+        self._event(
+            "failure",
+            "lost "
+            + "; ".join(f"{n}: {why}" for n, why in failure.lost.items())
+            + f" (noticed {failure.detection_s:.1f} s after its last sign of life); "
+            f"going on from step {failure.completed_steps}",
+            lost=failure.lost,
+            detection_s=failure.detection_s,
+            completed_steps=failure.completed_steps,
+        )
+        self._enter(RunState.ADAPT, f"re-planning {policy} over {len(failure.survivors)} survivors")
+        try:
+            plan = retraining.plan_from(self._surviving(), (policy,)).plans[policy]
+        except (DeepEdgeError, KeyError) as err:
+            self._event("error", f"cannot plan {policy} over the survivors: {err}")
+            return None
+        self._event(
+            "replan",
+            f"{policy} over the survivors: {plan.describe()}",
+            policy=policy,
+            local_batches=dict(plan.local_batches),
+        )
+        self._enter(RunState.TRAIN, f"training again with {policy}")
+        return plan
 
     def learn(self, runs: Sequence[PolicyRun]) -> LearnedRun:
         """Store what ``runs`` measured of every LC app and refit the interference model,

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +44,7 @@ from deepedge.session import EdgeSession, Phase
 from deepedge.spec import ExcludedDevice, JobSpec, Plan
 from deepedge.train.local import job_model
 from deepedge.train.pool import ProfilePointResult, TrainRun
+from deepedge.train.recovery import Failure
 
 if TYPE_CHECKING:
     from deepedge.interference import LearnedRun
@@ -323,12 +325,17 @@ class Retraining:
         *,
         on_step: Callable[[int, int], None] | None = None,
         timeout_s: float | None = None,
+        on_failure: Callable[[Failure], Plan | None] | None = None,
+        resume_from: Path | None = None,
+        log_samples: bool = False,
     ) -> TrainRun:
         """Train from the initial weights with ``plan``; the run is marked as a session phase.
 
         Checkpoints go to a directory of their own per run, so an earlier run's files in a
         reused output folder are neither overwritten nor mistaken for this run's. Without
         ``timeout_s`` the run may take ten times its predicted compute (at least 10 min).
+        ``on_failure``, ``resume_from`` and ``log_samples`` as in
+        :meth:`~deepedge.train.pool.AgentPool.train` (elastic runs, checkpoint resume).
         """
         ckpt_dir = self.session.workdir / "checkpoints" / f"{plan.policy}-{self.run_tag}"
         if timeout_s is None:
@@ -344,6 +351,9 @@ class Retraining:
                 state=self.state_path,
                 on_step=on_step,
                 timeout_s=timeout_s,
+                on_failure=on_failure,
+                resume_from=resume_from,
+                log_samples=log_samples,
             )
         finally:
             self.session.mark(plan.policy, start)

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import math
 import os
 import resource
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
@@ -34,15 +32,15 @@ import torch.distributed as dist
 from deepedge.data import ArrayDataset
 from deepedge.errors import DeepEdgeError
 from deepedge.spec import JobSpec, OptimizerSpec
-from deepedge.train.checkpoint import CheckpointManager
-from deepedge.train.ddp import (
-    CpuPacer,
-    StepRecord,
-    build_optimizer,
-    run_dynamic_epochs,
-    run_epochs,
-    select_backend,
-    wrap_ddp,
+from deepedge.train.ddp import CpuPacer, build_optimizer
+from deepedge.train.elastic import (
+    RunContext,
+    SharedConnection,
+    export_state,
+    import_state,
+    new_run,
+    process_group,
+    run_segment,
 )
 from deepedge.train.local import job_model
 from deepedge.train.priority import yield_cpu_to_lc_apps
@@ -50,6 +48,7 @@ from deepedge.train.priority import yield_cpu_to_lc_apps
 __all__ = ["main"]
 
 _datasets: dict[str, tuple[torch.Tensor, torch.Tensor, ArrayDataset]] = {}
+_runs: dict[str, RunContext] = {}  # elastic runs kept in memory across group generations
 _pacer: CpuPacer | None = None  # set by --pace-cores: the fallback emulation's CPU fence
 _cpu_cores = 1.0  # the device's CPU capacity (--cpu-cores), which intensities are shares of
 
@@ -91,37 +90,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@contextlib.contextmanager
-def _process_group(msg: dict[str, Any]) -> Iterator[tuple[int, torch.device, dist.Store]]:
-    """Join the run's process group through the coordinator's store; leave it on exit.
-
-    Yields the rank, its torch device and the run's view of the store (prefixed by the
-    run id), which dynamic dispatch uses for its chunk counters.
-    """
-    rank, world = int(msg["rank"]), int(msg["world"])
-    # how long a rank waits for a missing peer (rendezvous or collective) before failing
-    timeout = datetime.timedelta(seconds=float(msg.get("peer_timeout_s") or 120))
-    store = dist.TCPStore(
-        msg["store_host"],
-        int(msg["store_port"]),
-        is_master=False,
-        timeout=min(timeout, datetime.timedelta(seconds=60)),
-    )
-    backend, device = select_backend(rank, world)
-    run_store = dist.PrefixStore(msg["run_id"], store)
-    dist.init_process_group(
-        backend,
-        store=run_store,
-        rank=rank,
-        world_size=world,
-        timeout=timeout,
-    )
-    try:
-        yield rank, device, run_store
-    finally:
-        dist.destroy_process_group()
-
-
 def allreduce(msg: dict[str, Any]) -> dict[str, Any]:
     """Time SUM all-reduces of float32 buffers of each size, as DDP's gradient sync does.
 
@@ -129,7 +97,7 @@ def allreduce(msg: dict[str, Any]) -> dict[str, Any]:
     to the end of the collective; the coordinator takes the shortest across ranks (the
     last rank released), which is the collective's own cost once everyone has arrived.
     """
-    with _process_group(msg) as (_, device, _):
+    with process_group(msg) as (_, device, _):
         result = {}
         for nbytes in (int(n) for n in msg["sizes"]):
             buf = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
@@ -146,92 +114,52 @@ def allreduce(msg: dict[str, Any]) -> dict[str, Any]:
     return {"times": result}
 
 
-def train(msg: dict[str, Any], conn: Connection) -> dict[str, Any]:
-    """Run this device's rank of a DDP job (or of a dynamically dispatched one)."""
+def train(msg: dict[str, Any], conn: SharedConnection) -> dict[str, Any]:
+    """Run this device's rank of a DDP job (or of a dynamically dispatched one).
+
+    An elastic run (``msg["elastic"]``) stays in memory after a failed step, so a
+    ``resume`` can take it on in a re-formed group; profiling runs are not kept.
+    """
     # Paced from the request on: the set-up (data, model, rendezvous) runs unpaced, and
     # its CPU time is slept off before the first step instead of adding to its burst.
     pace = _pacer_for(float(msg.get("intensity", 1.0)))
     job = JobSpec.model_validate(msg["job"])
     x, y, ds = _dataset(msg["data"])
-    with _process_group(msg) as (rank, device, store):
-        return _train_rank(job, x, y, ds, rank, device, store, msg, conn, pace)
+    steps_per_epoch = math.ceil(len(ds) / sum(msg["local_batches"]))
+    ctx = new_run(msg, job, _model(job, ds, msg.get("state")), x, y, steps_per_epoch)
+    _runs.clear()  # one run at a time: an earlier run's state is of no more use
+    if msg.get("elastic"):
+        _runs[ctx.run_id] = ctx
+    return _segment(ctx, msg, conn, pace)
 
 
-def _train_rank(
-    job: JobSpec,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    ds: ArrayDataset,
-    rank: int,
-    device: torch.device,
-    store: dist.Store,
-    msg: dict[str, Any],
-    conn: Connection,
-    pace: CpuPacer | None,
+def resume(msg: dict[str, Any], conn: SharedConnection) -> dict[str, Any]:
+    """Go on with a run kept in memory, in the re-formed group ``msg`` describes, from
+    ``msg["completed"]`` global steps (with another survivor's state if this one is
+    behind)."""
+    ctx = _runs.get(msg["run_id"])
+    if ctx is None:
+        raise DeepEdgeError(
+            f"run {msg['run_id']} is not in memory on this agent",
+            hint="start the run again, or resume it from its checkpoint",
+        )
+    if msg.get("state_blob") is not None:
+        import_state(ctx, msg["state_blob"], int(msg["completed"]))
+    return _segment(ctx, msg, conn, _pacer_for(float(msg.get("intensity", 1.0))))
+
+
+def export(msg: dict[str, Any]) -> dict[str, Any]:
+    """A kept run's model and optimiser state, for survivors that are a step behind."""
+    ctx = _runs[msg["run_id"]]
+    return {"state_blob": export_state(ctx), "completed": ctx.completed}
+
+
+def _segment(
+    ctx: RunContext, msg: dict[str, Any], conn: SharedConnection, pace: CpuPacer | None
 ) -> dict[str, Any]:
-    """This rank's share of every epoch; rank 0 writes the per-epoch checkpoints.
-
-    With ``micro_batch`` in the message the share is claimed at run time (dynamic
-    dispatch, counters in ``store``); otherwise it is the fixed local batch under DDP.
-    """
-    micro_batch = msg.get("micro_batch")
-    model = _model(job, ds, msg.get("state"))
-    x, y = x.to(device), y.to(device)
-    if micro_batch:
-        model = model.to(device)  # no DDP wrapper: the ranks sync once per step themselves
-        optimizer = build_optimizer(model.parameters(), job.optimizer)
-    else:
-        wrapped = wrap_ddp(model, device)
-        optimizer = build_optimizer(wrapped.module.parameters(), job.optimizer)
-    ckpt_dir = msg.get("checkpoint_dir")
-    ckpts = CheckpointManager(Path(ckpt_dir)) if rank == 0 and ckpt_dir else None
-
-    def on_epoch_end(epoch: int) -> None:
-        if ckpts is not None:
-            ckpts.save(
-                epoch,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "local_batches": msg["local_batches"],
-                    "micro_batch": micro_batch,
-                    "job": msg["job"],
-                },
-            )
-
-    def on_step(rec: StepRecord) -> None:
-        if rank == 0:
-            conn.send({"event": "step", "epoch": rec.epoch, "step": rec.step})
-
-    common: dict[str, Any] = {
-        "seed": job.seed,
-        "epochs": range(job.epochs),
-        "on_step": on_step,
-        "on_epoch_end": on_epoch_end,
-        "pace": pace,
-        "max_steps": msg.get("max_steps"),
-    }
-    _peak_memory_reset(device)
-    if micro_batch:
-        records = run_dynamic_epochs(
-            model,
-            optimizer,
-            x,
-            y,
-            store=store,  # already prefixed by the run id: counter keys are per run
-            run_key="dispatch",
-            global_batch=sum(msg["local_batches"]),  # the plan's expected shares sum to B
-            micro_batch=int(micro_batch),
-            **common,
-        )
-    else:
-        records = run_epochs(
-            wrapped, optimizer, x, y, rank=rank, local_batches=msg["local_batches"], **common
-        )
-    peak_mb = _peak_memory_mb(device)
-    dist.barrier()
-    return {"steps": [r.to_dict() for r in records], "peak_memory_mb": peak_mb}
+    return run_segment(
+        ctx, msg, conn, pace=pace, reset_peak=_peak_memory_reset, peak_memory=_peak_memory_mb
+    )
 
 
 def _pacer_for(intensity: float) -> CpuPacer | None:
@@ -250,6 +178,7 @@ def _pacer_for(intensity: float) -> CpuPacer | None:
 
 
 def _serve(conn: Connection) -> None:
+    shared = SharedConnection(conn)  # the training loop's heartbeats share it
     while True:
         try:
             msg = conn.recv()
@@ -262,15 +191,20 @@ def _serve(conn: Connection) -> None:
             if op == "allreduce":
                 result = allreduce(msg)
             elif op == "train":
-                result = train(msg, conn)
+                result = train(msg, shared)
+            elif op == "resume":
+                result = resume(msg, shared)
+            elif op == "export":
+                result = export(msg)
             else:
                 raise ValueError(f"unknown op {op!r}")
-            conn.send({"event": "done", "ok": True, **result})
+            # an interrupted elastic run is not done: the coordinator re-forms the group
+            shared.send({"event": "done", "ok": not result.get("interrupted"), **result})
         except DeepEdgeError as err:
-            conn.send({"event": "done", "ok": False, "error": err.one_line()})
+            shared.send({"event": "done", "ok": False, "error": err.one_line()})
         except Exception as err:  # report, then keep serving: the coordinator decides
             traceback.print_exc()  # into the agent's log, which the coordinator's error names
-            conn.send(
+            shared.send(
                 {
                     "event": "done",
                     "ok": False,

@@ -121,11 +121,6 @@ class RunContext:
         self.records.append(rec)
         self.completed = self.global_step(rec.epoch, rec.step) + 1
 
-    def rollback(self, completed: int) -> None:
-        """Forget the steps from ``completed`` on: they will be run again."""
-        self.records = [r for r in self.records if self.global_step(r.epoch, r.step) < completed]
-        self.completed = min(self.completed, completed)
-
 
 def export_state(ctx: RunContext) -> bytes:
     """The run's model and optimiser state, for a survivor that is a step behind."""
@@ -174,6 +169,7 @@ def run_segment(
     conn: SharedConnection,
     *,
     pace: Callable[[], None] | None,
+    reset_peak: Callable[[torch.device], None],
     peak_memory: Callable[[torch.device], float],
 ) -> dict[str, Any]:
     """Train ``ctx`` from the step it completed last to the end of the job, in the process
@@ -224,6 +220,7 @@ def run_segment(
             "max_steps": msg.get("max_steps"),
         }
         x, y = ctx.x.to(device), ctx.y.to(device)
+        reset_peak(device)
         try:
             with Heartbeat(conn) if msg.get("elastic") else contextlib.nullcontext():
                 if micro_batch:

@@ -9,12 +9,13 @@ hang.
 from __future__ import annotations
 
 import datetime
+import math
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from deepedge.errors import CheckpointError, ClusterError, TrainingError
 from deepedge.spec import JobSpec, Plan
 from deepedge.train.checkpoint import CheckpointManager
 from deepedge.train.ddp import StepRecord
+from deepedge.train.recovery import Failure, Liveness, Recovery, resume_point
 
 __all__ = ["AgentPool", "ProfilePointResult", "ProfileResults", "TrainRun"]
 
@@ -59,8 +61,13 @@ class TrainRun:
     plan: Plan
     started: float
     finished: float
-    steps: dict[str, list[StepRecord]]  # per device
+    steps: dict[str, list[StepRecord]]  # per device (a lost device's are lost with it)
     checkpoint_dir: Path
+    recoveries: list[Recovery] = field(default_factory=list)
+    """Each lost worker the run survived: when, where it went on from, with which plan."""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    """With ``log_samples``: every (device, epoch, step, sample ids) the run used, steps
+    redone after a failure counted once."""
 
     @property
     def wall_s(self) -> float:
@@ -375,6 +382,7 @@ class AgentPool:
         peer_timeout_s: float | None = None,
         intensities: Mapping[str, float] | None = None,
         micro_batch: int | None = None,
+        **extra: Any,
     ) -> dict[str, dict[str, Any]]:
         """One 'train' message per device; rank = position in ``names``.
 
@@ -397,6 +405,7 @@ class AgentPool:
             "max_steps": max_steps,
             "peer_timeout_s": peer_timeout_s,
             "micro_batch": micro_batch,
+            **extra,
         }
         shares = intensities or {}
         return {
@@ -414,12 +423,23 @@ class AgentPool:
         state: Path | None = None,
         timeout_s: float = 3600.0,
         on_step: Callable[[int, int], None] | None = None,
+        on_failure: Callable[[Failure], Plan | None] | None = None,
+        resume_from: Path | None = None,
+        log_samples: bool = False,
     ) -> TrainRun:
         """Run a DDP job on the plan's devices with their local batches; rank = plan order.
 
         A dynamic plan (``plan.micro_batch``) runs on all its devices, which claim
         micro-batches of each step at run time; its step records' ``batch`` is then what
         each device actually processed, which varies per step.
+
+        With ``on_failure`` the run is elastic: when a worker is lost (it died, stopped or
+        fell silent; a stopped or silent one is killed), the survivors keep their
+        processes and the model in memory, ``on_failure`` gets the :class:`Failure` and
+        returns the plan to go on with (None: give up, raising the loss), and the run
+        goes on in a re-formed process group from the last step any survivor completed.
+        ``resume_from``: a checkpoint to continue from (its model, optimiser and epoch).
+        ``log_samples`` records every sample id each step used (tests of the accounting).
         """
         names = plan.devices
         msgs = self._train_messages(
@@ -431,17 +451,181 @@ class AgentPool:
             checkpoint_dir=checkpoint_dir,
             intensities=plan.intensities,
             micro_batch=plan.micro_batch,
+            elastic=on_failure is not None,
+            # a backstop only: a lost worker is fenced, which fails its peers' collectives
+            peer_timeout_s=30.0 if on_failure is not None else None,
+            resume_from=str(resume_from) if resume_from else None,
+            log_samples=log_samples,
         )
+        samples: list[dict[str, Any]] = []
 
-        def forward(_: str, event: dict[str, Any]) -> None:
+        def forward(name: str, event: dict[str, Any]) -> None:
             if on_step and event.get("event") == "step":
                 on_step(event["epoch"], event["step"])
+            elif event.get("event") == "samples":
+                samples.append({"device": name, **event})
 
         started = time.time()
-        replies = self._request(msgs, timeout_s=timeout_s, on_event=forward)
+        recoveries: list[Recovery] = []
+        if on_failure is None:
+            replies = self._request(msgs, timeout_s=timeout_s, on_event=forward)
+        else:
+            per_epoch = math.ceil(_dataset_size(data_path) / job.global_batch)
+            replies = self._elastic(
+                msgs, timeout_s, forward, on_failure, recoveries, samples, per_epoch
+            )
         finished = time.time()
-        steps = {n: [StepRecord(**s) for s in replies[n]["steps"]] for n in names}
-        return TrainRun(plan, started, finished, steps, checkpoint_dir)
+        steps = {n: [StepRecord(**s) for s in r["steps"]] for n, r in replies.items()}
+        return TrainRun(plan, started, finished, steps, checkpoint_dir, recoveries, samples)
+
+    def _elastic(
+        self,
+        msgs: dict[str, dict[str, Any]],
+        timeout_s: float,
+        on_event: Callable[[str, dict[str, Any]], None],
+        on_failure: Callable[[Failure], Plan | None],
+        recoveries: list[Recovery],
+        samples: list[dict[str, Any]],
+        steps_per_epoch: int,
+    ) -> dict[str, dict[str, Any]]:
+        """Run segments of an elastic job until one ends with every worker done."""
+        deadline = time.monotonic() + timeout_s
+        active, generation = msgs, 0
+        total = steps_per_epoch * int(next(iter(msgs.values()))["job"]["epochs"])
+        while True:
+            done, interrupted, lost, lost_at = self._segment(active, deadline, on_event)
+            if not lost:
+                if interrupted:  # a step failed with every worker alive: a real error
+                    name, reply = next(iter(interrupted.items()))
+                    raise TrainingError(
+                        f"worker on {name!r} failed: {reply['error']}",
+                        hint=f"see {self._log_dir / f'agent-{name}.log'}",
+                    )
+                return done
+            detected = time.time()
+            survivors = tuple(n for n in active if n not in lost)
+            completed = {n: int(interrupted[n]["completed"]) for n in interrupted}
+            completed |= dict.fromkeys((n for n in survivors if n in done), total)
+            first = next(iter(lost.items()))
+            gone = TrainingError(f"lost the worker on {first[0]!r}: {first[1]}")
+            if not completed:
+                raise TrainingError(
+                    f"every worker of the run was lost ({'; '.join(lost.values())})",
+                    hint="resume from the last checkpoint: `deepedge train ... --resume`",
+                )
+            if len(done) == len(survivors):  # lost after the run's last step: nothing to redo
+                return done
+            steps, source = resume_point(completed)
+            failure = Failure(lost, survivors, steps, detected, lost_at)
+            plan = on_failure(failure)
+            if plan is None:
+                raise gone
+            if not set(plan.devices) <= set(survivors):
+                raise TrainingError(
+                    f"the plan after losing {sorted(lost)} uses devices that are not "
+                    f"survivors: {sorted(set(plan.devices) - set(survivors))}"
+                )
+            behind = [n for n in plan.devices if completed.get(n, -1) < steps]
+            blob = None
+            if behind:
+                run_id = next(iter(msgs.values()))["run_id"]
+                blob = self._request({source: {"op": "export", "run_id": run_id}}, timeout_s=60.0)[
+                    source
+                ]["state_blob"]
+            # the step in progress when the worker was lost is run again: its sample ids
+            # count once, from the run that completes it
+            samples[:] = [e for e in samples if e["epoch"] * steps_per_epoch + e["step"] < steps]
+            generation += 1
+            base = {
+                **next(iter(msgs.values())),
+                "op": "resume",
+                "generation": generation,
+                "world": len(plan.devices),
+                "local_batches": [plan.local_batches[n] for n in plan.devices],
+                "micro_batch": plan.micro_batch,
+                "completed": steps,
+            }
+            active = {
+                n: {
+                    **base,
+                    "rank": r,
+                    "intensity": float(plan.intensities.get(n, 1.0)),
+                    "state_blob": blob if n in behind else None,
+                }
+                for r, n in enumerate(plan.devices)
+            }
+            recoveries.append(Recovery(failure, plan, generation, time.time()))
+
+    def _segment(
+        self,
+        messages: dict[str, dict[str, Any]],
+        deadline: float,
+        on_event: Callable[[str, dict[str, Any]], None],
+    ) -> tuple[dict[str, dict], dict[str, dict], dict[str, str], float]:
+        """Send one segment's messages and wait until each worker is done, interrupted
+        (its step failed) or lost (dead, stopped, silent: fenced). Returns those three
+        and when the first lost worker was last heard of."""
+        conns = {name: self._conn(name) for name in messages}
+        for name, msg in messages.items():
+            conns[name].send(msg)
+        live = Liveness()
+        live.start(messages)
+        pending = {conns[n]: n for n in messages}
+        done: dict[str, dict] = {}
+        interrupted: dict[str, dict] = {}
+        lost: dict[str, str] = {}
+        lost_at = math.inf
+        quiet_since: float | None = None  # first interruption with no worker lost yet
+
+        def lose(name: str, why: str) -> None:
+            nonlocal lost_at
+            lost_at = min(lost_at, time.time() - live.silence_s(name))
+            lost[name] = why
+            pending.pop(conns[name], None)
+            live.last_seen.pop(name, None)
+
+        while pending:
+            if time.monotonic() > deadline:
+                raise TrainingError(f"workers {sorted(pending.values())} did not finish in time")
+            for conn in wait(list(pending), timeout=0.1):
+                name = pending[conn]
+                try:
+                    reply = conn.recv()
+                except (EOFError, OSError):
+                    err = self._death(name, wait_s=_DEATH_GRACE_S)
+                    lose(name, (err or self._died(self._workers[name], None)).one_line())
+                    self._workers[name].kill()  # closed its link: fence it all the same
+                    continue
+                live.heard(name)
+                event = reply.get("event")
+                if event == "heartbeat":
+                    continue
+                if event != "done":
+                    on_event(name, reply)
+                    continue
+                del pending[conn]
+                live.last_seen.pop(name, None)
+                if reply["ok"]:
+                    done[name] = reply
+                elif reply.get("interrupted"):
+                    interrupted[name] = reply
+                else:
+                    raise self._peer_death(list(messages)) or TrainingError(
+                        f"worker on {name!r} failed: {reply['error']}",
+                        hint=f"see {self._log_dir / f'agent-{name}.log'}",
+                    )
+            for name in list(pending.values()):
+                if (err := self._death(name)) is not None:
+                    lose(name, err.one_line())
+            pids = {n: self._workers[n].pid for n in pending.values()}
+            for name, why in live.lost(pids).items():
+                self._workers[name].kill()  # fenced: its sockets close, its peers fail fast
+                lose(name, why)
+            if interrupted and not lost:  # a peer's failure shows a moment after the echo
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > _DEATH_GRACE_S:
+                    break
+        return done, interrupted, lost, lost_at
 
     def close(self, grace_s: float = 2.0) -> None:
         """Ask agents to exit; kill those still busy after ``grace_s`` (e.g. on Ctrl-C)."""

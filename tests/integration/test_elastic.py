@@ -1,0 +1,86 @@
+"""Elastic training on a real 3-device emulated cluster: a worker is killed or stopped
+mid-run, the survivors go on without a restart, and every sample of every epoch is used
+exactly once (checked on the logged sample ids), never twice, never lost."""
+
+from __future__ import annotations
+
+import collections
+import signal
+
+import pytest
+
+from deepedge.control import RunController, RunOptions, RunState
+from deepedge.profile import ProfileSettings
+from deepedge.spec import ClusterSpec, JobSpec
+from deepedge.train import load_checkpoint
+from tests.conftest import needs_cgroups
+
+pytestmark = [needs_cgroups, pytest.mark.root, pytest.mark.timeout(400)]
+
+CLUSTER = {
+    "name": "elastic",
+    "cpu_period_us": 5000,
+    "devices": [
+        {"name": "fast", "kind": "orin-nano"},
+        {"name": "mid", "kind": "xavier-nx"},
+        {"name": "slow", "kind": "odroid-xu4"},
+    ],
+}
+JOB = {
+    "model": {"arch": "small_cnn", "width": 16},
+    "dataset": {"kind": "synthetic", "train_size": 240, "test_size": 40, "image_size": 32},
+    "epochs": 2,
+    "global_batch": 48,
+}
+STEPS_PER_EPOCH = 5
+
+
+def _run_with(tmp_path, sig: signal.Signals, at_step: int = 3):
+    options = RunOptions(
+        out=tmp_path / "run",
+        policies=("equal",),
+        kb=tmp_path / "kb.sqlite",
+        profile_settings=ProfileSettings(steps=4, warmup=1),
+    )
+    ctl = RunController(ClusterSpec.model_validate(CLUSTER), JobSpec.model_validate(JOB), options)
+    with ctl:
+        plan = ctl.plan().plans["equal"]
+        assert set(plan.devices) == {"fast", "mid", "slow"}
+        assert ctl.session is not None
+        victim = ctl.session.agents._workers["mid"].proc
+
+        def strike(epoch: int, step: int) -> None:
+            if epoch * STEPS_PER_EPOCH + step == at_step and victim.poll() is None:
+                victim.send_signal(sig)
+
+        done = ctl.train(plan, on_step=strike, log_samples=True)
+    return ctl, done
+
+
+def _assert_every_sample_once(samples: list[dict]) -> None:
+    per_epoch: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    for entry in samples:
+        per_epoch[entry["epoch"]].update(entry["ids"])
+    assert sorted(per_epoch) == [0, 1]
+    for epoch, counts in per_epoch.items():
+        assert sorted(counts) == list(range(JOB["dataset"]["train_size"])), epoch
+        assert set(counts.values()) == {1}, f"epoch {epoch}: samples used twice"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])
+def test_a_lost_worker_is_survived_without_losing_or_doubling_a_sample(tmp_path, sig) -> None:
+    ctl, done = _run_with(tmp_path, sig)
+    assert ctl.state is RunState.DONE
+    (recovery,) = done.run.recoveries
+    assert set(recovery.failure.lost) == {"mid"}
+    assert set(recovery.plan.devices) == {"fast", "slow"}
+    assert sum(recovery.plan.local_batches.values()) == JOB["global_batch"]
+    assert recovery.generation == 1
+    assert set(done.run.steps) == {"fast", "slow"}  # the survivors' records
+    last = max(r.epoch * STEPS_PER_EPOCH + r.step for r in done.run.steps["fast"])
+    assert last == 2 * STEPS_PER_EPOCH - 1  # the run went to its end
+    _assert_every_sample_once(done.run.samples)
+    kinds = [e.kind for e in ctl.events]
+    assert kinds.index("failure") < kinds.index("replan") < kinds.index("run")
+    assert ctl.lost.keys() == {"mid"}
+    assert load_checkpoint(sorted(done.run.checkpoint_dir.glob("*.ckpt"))[-1])["epoch"] == 1
