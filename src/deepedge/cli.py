@@ -153,6 +153,12 @@ def demo(
     refresh_profiles: Annotated[
         bool, typer.Option("--refresh-profiles", help="profile again even if stored")
     ] = False,
+    chaos: Annotated[
+        bool,
+        typer.Option(
+            "--chaos", help="kill one training agent mid-run and show how the run survives it"
+        ),
+    ] = False,
 ) -> None:
     """Train, drift, re-train on a 5-device emulated cluster under LC load; report and plot."""
     from deepedge.demo import DemoOptions, run_demo
@@ -166,6 +172,7 @@ def demo(
             force_fallback=fallback,
             kb_path=kb,
             refresh_profiles=refresh_profiles,
+            chaos=chaos,
         ),
         console,
     )

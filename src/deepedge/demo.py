@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,7 +34,7 @@ from deepedge.data import build_dataset
 from deepedge.errors import UsageError
 from deepedge.report import plot_lc_latency, plot_step_timeline
 from deepedge.session import EdgeSession
-from deepedge.spec import ClusterSpec, JobSpec, load_spec, read_spec_file, spec_errors
+from deepedge.spec import ClusterSpec, JobSpec, Plan, load_spec, read_spec_file, spec_errors
 from deepedge.train import (
     TrainRun,
     evaluate,
@@ -44,6 +46,7 @@ from deepedge.train import (
 __all__ = ["DemoOptions", "default_specs", "read_report", "render_tables", "run_demo"]
 
 IDLE_S = 4.0  # LC load alone, before any training: each app's unloaded latency
+CHAOS_AT = 0.4  # --chaos: the share of the headline run's steps after which an agent dies
 POLICIES = (DEADLINE_POLICY, "proportional", "equal")  # the first is the headline
 
 
@@ -58,6 +61,8 @@ class DemoOptions:
     refresh_profiles: bool = False
     base_epochs: int = 4
     base_batch: int = 32  # the deployed model was trained with small batches, off-cluster
+    chaos: bool = False
+    """Kill one agent at :data:`CHAOS_AT` of the headline run (see :func:`_chaos_monkey`)."""
 
 
 def default_specs() -> tuple[ClusterSpec, JobSpec]:
@@ -107,6 +112,27 @@ def _announce(event: Event, cluster: ClusterSpec, console: Console) -> None:
         )
     elif event.kind == "profiled":
         console.print(f"    {event.message}")
+
+
+def _chaos_monkey(
+    ctl: RunController, plan: Plan, total_steps: int, console: Console
+) -> Callable[[int, int], None]:
+    """``on_step`` that kills (SIGKILL) the agent of the plan's second-largest share once
+    :data:`CHAOS_AT` of the steps are done: the run controller must survive it."""
+    assert ctl.session is not None
+    shares = sorted(plan.local_batches, key=plan.local_batches.__getitem__, reverse=True)
+    victim = shares[1] if len(shares) > 1 else shares[0]
+    proc = ctl.session.agents._workers[victim].proc
+    per_epoch = max(1, total_steps // ctl.job.epochs)
+    fired: list[str] = []
+
+    def strike(epoch: int, step: int) -> None:
+        if not fired and epoch * per_epoch + step >= CHAOS_AT * total_steps:
+            fired.append(victim)
+            console.print(f"    [red]chaos[/]: killing the training agent on {victim}")
+            proc.send_signal(signal.SIGKILL)
+
+    return strike
 
 
 def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
@@ -183,12 +209,21 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             f"[bold]5/5 re-training[/] {job.epochs} epochs × "
             f"{math.ceil(len(drift_train) / job.global_batch)} steps per policy"
         )
+        total = job.epochs * math.ceil(len(drift_train) / job.global_batch)
         for policy in POLICIES:
-            plan = planning.plans[policy]
+            # after a lost device (--chaos) the later policies plan without it
+            plan = ctl.plan((policy,)).plans[policy] if ctl.lost else planning.plans[policy]
+            chaos = opts.chaos and not ctl.lost  # the headline run loses a device
+            strike = _chaos_monkey(ctl, plan, total, console) if chaos else None
             with _progress(console) as prog:
-                total = job.epochs * math.ceil(len(drift_train) / job.global_batch)
                 task = prog.add_task(f"    {policy}: {plan.describe()}", total=total)
-                runs[policy] = ctl.train(plan, on_step=lambda e, s, t=task: prog.advance(t)).run
+
+                def advance(epoch: int, step: int, task=task, strike=strike) -> None:
+                    prog.advance(task)
+                    if strike:
+                        strike(epoch, step)
+
+                runs[policy] = ctl.train(plan, on_step=advance).run
         learned = ctl.learn(ctl.runs)
         console.print(f"    {learned.describe()}")
     session = ctl.session
@@ -211,6 +246,9 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     report["emulation"] = session.cluster.emulation
     report["learned"] = learned.summary()
     report["controller"] = ctl.report()
+    report["recoveries"] = {
+        p: [r.to_dict() for r in run.recoveries] for p, run in runs.items() if run.recoveries
+    }
     report["monitor"] = {
         "db": str(session.monitor_db),
         "overhead_cores": session.monitor.overhead() if session.monitor else None,

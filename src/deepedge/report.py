@@ -89,7 +89,9 @@ def plot_step_timeline(
 def _share_label(run: TrainRun, device: str) -> str:
     """A device's part of each step: its fixed b, or (dynamic dispatch) the mean it claimed."""
     if not run.plan.dynamic:
-        return f"b={run.plan.local_batches[device]}"
+        now = run.recoveries[-1].plan.local_batches.get(device) if run.recoveries else None
+        before = run.plan.local_batches[device]
+        return f"b={before}" if now in (None, before) else f"b={before}→{now}"
     claimed = [r.batch for r in run.steps[device]]
     return f"mean b={sum(claimed) / max(1, len(claimed)):.1f}, m={run.plan.micro_batch}"
 

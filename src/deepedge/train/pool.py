@@ -593,7 +593,7 @@ class AgentPool:
                     reply = conn.recv()
                 except (EOFError, OSError):
                     err = self._death(name, wait_s=_DEATH_GRACE_S)
-                    lose(name, (err or self._died(self._workers[name], None)).one_line())
+                    lose(name, str(err or self._died(self._workers[name], None)))
                     self._workers[name].kill()  # closed its link: fence it all the same
                     continue
                 live.heard(name)
@@ -616,7 +616,7 @@ class AgentPool:
                     )
             for name in list(pending.values()):
                 if (err := self._death(name)) is not None:
-                    lose(name, err.one_line())
+                    lose(name, str(err))
             pids = {n: self._workers[n].pid for n in pending.values()}
             for name, why in live.lost(pids).items():
                 self._workers[name].kill()  # fenced: its sockets close, its peers fail fast
