@@ -207,7 +207,12 @@ def run_scenario(
         plan = done[-1].plan
         makespan = statistics.median(d.run.wall_s for d in done)
         worst = max(
-            (s.p95_ms / s.deadline_ms for stats in per_run for s in stats.values() if s.requests),
+            (
+                s.worst_window_p95_ms / s.deadline_ms
+                for stats in per_run
+                for s in stats.values()
+                if s.requests
+            ),
             default=math.nan,
         )
         rows[policy] = {

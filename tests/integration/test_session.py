@@ -144,28 +144,23 @@ def test_a_dead_worker_is_a_clear_error(retraining, session):
         retraining.run(plan, on_step=kill_soon)
 
 
-def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
+def _train_command(tmp_path: Path, epochs: int) -> tuple[list[str], dict[str, str], Path]:
+    """``deepedge train`` of the 2-device cluster (no LC apps) as a subprocess: its argv,
+    environment and output folder."""
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(yaml.safe_dump({**CLUSTER, "apps": []}))
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({**JOB, "epochs": 200}))
+    job.write_text(yaml.safe_dump({**JOB, "epochs": epochs}))
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    argv = [sys.executable, "-c", "from deepedge.cli import main; main()", "train"]
+    return [*argv, str(cluster), str(job), "--out", str(out)], env, out
+
+
+def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
+    argv, env, out = _train_command(tmp_path, epochs=200)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from deepedge.cli import main; main()",
-            "train",
-            str(cluster),
-            str(job),
-            "--out",
-            str(out),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     pattern = "checkpoints/deep-edge-*/*.ckpt"  # one directory per run (the default policy)
     deadline = time.monotonic() + 180
@@ -186,14 +181,8 @@ def test_ctrl_c_during_training_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_a_killed_coordinator_resumes_from_its_last_checkpoint(tmp_path):
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(yaml.safe_dump({**CLUSTER, "apps": []}))
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({**JOB, "epochs": 4}))
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    argv = [sys.executable, "-c", "from deepedge.cli import main; main()", "train"]
-    argv += [str(cluster), str(job), "--out", str(out), "--policy", "equal"]
+    argv, env, out = _train_command(tmp_path, epochs=4)
+    argv += ["--policy", "equal"]
     first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while not list(out.glob("checkpoints/equal-*/*.ckpt")):

@@ -71,6 +71,9 @@ def test_exactly_k_windows_violate() -> None:
     s = latency_summary(recs, deadline_ms=deadline, start_s=T0, window_s=1.0)
     assert s.windows == 10
     assert s.slo_window_violations == len(violating) + 1
+    assert s.worst_window_p95_ms == math.inf  # the window with failures in its tail
+    calm = latency_summary(recs[:per_window], deadline_ms=deadline, start_s=T0)
+    assert calm.worst_window_p95_ms == 2.0 and calm.p95_ms == 2.0
 
 
 def test_one_slow_request_in_a_window_does_not_violate() -> None:

@@ -132,6 +132,8 @@ class AppLatencyStats:
     slo_window_violations: int
     deadline_ms: float
     window_s: float
+    worst_window_p95_ms: float = math.nan
+    """The highest p95 of any window: by how much the worst window missed its deadline."""
 
     @property
     def slo_met(self) -> bool:
@@ -221,6 +223,7 @@ def latency_summary(
         slo_window_violations=int(np.count_nonzero(win_p95 > deadline_ms)),
         deadline_ms=float(deadline_ms),
         window_s=float(window_s),
+        worst_window_p95_ms=float(win_p95.max()),
     )
 
 
