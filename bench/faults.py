@@ -9,6 +9,11 @@ throughput-proportional plan, in a session of its own per case, from the same we
   completed step with the model they hold (no restart).
 * ``hang``: one agent is stopped (``SIGSTOP``) at ~40 %; it is fenced (killed) once
   noticed, then as a crash.
+* ``slow``: a CPU hog (the lab's ``cpu`` stressor, at a normal priority, demanding
+  :data:`HOG` of the device's CPU) starts in the device at ~20 % of the steps and runs
+  :data:`HOG_S`; the controller notices the device drifting from its plan and changes
+  the split at a step boundary. ``slow-kept``: the same with rebalancing off (the plan is
+  kept, as before the controller).
 * ``restart``: the torchrun-style baseline for the crash: every worker starts again from
   the last epoch's checkpoint over the survivors. Its makespan counts the time to the
   kill plus the resumed run's training from the checkpoint (measured in a fresh session
@@ -28,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import signal
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +49,17 @@ from deepedge.control import RunController, RunOptions
 from deepedge.data import build_dataset
 from deepedge.demo import default_specs
 from deepedge.errors import TrainingError
+from deepedge.interference.stressors import StressorProcess
 from deepedge.spec import ClusterSpec, JobSpec
 from deepedge.train import CheckpointManager, TrainRun, evaluate, job_model
 from schedule_emulated import IDLE_S, base_state, job_summary
 
 POLICY = "proportional"
-CASES = ("no-fault", "crash", "hang", "restart")
+CASES = ("no-fault", "crash", "hang", "restart", "slow", "slow-kept")
 AT = 0.4  # the share of the steps after which the worker is lost
+SLOW_AT = 0.2  # the share of the steps after which the hog starts
+HOG = 0.4  # the hog's share of the device's CPU
+HOG_S = 20.0
 
 
 def accounting(run: TrainRun, size: int, epochs: int) -> dict[str, int]:
@@ -82,22 +93,41 @@ def one_case(
 ) -> dict[str, Any]:
     train_set = build_dataset(job.dataset, "train", drifted=True)
     steps_per_epoch = -(-len(train_set) // job.global_batch)
-    strike_at = int(AT * steps_per_epoch * job.epochs)
-    options = RunOptions(out=workdir / case, policies=(POLICY,), kb=workdir / "kb.sqlite")
+    options = RunOptions(
+        out=workdir / case,
+        policies=(POLICY,),
+        kb=workdir / "kb.sqlite",
+        rebalance=case != "slow-kept",
+    )
     sig = {"crash": signal.SIGKILL, "restart": signal.SIGKILL, "hang": signal.SIGSTOP}.get(case)
     struck: dict[str, float] = {}
-    with RunController(
-        cluster, job, options, train_set=train_set, initial_state=state, status=console.print
-    ) as ctl:
+    with contextlib.ExitStack() as stack:
+        ctl = stack.enter_context(
+            RunController(
+                cluster,
+                job,
+                options,
+                train_set=train_set,
+                initial_state=state,
+                status=console.print,
+            )
+        )
         time.sleep(IDLE_S)
         plan = ctl.plan().plans[POLICY]
         assert ctl.session is not None and ctl.retraining is not None
         proc = ctl.session.agents._workers[victim].proc
+        hog = stack.enter_context(cpu_hog(ctl, victim, workdir)) if "slow" in case else None
 
         def strike(epoch: int, step: int) -> None:
-            if sig and not struck and epoch * steps_per_epoch + step >= strike_at:
+            done_share = (epoch * steps_per_epoch + step) / (steps_per_epoch * job.epochs)
+            if sig and not struck and done_share >= AT:
                 struck["t"] = time.time()
                 proc.send_signal(sig)
+            elif hog and not struck and done_share >= SLOW_AT:
+                struck["t"] = time.time()
+                hog.set(HOG)
+            elif hog and struck and time.time() - struck["t"] > HOG_S:
+                hog.set(0.0)
 
         if case != "restart":
             done = ctl.train(plan, on_step=strike, log_samples=True)
@@ -144,10 +174,41 @@ def one_case(
             "plan_after": dict(rec.plan.local_batches) if rec else None,
             **accounting(run, len(train_set), job.epochs),
         }
-    elif case == "no-fault":
+    elif case in ("no-fault", "slow", "slow-kept"):
         row |= accounting(run, len(train_set), job.epochs)
+    if case == "slow":
+        moves = [e for e in ctl.events.of_kind("rebalance") if victim in e.data["drift"]]
+        row["rebalanced_after_steps"] = (
+            sum(
+                1
+                for r in run.steps.get(next(iter(run.steps)), [])
+                if struck and struck["t"] <= r.start <= moves[0].t
+            )
+            if moves
+            else None
+        )
+        row["rebalances"] = [e.message for e in ctl.events.of_kind("rebalance")]
     console.print(f"  {case}: {row['makespan_s']:.1f} s")
     return row
+
+
+@contextlib.contextmanager
+def cpu_hog(ctl: RunController, device: str, workdir: Path) -> Iterator[StressorProcess]:
+    """The lab's CPU stressor in ``device``, idle until set (it starts unthrottled)."""
+    assert ctl.session is not None
+    handle = ctl.session.cluster.devices[device]
+    hog = StressorProcess(
+        "cpu", handle, host=ctl.session.cluster.coordinator_address, workdir=workdir
+    )
+    handle.set_cpu_limit(None)
+    try:
+        hog.start(timeout_s=60)
+    finally:
+        handle.set_cpu_limit(handle.spec.cpu_cores)
+    try:
+        yield hog
+    finally:
+        hog.close()
 
 
 def markdown(result: dict[str, Any]) -> list[str]:
@@ -169,17 +230,32 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, r in rows.items():
-        target = base["makespan_s"] * (1 + r["lost_share"]) + 10 if case != "no-fault" else None
+        target = (
+            base["makespan_s"] * (1 + r["lost_share"]) + 10
+            if case in ("crash", "hang", "restart")
+            else None
+        )
+        if case == "slow" and "slow-kept" in rows:
+            target = rows["slow-kept"]["makespan_s"]  # better than keeping the plan
         det, back = r.get("detection_s"), r.get("back_to_training_s")
         lost = (
             f"{r['samples_lost']} / {r['samples_doubled']}" if "samples_lost" in r else "not logged"
         )
         lines.append(
             f"| {case} | {r['makespan_s']:.1f} | {r['makespan_s'] / base['makespan_s']:.2f} | "
-            + (f"≤ {target:.1f}" if target else "")
+            + ((f"< {target:.1f}" if case == "slow" else f"≤ {target:.1f}") if target else "")
             + f" | {f'{det:.2f}' if det is not None else ''} | "
             f"{f'{back:.1f}' if back is not None else ''} | {lost} | {r['accuracy']:.3f} |"
         )
+    if "slow" in rows:
+        slow = rows["slow"]
+        lines += [
+            "",
+            f"slow: the hog ({HOG:.0%} of {result['victim']}'s CPU, from {SLOW_AT:.0%} of the "
+            f"steps, {HOG_S:.0f} s) was answered after {slow.get('rebalanced_after_steps')} "
+            "step(s) of the hogged device; rebalances: "
+            + ("; ".join(slow.get("rebalances") or []) or "none"),
+        ]
     lines += ["", f"Reproduce: `{result['command']}`"]
     return lines
 

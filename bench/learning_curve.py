@@ -167,7 +167,11 @@ def main() -> int:
     train_set = build_dataset(job.dataset, "train", drifted=True)
     runs = []
     options = RunOptions(
-        out=args.workdir, kb=kb_path, session_dir=args.workdir / "session", settle_s=IDLE_S
+        out=args.workdir,
+        kb=kb_path,
+        session_dir=args.workdir / "session",
+        settle_s=IDLE_S,
+        rebalance=False,  # the plan as the model made it
     )
     with RunController(
         cluster, job, options, train_set=train_set, initial_state=start_state, status=console.print

@@ -172,7 +172,10 @@ def run_scenario(
     test = build_dataset(job.dataset, "test", drifted=True)
     model = job_model(job, train_set)
     runs: dict[str, list[PolicyRun]] = {p: [] for p in POLICIES}
-    options = RunOptions(out=workdir / name, policies=POLICIES, kb=kb, settle_s=IDLE_S)
+    # each policy as planned: no run-time rebalancing, which would blur the comparison
+    options = RunOptions(
+        out=workdir / name, policies=POLICIES, kb=kb, settle_s=IDLE_S, rebalance=False
+    )
     with RunController(
         cluster, job, options, train_set=train_set, initial_state=start_state, status=console.print
     ) as ctl:

@@ -45,7 +45,11 @@ def main() -> int:
     startups: dict[str, list[float]] = {p: [] for p in POLICIES}
     step_medians: dict[str, list[float]] = {p: [] for p in POLICIES}
     options = RunOptions(
-        out=args.workdir, policies=POLICIES, kb=args.workdir / "kb.sqlite", refresh=True
+        out=args.workdir,
+        policies=POLICIES,
+        kb=args.workdir / "kb.sqlite",
+        refresh=True,
+        rebalance=False,  # each split as planned
     )
     with RunController(
         cluster, job, options, train_set=train_set, initial_state=model.state_dict()

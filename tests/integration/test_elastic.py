@@ -10,6 +10,7 @@ import signal
 import pytest
 
 from deepedge.control import RunController, RunOptions, RunState
+from deepedge.interference.stressors import StressorProcess
 from deepedge.profile import ProfileSettings
 from deepedge.spec import ClusterSpec, JobSpec
 from deepedge.train import load_checkpoint
@@ -57,11 +58,11 @@ def _run_with(tmp_path, sig: signal.Signals, at_step: int = 3):
     return ctl, done
 
 
-def _assert_every_sample_once(samples: list[dict]) -> None:
+def _assert_every_sample_once(samples: list[dict], epochs: int = 2) -> None:
     per_epoch: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
     for entry in samples:
         per_epoch[entry["epoch"]].update(entry["ids"])
-    assert sorted(per_epoch) == [0, 1]
+    assert sorted(per_epoch) == list(range(epochs))
     for epoch, counts in per_epoch.items():
         assert sorted(counts) == list(range(JOB["dataset"]["train_size"])), epoch
         assert set(counts.values()) == {1}, f"epoch {epoch}: samples used twice"
@@ -84,3 +85,43 @@ def test_a_lost_worker_is_survived_without_losing_or_doubling_a_sample(tmp_path,
     assert kinds.index("failure") < kinds.index("replan") < kinds.index("run")
     assert ctl.lost.keys() == {"mid"}
     assert load_checkpoint(sorted(done.run.checkpoint_dir.glob("*.ckpt"))[-1])["epoch"] == 1
+
+
+def test_a_device_slowed_by_a_cpu_hog_gets_a_smaller_share_at_a_step_boundary(tmp_path) -> None:
+    options = RunOptions(
+        out=tmp_path / "run",
+        policies=("proportional",),
+        kb=tmp_path / "kb.sqlite",
+        profile_settings=ProfileSettings(steps=4, warmup=1),
+    )
+    job = JobSpec.model_validate({**JOB, "epochs": 3})
+    ctl = RunController(ClusterSpec.model_validate(CLUSTER), job, options)
+    with ctl:
+        plan = ctl.plan().plans["proportional"]
+        assert ctl.session is not None
+        device = ctl.session.cluster.devices["mid"]
+        hog = StressorProcess(
+            "cpu", device, host=ctl.session.cluster.coordinator_address, workdir=tmp_path
+        )
+        device.set_cpu_limit(None)  # it starts (imports) unthrottled, as the lab's do
+        try:
+            hog.start(timeout_s=60)
+        finally:
+            device.set_cpu_limit(device.spec.cpu_cores)
+        try:
+
+            def strike(epoch: int, step: int) -> None:
+                if epoch * STEPS_PER_EPOCH + step == 1:
+                    hog.set(0.4)  # 40 % of the device's CPU, at a normal priority
+
+            done = ctl.train(plan, on_step=strike, log_samples=True)
+        finally:
+            hog.close()
+    # noise on a loaded 2-core host may rebalance another device too; the hog must show
+    slowed = [e.data for e in ctl.events.of_kind("rebalance") if "mid" in e.data["drift"]]
+    assert slowed, [e.message for e in ctl.events]
+    assert slowed[0]["drift"]["mid"] > 1.25
+    assert slowed[0]["local_batches"].get("mid", 0) < plan.local_batches["mid"]
+    assert sum(slowed[0]["local_batches"].values()) == JOB["global_batch"]
+    assert not done.run.recoveries and ctl.state is RunState.DONE
+    _assert_every_sample_once(done.run.samples, epochs=3)

@@ -28,9 +28,16 @@ from deepedge.cluster import BackendFactory, make_backend
 from deepedge.control.events import TERMINAL, Event, EventLog, RunState
 from deepedge.control.policies import DEADLINE_POLICY, get_policy
 from deepedge.control.retraining import Planning, Profiling, Retraining
+from deepedge.control.stragglers import StragglerWatch
 from deepedge.data import ArrayDataset, build_dataset
 from deepedge.errors import DeepEdgeError
-from deepedge.profile import KnowledgeBase, ProfileSettings, default_kb_path
+from deepedge.profile import (
+    AffineModel,
+    DeviceProfile,
+    KnowledgeBase,
+    ProfileSettings,
+    default_kb_path,
+)
 from deepedge.session import EdgeSession, Phase
 from deepedge.spec import ClusterSpec, ExcludedDevice, JobSpec, Plan
 from deepedge.train import TrainRun, job_model
@@ -64,9 +71,33 @@ class RunOptions:
     are fresh."""
     exact: bool = False
     force_fallback: bool = False
+    rebalance: bool = True
+    """Change the split at a step boundary when a device drifts from its plan."""
     monitor_interval_s: float | None = 1.0
     metrics_port: int | None = None
     profile_settings: ProfileSettings = field(default_factory=ProfileSettings)
+
+
+REBALANCE_GAIN = 0.1
+"""A new split must shorten the slowest device's step by this share to be worth the
+pause (a re-formed process group: about a second)."""
+
+
+def _slowed(profile: DeviceProfile, factor: float) -> DeviceProfile:
+    if factor == 1.0:
+        return profile
+    m = profile.model
+    model = AffineModel(m.intercept_s * factor, m.slope_s * factor, m.batches, m.max_rel_residual)
+    return replace(profile, model=model)
+
+
+def _slowest_s(plan: Plan, profiles: Mapping[str, DeviceProfile]) -> float:
+    """The plan's slowest device's compute per step under ``profiles`` (at its intensity)."""
+    return max(
+        profiles[n].step_s(b) / plan.intensities.get(n, 1.0)
+        for n, b in plan.local_batches.items()
+        if n in profiles
+    )
 
 
 @dataclass(frozen=True)
@@ -121,6 +152,11 @@ class RunController:
         self.runs: list[PolicyRun] = []
         self.lost: dict[str, str] = {}
         """Devices whose worker was lost during a run (left out of later plans), and how."""
+        self.slowdown: dict[str, float] = {}
+        """How much slower than profiled each device was seen to run (later plans use it)."""
+        self._live_plan: Plan | None = None
+        self._watch: StragglerWatch | None = None
+        self._seen: set[str] = set()
         self.kb: KnowledgeBase | None = None
         self._owns_kb = False
 
@@ -283,11 +319,13 @@ class RunController:
         self._enter(RunState.TRAIN, f"training with {plan.policy}", policy=plan.policy)
         if resume_from is not None:
             self._event("resume", f"resuming from {resume_from}", checkpoint=str(resume_from))
+        self._follow(plan)
         run = retraining.run(
             plan,
             on_step=on_step,
             timeout_s=timeout_s,
             on_failure=lambda failure: self._recover(plan.policy, failure),
+            watch=self._watch_step if self.options.rebalance else None,
             resume_from=resume_from,
             log_samples=log_samples,
         )
@@ -304,7 +342,8 @@ class RunController:
         return done
 
     def _surviving(self) -> Profiling:
-        """The session's profiling without the devices lost so far."""
+        """The session's profiling without the devices lost so far, each device's step
+        model scaled by how much slower than profiled it was seen to run."""
         assert self.profiling is not None
         gone = [
             ExcludedDevice(device=n, reason=f"lost during training: {why}")
@@ -312,9 +351,75 @@ class RunController:
         ]
         return replace(
             self.profiling,
-            profiles={n: p for n, p in self.profiling.profiles.items() if n not in self.lost},
+            profiles={
+                n: _slowed(p, self.slowdown.get(n, 1.0))
+                for n, p in self.profiling.profiles.items()
+                if n not in self.lost
+            },
             excluded=[*self.profiling.excluded, *gone],
         )
+
+    # --- stragglers: a device slower (or faster) than its plan beyond its noise
+
+    def _follow(self, plan: Plan) -> None:
+        """Watch the steps of ``plan`` (the running one) against what it predicted."""
+        self._live_plan = plan
+        self._watch = None
+        if plan.micro_batch is not None or self.profiling is None:
+            return  # dynamic dispatch balances itself
+        profiles = self._surviving().profiles
+        # a step's compute excludes a throttled trainer's pacing sleeps: no intensity here
+        shares = {n: b for n, b in plan.local_batches.items() if n in profiles}
+        expected = {n: profiles[n].step_s(b) for n, b in shares.items()}
+        spread = {n: profiles[n].relative_spread() for n in expected}
+        self._watch = StragglerWatch(expected, spread)
+        self._seen: set[str] = set()
+
+    def _watch_step(self, device: str, event: dict[str, Any]) -> Plan | None:
+        """Each rank's step of the running plan; a plan to switch to when a device has
+        drifted from its plan beyond its noise for two steps and a new split pays."""
+        if self._watch is None or device not in self._watch.expected_s:
+            return None
+        if device not in self._seen:  # a segment's first step warms up: not a sign
+            self._seen.add(device)
+            return None
+        self._watch.observe(device, float(event["compute_s"]))
+        drifted = self._watch.off_plan()
+        if not drifted:
+            return None
+        return self._rebalance(drifted)
+
+    def _rebalance(self, drifted: dict[str, float]) -> Plan | None:
+        retraining = self._ready()
+        current = self._live_plan
+        for n, factor in drifted.items():
+            self.slowdown[n] = self.slowdown.get(n, 1.0) * factor
+        profiles = self._surviving().profiles
+        said = ", ".join(f"{n} {f:.2f}x its plan" for n, f in drifted.items())
+        try:
+            plan = retraining.plan_from(self._surviving(), (current.policy,)).plans[current.policy]
+        except (DeepEdgeError, KeyError) as err:
+            self._event("straggler", f"{said}; cannot plan again: {err}")
+            self._follow(current)
+            return None
+        before, after = _slowest_s(current, profiles), _slowest_s(plan, profiles)
+        if plan.local_batches == current.local_batches or after > (1 - REBALANCE_GAIN) * before:
+            self._event(
+                "straggler",
+                f"{said}; keeping the split (a new one would take {after * 1e3:.0f} ms "
+                f"per step against {before * 1e3:.0f} ms)",
+            )
+            self._follow(current)
+            return None
+        self._event(
+            "rebalance",
+            f"{said}: {plan.describe()} (slowest device {before * 1e3:.0f} -> "
+            f"{after * 1e3:.0f} ms per step)",
+            drift=drifted,
+            local_batches=dict(plan.local_batches),
+        )
+        self._follow(plan)
+        return plan
 
     def _recover(self, policy: str, failure: Failure) -> Plan | None:
         """A worker was lost mid-run: plan ``policy`` again over the survivors (None when
@@ -344,6 +449,7 @@ class RunController:
             local_batches=dict(plan.local_batches),
         )
         self._enter(RunState.TRAIN, f"training again with {policy}")
+        self._follow(plan)
         return plan
 
     def learn(self, runs: Sequence[PolicyRun]) -> LearnedRun:

@@ -326,6 +326,7 @@ class Retraining:
         on_step: Callable[[int, int], None] | None = None,
         timeout_s: float | None = None,
         on_failure: Callable[[Failure], Plan | None] | None = None,
+        watch: Callable[[str, dict], Plan | None] | None = None,
         resume_from: Path | None = None,
         log_samples: bool = False,
     ) -> TrainRun:
@@ -334,7 +335,7 @@ class Retraining:
         Checkpoints go to a directory of their own per run, so an earlier run's files in a
         reused output folder are neither overwritten nor mistaken for this run's. Without
         ``timeout_s`` the run may take ten times its predicted compute (at least 10 min).
-        ``on_failure``, ``resume_from`` and ``log_samples`` as in
+        ``on_failure``, ``watch``, ``resume_from`` and ``log_samples`` as in
         :meth:`~deepedge.train.pool.AgentPool.train` (elastic runs, checkpoint resume).
         """
         ckpt_dir = self.session.workdir / "checkpoints" / f"{plan.policy}-{self.run_tag}"
@@ -352,6 +353,7 @@ class Retraining:
                 on_step=on_step,
                 timeout_s=timeout_s,
                 on_failure=on_failure,
+                watch=watch,
                 resume_from=resume_from,
                 log_samples=log_samples,
             )

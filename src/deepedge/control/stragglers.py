@@ -60,6 +60,19 @@ class StragglerWatch:
         if device in self._recent and self.expected_s[device] > 0:
             self._recent[device].append(compute_s / self.expected_s[device])
 
+    def off_plan(self) -> dict[str, float]:
+        """Devices slower *or faster* than planned beyond their noise in each of their last
+        ``patience`` steps (a straggler, or one that recovered from a slowdown the plan
+        still assumes), with the median measured/planned of those steps."""
+        out = {}
+        for n, r in self._recent.items():
+            if len(r) < self.patience:
+                continue
+            top = self.threshold(n)
+            if min(r) > top or max(r) < 1 / top:
+                out[n] = statistics.median(r)
+        return out
+
     def slow(self) -> dict[str, float]:
         """Devices slow in each of their last ``patience`` steps, with how much slower than
         planned they are (the median of those steps' measured/planned)."""

@@ -166,6 +166,7 @@ def run_epochs(
     max_steps: int | None = None,
     start_step: int = 0,
     on_samples: Callable[[int, int, Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[StepRecord]:
     """Train ``epochs`` on this rank's share of every global step; returns its step log.
 
@@ -174,7 +175,9 @@ def run_epochs(
     skips the first epoch's steps before it (a run resumed after a failure: a global
     step's samples do not depend on the split, so the rest of the epoch is exactly the
     samples not yet used). ``on_samples(epoch, step, indices)`` sees this rank's sample
-    indices of each step before it runs (sample accounting in tests).
+    indices of each step before it runs (sample accounting in tests). ``should_stop()``
+    is asked before every step (on every rank, so it may be a collective); True ends the
+    run there, at a step boundary.
     """
     sampler = UnevenBatchSampler(len(images), list(local_batches), seed=seed)
     model, clock = wrapped.module, wrapped.clock
@@ -185,6 +188,8 @@ def run_epochs(
         first = start_step if epoch == epochs[0] else 0
         for step, idx in enumerate(sampler.rank_steps(epoch, rank, first), start=first):
             if max_steps is not None and len(records) >= max_steps:
+                return records
+            if should_stop and should_stop():
                 return records
             if on_samples:
                 on_samples(epoch, step, idx)
@@ -316,6 +321,7 @@ def run_dynamic_epochs(
     pace: Callable[[], None] | None = None,
     max_steps: int | None = None,
     start_step: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[StepRecord]:
     """Train ``epochs`` claiming micro-batches of every global step; returns this rank's log.
 
@@ -325,8 +331,8 @@ def run_dynamic_epochs(
     (the sampler's permutation with one "rank" of size ``global_batch``) and claims its
     chunks through counters ``{run_key}/e{epoch}/s{step}`` in ``store``, so ``run_key``
     must be unique to this run. A record's ``batch`` is the number of samples this rank
-    processed in the step, which varies from step to step. ``max_steps`` and
-    ``start_step`` as in :func:`run_epochs` (the same on every rank).
+    processed in the step, which varies from step to step. ``max_steps``, ``start_step``
+    and ``should_stop`` as in :func:`run_epochs` (the same on every rank).
 
     Like static uneven DDP this needs a model without batch statistics (no BatchNorm):
     each chunk is normalised on its own.
@@ -339,6 +345,8 @@ def run_dynamic_epochs(
         first = start_step if epoch == epochs[0] else 0
         for step, idx in enumerate(sampler.rank_steps(epoch, 0, first), start=first):
             if max_steps is not None and len(records) >= max_steps:
+                return records
+            if should_stop and should_stop():
                 return records
             if pace:
                 pace()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -77,6 +78,12 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
     def _beat(self) -> None:
+        # The trainer yields the CPU to the device's LC apps (SCHED_IDLE), and this thread
+        # inherited that: under a busy co-runner it would fall silent for seconds and the
+        # coordinator would take a slow device for a hung one. A heartbeat costs nothing,
+        # so it runs at the normal priority (per thread on Linux).
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         while not self._stop.wait(self._interval):
             try:
                 self._conn.send({"event": "heartbeat"})
@@ -203,8 +210,25 @@ def run_segment(
 
         def on_step(rec: StepRecord) -> None:
             ctx.record(rec)
-            if rank == 0:
-                conn.send({"event": "step", "epoch": rec.epoch, "step": rec.step})
+            if rank == 0 or msg.get("elastic"):  # elastic: the coordinator watches each rank
+                conn.send(
+                    {
+                        "event": "step",
+                        "epoch": rec.epoch,
+                        "step": rec.step,
+                        "rank": rank,
+                        "compute_s": rec.compute_s,
+                    }
+                )
+
+        paused = torch.zeros(1)
+
+        def pause_asked() -> bool:
+            """Collective: has the coordinator asked this generation to pause? (It sets
+            the store key ``pause`` to change the plan at the next step boundary.)"""
+            paused.fill_(1.0 if rank == 0 and store.check(["pause"]) else 0.0)
+            dist.all_reduce(paused, op=dist.ReduceOp.MAX)
+            return bool(paused.item())
 
         def on_samples(epoch: int, step: int, idx: Any) -> None:
             conn.send({"event": "samples", "epoch": epoch, "step": step, "ids": idx.tolist()})
@@ -218,6 +242,7 @@ def run_segment(
             "on_epoch_end": on_epoch_end,
             "pace": pace,
             "max_steps": msg.get("max_steps"),
+            "should_stop": pause_asked if msg.get("elastic") else None,
         }
         x, y = ctx.x.to(device), ctx.y.to(device)
         reset_peak(device)
@@ -247,6 +272,8 @@ def run_segment(
                         on_samples=on_samples if msg.get("log_samples") else None,
                         **common,
                     )
+                if paused.item():  # every rank stopped at the same step boundary
+                    return {"interrupted": True, "paused": True, "completed": ctx.completed}
                 peak_mb = peak_memory(device)
                 dist.barrier()
         except Exception as err:

@@ -424,6 +424,7 @@ class AgentPool:
         timeout_s: float = 3600.0,
         on_step: Callable[[int, int], None] | None = None,
         on_failure: Callable[[Failure], Plan | None] | None = None,
+        watch: Callable[[str, dict[str, Any]], Plan | None] | None = None,
         resume_from: Path | None = None,
         log_samples: bool = False,
     ) -> TrainRun:
@@ -438,6 +439,9 @@ class AgentPool:
         processes and the model in memory, ``on_failure`` gets the :class:`Failure` and
         returns the plan to go on with (None: give up, raising the loss), and the run
         goes on in a re-formed process group from the last step any survivor completed.
+        ``watch(device, step_event)`` sees each rank's steps of an elastic run (its
+        ``compute_s``); a plan it returns replaces the running one at the next step
+        boundary, in a re-formed group, from the same step (a rebalance: no restart).
         ``resume_from``: a checkpoint to continue from (its model, optimiser and epoch).
         ``log_samples`` records every sample id each step used (tests of the accounting).
         """
@@ -460,7 +464,7 @@ class AgentPool:
         samples: list[dict[str, Any]] = []
 
         def forward(name: str, event: dict[str, Any]) -> None:
-            if on_step and event.get("event") == "step":
+            if on_step and event.get("event") == "step" and event.get("rank", 0) == 0:
                 on_step(event["epoch"], event["step"])
             elif event.get("event") == "samples":
                 samples.append({"device": name, **event})
@@ -472,7 +476,7 @@ class AgentPool:
         else:
             per_epoch = math.ceil(_dataset_size(data_path) / job.global_batch)
             replies = self._elastic(
-                msgs, timeout_s, forward, on_failure, recoveries, samples, per_epoch
+                msgs, timeout_s, forward, on_failure, watch, recoveries, samples, per_epoch
             )
         finished = time.time()
         steps = {n: [StepRecord(**s) for s in r["steps"]] for n, r in replies.items()}
@@ -484,6 +488,7 @@ class AgentPool:
         timeout_s: float,
         on_event: Callable[[str, dict[str, Any]], None],
         on_failure: Callable[[Failure], Plan | None],
+        watch: Callable[[str, dict[str, Any]], Plan | None] | None,
         recoveries: list[Recovery],
         samples: list[dict[str, Any]],
         steps_per_epoch: int,
@@ -491,9 +496,19 @@ class AgentPool:
         """Run segments of an elastic job until one ends with every worker done."""
         deadline = time.monotonic() + timeout_s
         active, generation = msgs, 0
-        total = steps_per_epoch * int(next(iter(msgs.values()))["job"]["epochs"])
+        first = next(iter(msgs.values()))
+        run_id, total = first["run_id"], steps_per_epoch * int(first["job"]["epochs"])
         while True:
-            done, interrupted, lost, lost_at = self._segment(active, deadline, on_event)
+            store = dist.PrefixStore(f"{run_id}/g{generation}", self._store)
+            done, interrupted, lost, lost_at, switch = self._segment(
+                active, deadline, on_event, watch, store
+            )
+            paused = bool(interrupted) and all(r.get("paused") for r in interrupted.values())
+            if switch is not None and paused and not lost:  # a new plan, same devices' state
+                steps = int(next(iter(interrupted.values()))["completed"])
+                generation += 1
+                active = self._resume_messages(first, switch, generation, steps, {}, None)
+                continue
             if not lost:
                 if interrupted:  # a step failed with every worker alive: a real error
                     name, reply = next(iter(interrupted.items()))
@@ -506,8 +521,8 @@ class AgentPool:
             survivors = tuple(n for n in active if n not in lost)
             completed = {n: int(interrupted[n]["completed"]) for n in interrupted}
             completed |= dict.fromkeys((n for n in survivors if n in done), total)
-            first = next(iter(lost.items()))
-            gone = TrainingError(f"lost the worker on {first[0]!r}: {first[1]}")
+            victim, why = next(iter(lost.items()))
+            gone = TrainingError(f"lost the worker on {victim!r}: {why}")
             if not completed:
                 raise TrainingError(
                     f"every worker of the run was lost ({'; '.join(lost.values())})",
@@ -528,7 +543,6 @@ class AgentPool:
             behind = [n for n in plan.devices if completed.get(n, -1) < steps]
             blob = None
             if behind:
-                run_id = next(iter(msgs.values()))["run_id"]
                 blob = self._request({source: {"op": "export", "run_id": run_id}}, timeout_s=60.0)[
                     source
                 ]["state_blob"]
@@ -536,35 +550,52 @@ class AgentPool:
             # count once, from the run that completes it
             samples[:] = [e for e in samples if e["epoch"] * steps_per_epoch + e["step"] < steps]
             generation += 1
-            base = {
-                **next(iter(msgs.values())),
-                "op": "resume",
-                "generation": generation,
-                "world": len(plan.devices),
-                "local_batches": [plan.local_batches[n] for n in plan.devices],
-                "micro_batch": plan.micro_batch,
-                "completed": steps,
-            }
-            active = {
-                n: {
-                    **base,
-                    "rank": r,
-                    "intensity": float(plan.intensities.get(n, 1.0)),
-                    "state_blob": blob if n in behind else None,
-                }
-                for r, n in enumerate(plan.devices)
-            }
+            active = self._resume_messages(first, plan, generation, steps, set(behind), blob)
             recoveries.append(Recovery(failure, plan, generation, time.time()))
+
+    @staticmethod
+    def _resume_messages(
+        first: dict[str, Any],
+        plan: Plan,
+        generation: int,
+        completed: int,
+        behind: set[str],
+        blob: bytes | None,
+    ) -> dict[str, dict[str, Any]]:
+        """'resume' messages of a re-formed group running ``plan`` from ``completed``
+        steps; the devices ``behind`` first take the state in ``blob``."""
+        base = {
+            **first,
+            "op": "resume",
+            "generation": generation,
+            "world": len(plan.devices),
+            "local_batches": [plan.local_batches[n] for n in plan.devices],
+            "micro_batch": plan.micro_batch,
+            "completed": completed,
+        }
+        return {
+            n: {
+                **base,
+                "rank": r,
+                "intensity": float(plan.intensities.get(n, 1.0)),
+                "state_blob": blob if n in behind else None,
+            }
+            for r, n in enumerate(plan.devices)
+        }
 
     def _segment(
         self,
         messages: dict[str, dict[str, Any]],
         deadline: float,
         on_event: Callable[[str, dict[str, Any]], None],
-    ) -> tuple[dict[str, dict], dict[str, dict], dict[str, str], float]:
+        watch: Callable[[str, dict[str, Any]], Plan | None] | None,
+        store: dist.Store,
+    ) -> tuple[dict[str, dict], dict[str, dict], dict[str, str], float, Plan | None]:
         """Send one segment's messages and wait until each worker is done, interrupted
-        (its step failed) or lost (dead, stopped, silent: fenced). Returns those three
-        and when the first lost worker was last heard of."""
+        (its step failed, or it paused) or lost (dead, stopped, silent: fenced). Returns
+        those three, when the first lost worker was last heard of, and the plan ``watch``
+        asked to switch to (the workers were asked to pause for it, through ``store``)."""
+        switch: Plan | None = None
         conns = {name: self._conn(name) for name in messages}
         for name, msg in messages.items():
             conns[name].send(msg)
@@ -602,6 +633,10 @@ class AgentPool:
                     continue
                 if event != "done":
                     on_event(name, reply)
+                    if watch and switch is None and event == "step":
+                        switch = watch(name, reply)
+                        if switch is not None:
+                            store.set("pause", "1")  # all ranks stop at one step boundary
                     continue
                 del pending[conn]
                 live.last_seen.pop(name, None)
@@ -621,11 +656,12 @@ class AgentPool:
             for name, why in live.lost(pids).items():
                 self._workers[name].kill()  # fenced: its sockets close, its peers fail fast
                 lose(name, why)
-            if interrupted and not lost:  # a peer's failure shows a moment after the echo
+            if interrupted and not lost and not all(r.get("paused") for r in interrupted.values()):
+                # a peer's failure shows a moment after the echo
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since > _DEATH_GRACE_S:
                     break
-        return done, interrupted, lost, lost_at
+        return done, interrupted, lost, lost_at, switch
 
     def close(self, grace_s: float = 2.0) -> None:
         """Ask agents to exit; kill those still busy after ``grace_s`` (e.g. on Ctrl-C)."""
