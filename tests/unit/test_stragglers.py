@@ -41,11 +41,11 @@ def test_noise_alone_is_never_a_straggler() -> None:
 
 def test_a_noisy_device_needs_more_to_count_as_slow() -> None:
     watch = StragglerWatch({"calm": 0.1, "noisy": 0.1}, spread={"noisy": [1.0, 2.0]})
-    assert watch.threshold("calm") == pytest.approx(1.25)
+    assert watch.threshold("calm") == pytest.approx(1.5)
     assert watch.threshold("noisy") == pytest.approx(1.95)
     for _ in range(2):
-        watch.observe("calm", 0.15)
-        watch.observe("noisy", 0.15)
+        watch.observe("calm", 0.17)
+        watch.observe("noisy", 0.17)
     assert set(watch.slow()) == {"calm"}
 
 
@@ -55,3 +55,12 @@ def test_unknown_devices_and_bad_patience() -> None:
     assert watch.slow() == {}
     with pytest.raises(ValueError, match="patience"):
         StragglerWatch({"a": 0.1}, patience=0)
+
+
+def test_off_plan_also_sees_a_device_back_to_speed() -> None:
+    watch = StragglerWatch({"a": 0.3, "b": 0.1})
+    for _ in range(2):
+        watch.observe("a", 0.1)  # planned as slowed (0.3 s), running at 0.1 s again
+        watch.observe("b", 0.1)
+    assert watch.off_plan() == pytest.approx({"a": 1 / 3})
+    assert watch.slow() == {}

@@ -384,7 +384,11 @@ class RunController:
             self._seen.add(device)
             return None
         self._watch.observe(device, float(event["compute_s"]))
-        drifted = self._watch.off_plan()
+        # faster than planned only counts for a device planned as slowed: back to its
+        # profile (a device at its profiled speed having a few quick steps is noise)
+        drifted = {
+            n: f for n, f in self._watch.off_plan().items() if f > 1 or self.slowdown.get(n, 1) > 1
+        }
         if not drifted:
             return None
         return self._rebalance(drifted)
@@ -392,8 +396,8 @@ class RunController:
     def _rebalance(self, drifted: dict[str, float]) -> Plan | None:
         retraining = self._ready()
         current = self._live_plan
-        for n, factor in drifted.items():
-            self.slowdown[n] = self.slowdown.get(n, 1.0) * factor
+        for n, factor in drifted.items():  # never faster than profiled
+            self.slowdown[n] = max(1.0, self.slowdown.get(n, 1.0) * factor)
         profiles = self._surviving().profiles
         said = ", ".join(f"{n} {f:.2f}x its plan" for n, f in drifted.items())
         try:

@@ -37,7 +37,7 @@ class StragglerWatch:
     spread: Mapping[str, Sequence[float]] = field(default_factory=dict)
     patience: int = 2
     quantile: float = 0.95
-    min_factor: float = 1.25
+    min_factor: float = 1.5
     default_noise: float = 0.15
     _recent: dict[str, deque[float]] = field(default_factory=dict, init=False)
 
