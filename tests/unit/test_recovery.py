@@ -49,3 +49,13 @@ def test_long_silence_is_lost_even_while_running(monkeypatch) -> None:
     live = Liveness()
     live.start(["a"])
     assert "hung" in live.lost({"a": None})["a"]
+
+
+def test_the_coordinators_own_stall_is_not_the_workers_silence(monkeypatch) -> None:
+    monkeypatch.setattr(recovery, "STOPPED_S", 0.0)
+    monkeypatch.setattr(recovery, "SILENT_S", 0.5)
+    live = Liveness()
+    live.start(["a"])
+    time.sleep(0.6)
+    live.excuse(0.6)  # it was us, busy in a callback, not them
+    assert live.lost({"a": None}) == {}

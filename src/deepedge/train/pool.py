@@ -618,6 +618,7 @@ class AgentPool:
         while pending:
             if time.monotonic() > deadline:
                 raise TrainingError(f"workers {sorted(pending.values())} did not finish in time")
+            listened = time.monotonic()
             for conn in wait(list(pending), timeout=0.1):
                 name = pending[conn]
                 try:
@@ -652,6 +653,8 @@ class AgentPool:
             for name in list(pending.values()):
                 if (err := self._death(name)) is not None:
                     lose(name, str(err))
+            if (stall := time.monotonic() - listened - 0.1) > 0.25:
+                live.excuse(stall)  # a slow callback kept us from reading their heartbeats
             pids = {n: self._workers[n].pid for n in pending.values()}
             for name, why in live.lost(pids).items():
                 self._workers[name].kill()  # fenced: its sockets close, its peers fail fast

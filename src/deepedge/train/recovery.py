@@ -99,6 +99,12 @@ class Liveness:
         if name in self.last_seen:
             self.last_seen[name] = time.monotonic()
 
+    def excuse(self, stall_s: float) -> None:
+        """The coordinator itself did not listen for ``stall_s`` (a slow callback): that
+        is not the workers' silence, so it does not count towards it."""
+        for name in self.last_seen:
+            self.last_seen[name] += stall_s
+
     def silence_s(self, name: str) -> float:
         return time.monotonic() - self.last_seen[name]
 
