@@ -200,11 +200,7 @@ def cpu_hog(ctl: RunController, device: str, workdir: Path) -> Iterator[Stressor
     hog = StressorProcess(
         "cpu", handle, host=ctl.session.cluster.coordinator_address, workdir=workdir
     )
-    handle.set_cpu_limit(None)
-    try:
-        hog.start(timeout_s=60)
-    finally:
-        handle.set_cpu_limit(handle.spec.cpu_cores)
+    hog.start_unthrottled(timeout_s=60)
     try:
         yield hog
     finally:

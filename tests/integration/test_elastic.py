@@ -103,11 +103,7 @@ def test_a_device_slowed_by_a_cpu_hog_gets_a_smaller_share_at_a_step_boundary(tm
         hog = StressorProcess(
             "cpu", device, host=ctl.session.cluster.coordinator_address, workdir=tmp_path
         )
-        device.set_cpu_limit(None)  # it starts (imports) unthrottled, as the lab's do
-        try:
-            hog.start(timeout_s=60)
-        finally:
-            device.set_cpu_limit(device.spec.cpu_cores)
+        hog.start_unthrottled(timeout_s=60)
         try:
 
             def strike(epoch: int, step: int) -> None:

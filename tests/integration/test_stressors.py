@@ -77,11 +77,7 @@ def running(
     s = StressorProcess(
         kind, device, host=cluster.coordinator_address, workdir=workdir, options=options
     )
-    device.set_cpu_limit(None)
-    try:
-        s.start(timeout_s=60)
-    finally:
-        device.set_cpu_limit(device.spec.cpu_cores)
+    s.start_unthrottled(timeout_s=60)
     try:
         yield s
     finally:

@@ -398,10 +398,11 @@ class RunController:
         current = self._live_plan
         for n, factor in drifted.items():  # never faster than profiled
             self.slowdown[n] = max(1.0, self.slowdown.get(n, 1.0) * factor)
-        profiles = self._surviving().profiles
+        surviving = self._surviving()
+        profiles = surviving.profiles
         said = ", ".join(f"{n} {f:.2f}x its plan" for n, f in drifted.items())
         try:
-            plan = retraining.plan_from(self._surviving(), (current.policy,)).plans[current.policy]
+            plan = retraining.plan_from(surviving, (current.policy,)).plans[current.policy]
         except (DeepEdgeError, KeyError) as err:
             self._event("straggler", f"{said}; cannot plan again: {err}")
             self._follow(current)

@@ -31,7 +31,8 @@ stress-ng under the same duty cycle with SIGSTOP/SIGCONT.
 
 Workers start slowly under a tiny CPU quota (importing numpy or torch can take many
 seconds at 0.1 cores): lift the device's quota while they start
-(``device.set_cpu_limit(None)``, then back). A kind that cannot run on a device raises
+(:meth:`~StressorProcess.start_unthrottled`, or ``device.set_cpu_limit(None)`` around
+several starts, then back). A kind that cannot run on a device raises
 :class:`StressorUnavailable` at :meth:`~StressorProcess.start`; a worker that hits a
 persistent error later (no space left, an allocation or CUDA failure) goes idle and says so
 in its counters (``errors``, ``last_error``), and :meth:`~StressorProcess.measure` raises
@@ -354,6 +355,15 @@ class StressorProcess:
     def intensity(self) -> float:
         """The intensity last set (the worker may have gone idle since: see ``read``)."""
         return self._intensity
+
+    def start_unthrottled(self, timeout_s: float = 120.0) -> None:
+        """:meth:`start` with the device's CPU quota lifted until the worker said hello
+        (its imports would take many seconds under a small quota), then restored."""
+        self.device.set_cpu_limit(None)
+        try:
+            self.start(timeout_s)
+        finally:
+            self.device.set_cpu_limit(self.device.spec.cpu_cores)
 
     def start(self, timeout_s: float = 120.0) -> None:
         """Spawn the worker in the device and wait for its hello.
