@@ -172,6 +172,7 @@ def main() -> int:
         session_dir=args.workdir / "session",
         settle_s=IDLE_S,
         rebalance=False,  # the plan as the model made it
+        slo_guard=None,
     )
     with RunController(
         cluster, job, options, train_set=train_set, initial_state=start_state, status=console.print

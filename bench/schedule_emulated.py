@@ -174,7 +174,12 @@ def run_scenario(
     runs: dict[str, list[PolicyRun]] = {p: [] for p in POLICIES}
     # each policy as planned: no run-time rebalancing, which would blur the comparison
     options = RunOptions(
-        out=workdir / name, policies=POLICIES, kb=kb, settle_s=IDLE_S, rebalance=False
+        out=workdir / name,
+        policies=POLICIES,
+        kb=kb,
+        settle_s=IDLE_S,
+        rebalance=False,
+        slo_guard=None,  # each policy's plan as made: what it does to the LC apps
     )
     with RunController(
         cluster, job, options, train_set=train_set, initial_state=start_state, status=console.print

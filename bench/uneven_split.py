@@ -50,6 +50,7 @@ def main() -> int:
         kb=args.workdir / "kb.sqlite",
         refresh=True,
         rebalance=False,  # each split as planned
+        slo_guard=None,
     )
     with RunController(
         cluster, job, options, train_set=train_set, initial_state=model.state_dict()

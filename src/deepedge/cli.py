@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from deepedge.errors import EXIT_FAILURE, EXIT_USAGE, CheckpointError, DeepEdgeError, UsageError
+
+if TYPE_CHECKING:
+    from deepedge.spec import DeviceSpec
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -269,9 +272,19 @@ def train(
             "coordinator itself was killed; a lost device is survived without it)",
         ),
     ] = False,
+    slo_guard: Annotated[
+        bool,
+        typer.Option(
+            help="cut a device's training while an LC app there nears its deadline "
+            "(--no-slo-guard: run the plan as made)"
+        ),
+    ] = True,
 ) -> None:
-    """Plan and run one re-training job on the emulated cluster, on the job's drifted data."""
-    from deepedge.control import RunController, RunOptions, get_policy
+    """Plan and run one re-training job on the emulated cluster, on the job's drifted data.
+
+    While it trains, a device added to CLUSTER (`deepedge cluster add CLUSTER ...`) joins:
+    it is profiled on the side and given a share at a step boundary when that pays."""
+    from deepedge.control import GuardSettings, RunController, RunOptions, get_policy
     from deepedge.data import build_dataset
     from deepedge.train import evaluate, job_model, load_checkpoint
 
@@ -298,7 +311,13 @@ def train(
                 f"{str(err).splitlines()[0]}",
                 hint="use the base-model.ckpt of a demo run with the same model spec",
             ) from None
-    options = RunOptions(out=out, policies=(policy,), kb=_kb_path(kb))
+    options = RunOptions(
+        out=out,
+        policies=(policy,),
+        kb=_kb_path(kb),
+        spec_path=cluster,
+        slo_guard=GuardSettings() if slo_guard else None,
+    )
     ctl = RunController(
         cluster_spec,
         job_spec,
@@ -798,6 +817,144 @@ def cluster_cleanup() -> None:
 
     reaped = cleanup_stale()
     console.print(f"removed {len(reaped)} stale session(s)" + (f": {reaped}" if reaped else ""))
+
+
+@cluster_app.command("add")
+def cluster_add(
+    spec: Annotated[Path, typer.Argument(help="cluster spec file (YAML or .json) to add to")],
+    name: Annotated[str, typer.Option("--name", help="the new device's name")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            help="device kind from `deepedge catalog` (another kind needs --cpu-cores and "
+            "--memory-mb)",
+        ),
+    ],
+    cpu_cores: Annotated[
+        float | None, typer.Option("--cpu-cores", help="capacity in host cores (default: kind's)")
+    ] = None,
+    memory_mb: Annotated[
+        int | None, typer.Option("--memory-mb", help="memory in MB (default: kind's)")
+    ] = None,
+    reserved_mb: Annotated[
+        int | None,
+        typer.Option("--reserved-mb", help="memory the OS takes, in MB (default: kind's)"),
+    ] = None,
+    link_mbps: Annotated[
+        float | None, typer.Option("--link-mbps", help="network link in Mbit/s (default: kind's)")
+    ] = None,
+) -> None:
+    """Add a device to a cluster spec; a running `deepedge train` or `demo` on it picks it up.
+
+    The spec is checked as a whole with the new device in it, then replaced atomically, so
+    a running job never reads it half-written. The file is rewritten from its parsed
+    content: its comments and formatting are not kept.
+    """
+    from deepedge.catalog import resolve_device
+
+    device = _new_device(
+        name=name,
+        kind=kind,
+        cpu_cores=cpu_cores,
+        memory_mb=memory_mb,
+        reserved_mb=reserved_mb,
+        link_mbps=link_mbps,
+    )
+    count = _add_to_spec_file(spec, device)
+    d = resolve_device(device)
+    console.print(
+        f"[green]added[/] device {escape(repr(d.name))} ({escape(d.kind)}, {d.cpu_cores:g} host "
+        f"cores, {d.memory_mb} MB) to {escape(str(spec))}, now {count} devices; a running "
+        "`deepedge train` or `deepedge demo` on this spec picks it up at a step boundary"
+    )
+
+
+def _new_device(**fields: str | float | None) -> DeviceSpec:
+    """The device `cluster add`'s options describe; a bad value names its option, an
+    unknown kind without capacities lists the catalog."""
+    from pydantic import ValidationError
+
+    from deepedge.catalog import CATALOG
+    from deepedge.spec import DeviceSpec
+
+    try:
+        device = DeviceSpec.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as err:
+        e = err.errors(include_url=False)[0]
+        where = f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r}: " if e["loc"] else ""
+        raise UsageError(
+            f"bad new device: {where}{e['msg'].removeprefix('Value error, ')}",
+            hint="see `deepedge cluster add --help`",
+        ) from None
+    if device.kind not in CATALOG and (device.cpu_cores is None or device.memory_mb is None):
+        raise UsageError(
+            f"unknown device kind {device.kind!r}",
+            hint=f"use one of {', '.join(sorted(CATALOG))} (`deepedge catalog`), or give "
+            "--cpu-cores and --memory-mb for a board of your own",
+        )
+    return device
+
+
+def _add_to_spec_file(path: Path, device: DeviceSpec) -> int:
+    """Append ``device`` to the cluster spec at ``path`` and replace the file atomically.
+
+    The new content is validated as the spec loader would (schema, then the catalog and
+    memory checks) before anything is written; the file is written to a temporary file
+    beside it, read back and compared, then renamed over it (``os.replace``): a job that
+    polls the spec sees the old file or the new one, never a mix. The file keeps its
+    permissions; a symlink is followed, not replaced. Returns the number of devices now.
+    """
+    import contextlib
+    import tempfile
+
+    import yaml_rs
+
+    from deepedge.spec import ClusterSpec, parse_spec, read_spec_file
+    from deepedge.validation import require_usable
+
+    data = read_spec_file(path, expect="cluster spec")
+    original = parse_spec(ClusterSpec, data, source=str(path))
+    taken = [d.name for d in original.devices]
+    if device.name in taken:
+        raise UsageError(
+            f"{path} already has a device named {device.name!r}",
+            hint="pick another --name",
+        )
+    new = {**data, "devices": [*data["devices"], device.model_dump(exclude_none=True)]}
+    require_usable(parse_spec(ClusterSpec, new, source=str(path)), source=str(path))
+    as_json = path.suffix.lower() == ".json"
+    text = json.dumps(new, indent=2) if as_json else yaml_rs.dumps(new)
+    text = text if text.endswith("\n") else text + "\n"
+    target = Path(os.path.realpath(path))
+    tmp: Path | None = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
+        )
+        tmp = Path(tmp_name)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        st = target.stat()
+        os.chmod(tmp, st.st_mode & 0o7777)
+        with contextlib.suppress(OSError):  # root editing a user's file leaves it theirs
+            os.chown(tmp, st.st_uid, st.st_gid)
+        if read_spec_file(tmp, expect="cluster spec") != new:  # the dump must round-trip
+            raise DeepEdgeError(
+                f"{path} cannot be rewritten faithfully with the new device",
+                hint="add the device to the file by hand; `deepedge validate` checks it",
+            )
+        os.replace(tmp, target)
+    except OSError as err:
+        raise DeepEdgeError(
+            f"cannot write {path}: {err.strerror}", hint="check the folder's permissions"
+        ) from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return len(new["devices"])
 
 
 @cluster_app.command("info")

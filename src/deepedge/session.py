@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from deepedge.apps import LoadGenerator, LoadTarget, RequestRecord, server_command, wait_ready
 from deepedge.cluster import BackendFactory, ClusterBackend, make_backend
-from deepedge.errors import ClusterError
+from deepedge.errors import ClusterError, DeepEdgeError
 from deepedge.monitor import (
     MetricsServer,
     Monitor,
@@ -25,7 +26,7 @@ from deepedge.monitor import (
     default_samplers,
     serve_metrics,
 )
-from deepedge.spec import ClusterSpec
+from deepedge.spec import ClusterSpec, DeviceSpec
 from deepedge.train.pool import AgentPool
 
 __all__ = ["EdgeSession", "Phase"]
@@ -74,6 +75,8 @@ class EdgeSession:
     _loadgen: LoadGenerator | None = None
     _store: TimeSeriesStore | None = None
     _live_done_s: float = 0.0  # when the newest drained request finished
+    _monitored: int = 0  # live_records the monitor has been given
+    _live_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.cluster = self.backend(self.spec, force_fallback=self.force_fallback)
@@ -130,6 +133,52 @@ class EdgeSession:
             self.stop()
             raise
 
+    def add_device(self, device: DeviceSpec) -> None:
+        """Boot a device that joins the running session, and its training agent.
+
+        As in :meth:`start`, it boots with its CPU limit lifted (its agent's torch import
+        would take minutes under a small quota) and is fenced before this returns, so
+        whatever is measured on it is measured under its limit. It runs no LC app. Once
+        this returns, ``agents`` can profile it and a plan may give it a share, and
+        :attr:`spec` is the cluster's spec with it; the monitor samples it from its next
+        tick. On failure nothing of it is left running and a one-line
+        :class:`ClusterError` names it and says what to do.
+        """
+        name = device.name
+        try:
+            dev = self.cluster.add_device(device)
+        except DeepEdgeError as err:
+            raise ClusterError(
+                f"device {name!r} could not join the session: {err}",
+                hint=err.hint or "fix the device's entry in the cluster spec",
+            ) from None
+        try:
+            dev.set_cpu_limit(None)
+            self.status(
+                f"device {name} joins: booting it ({dev.spec.kind}, "
+                f"{dev.spec.cpu_cores or 0:g} host cores, {self.cluster.emulation})"
+            )
+            if self.agents_enabled:
+                self.agents.add(name, dev)
+            dev.set_cpu_limit(dev.spec.cpu_cores)
+        except BaseException as err:
+            try:
+                self.cluster.remove_device(name)
+            except DeepEdgeError as left:
+                raise ClusterError(
+                    f"device {name!r} could not join the session ({err}), and removing it "
+                    f"failed: {left}",
+                    hint="run `deepedge cluster cleanup` once the session has stopped",
+                ) from None
+            if not isinstance(err, DeepEdgeError):
+                raise  # Ctrl-C, or a bug: as it is, with nothing left behind
+            raise ClusterError(
+                f"device {name!r} could not join the session and was removed: {err}",
+                hint=err.hint or f"see {self.workdir / 'logs'}",
+            ) from None
+        self.spec = self.cluster.spec
+        self.status(f"device {name} joined the session")
+
     def _start_monitor(self) -> None:
         if self.monitor_interval_s is None:
             return
@@ -152,13 +201,33 @@ class EdgeSession:
             self.metrics = serve_metrics(self.monitor.latest, port=self.metrics_port)
             self.status(f"metrics on {self.metrics.url}")
 
+    def poll_lc(self) -> int:
+        """Take the LC requests completed since the last poll into ``live_records`` now
+        (the monitor polls every interval; the SLO guard cannot wait that long). Returns
+        how many ``live_records`` holds."""
+        if self._loadgen is None:
+            return len(self.live_records)
+        with self._live_lock:
+            records = self._loadgen.drain()
+            self.live_records.extend(records)
+            if records:
+                self._live_done_s = max(self._live_done_s, max(r.done_s for r in records))
+            return len(self.live_records)
+
     def _drain(self) -> list[RequestRecord]:
-        assert self._loadgen is not None
-        records = self._loadgen.drain()
-        self.live_records.extend(records)
-        if records:
-            self._live_done_s = max(self._live_done_s, max(r.done_s for r in records))
+        """The monitor's LC sampler: the records it has not seen yet."""
+        end = self.poll_lc()
+        records = self.live_records[self._monitored : end]
+        self._monitored = end
         return records
+
+    def set_lc_rate(self, app: str, rate_rps: float) -> None:
+        """Change an LC app's request rate while the session runs (a load spike)."""
+        if self._loadgen is None:
+            raise ClusterError(
+                "this session drives no LC load", hint="add LC apps to the cluster spec"
+            )
+        self._loadgen.set_rate(app, rate_rps)
 
     def lc_records(self, start_s: float, end_s: float) -> list[RequestRecord]:
         """Every LC request scheduled in ``[start_s, end_s)``, while the session runs.
@@ -166,22 +235,16 @@ class EdgeSession:
         Requests are drained in the order they finish, and each finishes (or fails) within
         the load generator's timeout; so once one that finished a timeout after ``end_s``
         has been drained, every request of the slice is in, the slow ones included.
-        Needs the monitor, which drains them.
         """
         if self._loadgen is None:
             return [r for r in self.records if start_s <= r.scheduled_s < end_s]
-        if self.monitor is None:
-            raise ClusterError(
-                "live LC latency needs the session's monitor, which is off",
-                hint="start the session with monitor_interval_s set",
-            )
         complete_at = end_s + self._loadgen.timeout_s
         deadline = time.monotonic() + 2 * self._loadgen.timeout_s + 10.0
-        while self._live_done_s < complete_at:
+        while self.poll_lc() == 0 or self._live_done_s < complete_at:
             if time.monotonic() > deadline:
                 raise ClusterError(
-                    "the monitor stopped draining LC requests",
-                    hint="see the monitor's warnings in the session's output",
+                    "the load generator stopped reporting LC requests",
+                    hint="see its errors in the session's output",
                 )
             time.sleep(0.05)
         return [r for r in list(self.live_records) if start_s <= r.scheduled_s < end_s]

@@ -12,7 +12,7 @@ import pytest
 from deepedge.control import RunController, RunOptions, RunState
 from deepedge.interference.stressors import StressorProcess
 from deepedge.profile import ProfileSettings
-from deepedge.spec import ClusterSpec, JobSpec
+from deepedge.spec import ClusterSpec, DeviceSpec, JobSpec
 from deepedge.train import load_checkpoint
 from tests.conftest import needs_cgroups
 
@@ -121,3 +121,73 @@ def test_a_device_slowed_by_a_cpu_hog_gets_a_smaller_share_at_a_step_boundary(tm
     assert sum(slowed[0]["local_batches"].values()) == JOB["global_batch"]
     assert not done.run.recoveries and ctl.state is RunState.DONE
     _assert_every_sample_once(done.run.samples, epochs=3)
+
+
+def test_an_lc_app_past_its_deadline_throttles_then_unloads_its_device(tmp_path) -> None:
+    # a deadline no request can meet: the guard must cut "mid" step by step, then take it
+    # out of the plan, while the run goes on and uses every sample once
+    cluster = {
+        **CLUSTER,
+        "apps": [{"name": "cam", "device": "mid", "rate_rps": 20, "deadline_ms": 1}],
+    }
+    options = RunOptions(
+        out=tmp_path / "run",
+        policies=("equal",),
+        kb=tmp_path / "kb.sqlite",
+        rebalance=False,
+        profile_settings=ProfileSettings(steps=4, warmup=1),
+    )
+    job = JobSpec.model_validate({**JOB, "epochs": 4})
+    ctl = RunController(ClusterSpec.model_validate(cluster), job, options)
+    with ctl:
+        plan = ctl.plan().plans["equal"]
+        assert ctl.session is not None
+        session = ctl.session
+
+        def spike(epoch: int, step: int) -> None:
+            if epoch * STEPS_PER_EPOCH + step == 1:
+                session.set_lc_rate("cam", 60)
+
+        done = ctl.train(plan, on_step=spike, log_samples=True)
+    actions = [e.data["action"] for e in ctl.events.of_kind("slo-guard") if "action" in e.data]
+    assert actions[:3] == ["cut", "cut", "off"], [e.message for e in ctl.events]
+    assert {e.data["device"] for e in ctl.events.of_kind("slo-guard") if "device" in e.data} == {
+        "mid"
+    }
+    intensities = [p.intensities.get("mid", 1.0) for p, _, _ in done.segments]
+    assert intensities[:3] == [1.0, 0.5, 0.25]
+    final = done.segments[-1][0]
+    assert "mid" not in final.local_batches
+    assert sum(final.local_batches.values()) == JOB["global_batch"]
+    assert not done.run.recoveries and ctl.state is RunState.DONE
+    _assert_every_sample_once(done.run.samples, epochs=4)
+
+
+def test_a_device_that_joins_mid_run_is_taken_in_at_a_step_boundary(tmp_path) -> None:
+    # one slow board trains alone; a faster one joins: it is booted and profiled on the
+    # side, then the plan takes it in (the new member starts from a survivor's state)
+    cluster = {**CLUSTER, "devices": [CLUSTER["devices"][2]]}
+    options = RunOptions(
+        out=tmp_path / "run",
+        policies=("equal",),
+        kb=tmp_path / "kb.sqlite",
+        profile_settings=ProfileSettings(steps=4, warmup=1),
+    )
+    job = JobSpec.model_validate({**JOB, "epochs": 12})
+    ctl = RunController(ClusterSpec.model_validate(cluster), job, options)
+    with ctl:
+        plan = ctl.plan().plans["equal"]
+        assert plan.devices == ["slow"]
+
+        def join(epoch: int, step: int) -> None:
+            if epoch == 0 and step == 0:
+                ctl.join(DeviceSpec(name="fast", kind="orin-nano"))
+
+        done = ctl.train(plan, on_step=join, log_samples=True)
+    weighed = [e.data for e in ctl.events.of_kind("join") if "pays" in e.data]
+    assert weighed and weighed[0]["devices"] == ["fast"], [e.message for e in ctl.events]
+    assert weighed[0]["pays"], weighed[0]
+    assert set(done.segments[-1][0].devices) == {"slow", "fast"}
+    assert done.run.steps["fast"], "the joiner trained no step"
+    assert not done.run.recoveries and ctl.state is RunState.DONE
+    _assert_every_sample_once(done.run.samples, epochs=12)

@@ -108,6 +108,26 @@ def test_open_loop_load_is_served_and_recorded(server: int) -> None:
     assert gen.stop() is records  # idempotent
 
 
+def test_rate_changes_while_running(server: int) -> None:
+    gen = LoadGenerator([LoadTarget.from_app(APP, server)], seed=4)
+    gen.start()
+    try:
+        t0 = gen.started_at
+        assert t0 is not None
+        drain_until(gen, lambda recs: any(r.scheduled_s >= t0 + 1.0 for r in recs))
+        changed = time.time()
+        gen.set_rate("cam", 3 * APP.rate_rps)
+        drain_until(gen, lambda recs: any(r.scheduled_s >= changed + 2.5 for r in recs))
+        with pytest.raises(ClusterError, match="no app 'nope'"):
+            gen.set_rate("nope", 1.0)
+    finally:
+        records = gen.stop()
+    # Poisson counts over 2 s from 0.5 s after the change (a gap drawn at the old rate may
+    # still be running): mean 180 at the new rate against 60 at the old one
+    n = sum(changed + 0.5 <= r.scheduled_s < changed + 2.5 for r in records)
+    assert abs(n - 2.0 * 3 * APP.rate_rps) <= 4 * math.sqrt(2.0 * 3 * APP.rate_rps), n
+
+
 def test_malformed_request_closes_only_that_connection(server: int) -> None:
     for header in (struct.pack(">I", 10), struct.pack(">I", 2**31)):
         with socket.create_connection(("127.0.0.1", server), timeout=5) as bad:

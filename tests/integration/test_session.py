@@ -119,7 +119,7 @@ def test_uneven_ddp_run_follows_the_plan_and_checkpoints(retraining, session):
     # the run's LC requests are readable live, and become a row of the knowledge base
     recs = session.lc_records(phase.start, phase.end)
     assert recs and all(r.app == "cam" and phase.start <= r.scheduled_s < phase.end for r in recs)
-    learned = retraining.learn([(plan, phase)])
+    learned = retraining.learn([(plan, phase.start, phase.end)])
     if len(recs) < MIN_RUN_REQUESTS:
         assert f"{len(recs)} requests in the run" in learned.skipped["proportional/cam"]
     else:

@@ -67,7 +67,7 @@ def records(n: int, start: float, seed: int = 0) -> list[RequestRecord]:
 
 def test_an_app_under_a_static_plan_gets_its_scenario_and_the_labs_estimator(spec):
     recs = records(300, start=100.0) + records(300, start=200.0, seed=1)
-    rows_, skipped = run_latencies(spec, plan(), recs, 100.0, 110.0)
+    rows_, skipped = run_latencies(spec, plan(), recs, 100.0, 106.0)
     assert skipped == {}
     [(device, app, sc, stats)] = rows_
     assert (device, app, sc.device, sc.app, sc.rate_rps) == (
@@ -79,7 +79,7 @@ def test_an_app_under_a_static_plan_gets_its_scenario_and_the_labs_estimator(spe
     )
     assert sc.train == TrainLoad(48, 0.5)
     # only the run's requests, summarised exactly as the lab summarises its windows
-    expected = latency_summary(recs, deadline_ms=1e9, start_s=100.0, end_s=110.0, app="cam")
+    expected = latency_summary(recs, deadline_ms=1e9, start_s=100.0, end_s=106.0, app="cam")
     assert stats.requests == 300 == expected.requests
     assert stats.p95_ms == expected.p95_ms
 
@@ -95,6 +95,14 @@ def test_runs_without_a_fixed_operating_point_or_enough_requests_are_skipped(spe
     out = plan(local_batches={"orin": 64}, intensities={})
     [(_, _, sc, _)] = run_latencies(spec, out, recs, 0.0, 10.0)[0]
     assert sc.train is None
+
+
+def test_an_app_whose_load_changed_is_learnt_at_the_rate_it_had(spec):
+    recs = records(300, start=0.0)  # RATE for 6 s
+    [(_, _, sc, _)] = run_latencies(spec, plan(), recs, 0.0, 6.0)[0]
+    assert sc.rate_rps == RATE
+    [(_, _, sc, _)] = run_latencies(spec, plan(), recs, 0.0, 10.0)[0]
+    assert sc.rate_rps == pytest.approx(0.6 * RATE)  # nothing for the last 4 s
 
 
 def test_rows_are_stored_even_without_a_model_to_refit(spec, tmp_path):

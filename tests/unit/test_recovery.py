@@ -59,3 +59,16 @@ def test_the_coordinators_own_stall_is_not_the_workers_silence(monkeypatch) -> N
     time.sleep(0.6)
     live.excuse(0.6)  # it was us, busy in a callback, not them
     assert live.lost({"a": None}) == {}
+
+
+def test_a_silence_every_worker_shares_takes_three_times_as_long(monkeypatch) -> None:
+    monkeypatch.setattr(recovery, "STOPPED_S", 0.0)
+    monkeypatch.setattr(recovery, "SILENT_S", 0.2)
+    live = Liveness()
+    live.start(["a", "b"])
+    time.sleep(0.3)
+    assert live.lost({"a": None, "b": None}) == {}  # both at once: the host, most likely
+    live.heard("b")
+    assert set(live.lost({"a": None, "b": None})) == {"a"}  # one alone: that worker
+    time.sleep(0.7)
+    assert set(live.lost({"a": None, "b": None})) == {"a", "b"}  # over 0.6 s of it: lost

@@ -9,8 +9,9 @@ The generator runs in a child process (``python -m deepedge.apps.loadgen``) so i
 competes for the caller's GIL; the child keeps a pool of persistent connections per app,
 opening more when all are busy, so a slow server cannot throttle the send schedule.
 Every request becomes a :class:`RequestRecord` (failures too, never dropped). The child
-stops when told to, when its stdin hits EOF, when its parent process changes (the parent
-died), or on SIGTERM; it then writes all records to a compact ``.npz`` file that
+takes rate changes on its stdin while it runs (:meth:`LoadGenerator.set_rate`: a load
+spike), and stops when told to, when its stdin hits EOF, when its parent process changes
+(the parent died), or on SIGTERM; it then writes all records to a compact ``.npz`` file that
 :meth:`LoadGenerator.stop` loads.
 """
 
@@ -51,6 +52,9 @@ __all__ = ["LoadGenerator", "LoadTarget", "RequestRecord", "main"]
 
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 _TMP_PREFIX = "deepedge-loadgen-"
+STREAM_S = 0.25
+"""How often the child sends completed requests to the parent (the live stream that the
+monitor and the run controller's SLO guard read)."""
 
 
 @dataclass(frozen=True)
@@ -197,8 +201,24 @@ class LoadGenerator:
                 with self._live_lock:
                     self._live.extend(recs)
 
+    def set_rate(self, app: str, rate_rps: float) -> None:
+        """Change ``app``'s mean request rate from its next request on (a load spike, or
+        its end); the schedule stays Poisson and seeded."""
+        if app not in {t.app for t in self.targets}:
+            raise ClusterError(
+                f"the load generator drives no app {app!r}",
+                hint=f"use one of {sorted(t.app for t in self.targets)}",
+            )
+        if not (rate_rps > 0 and math.isfinite(rate_rps)):
+            raise ValueError(f"rate_rps must be positive and finite, got {rate_rps}")
+        proc = self._proc
+        if proc is None or proc.stdin is None or self._records is not None:
+            raise ClusterError("the load generator is not running", hint="call start() first")
+        proc.stdin.write(json.dumps({"rate": {app: rate_rps}}).encode() + b"\n")
+        proc.stdin.flush()
+
     def drain(self) -> list[RequestRecord]:
-        """Requests completed since the last call, as they finish (about every 0.5 s).
+        """Requests completed since the last call, as they finish (every :data:`STREAM_S`).
 
         For live monitoring; the full, ordered record set still comes from :meth:`stop`.
         At most ``live_buffer`` undrained records are kept (the oldest are dropped).
@@ -317,6 +337,7 @@ class _Run:
         self.timeout_s = float(cfg["timeout_s"])
         self.duration_s = cfg.get("duration_s")
         self.pools = [_Pool(t.host, t.port, int(cfg["max_connections"])) for t in self.targets]
+        self.rates = [t.rate_rps for t in self.targets]  # changed by the parent while running
         rng = np.random.default_rng([self.seed, 1 << 20])
         self.messages = [
             HEADER.pack(t.payload_bytes) + rng.integers(0, 256, t.payload_bytes, np.uint8).tobytes()
@@ -340,8 +361,8 @@ class _Run:
         end = self.t0_mono + self.duration_s if self.duration_s else math.inf
         t = self.t0_mono
         while True:
-            for gap in rng.exponential(1.0 / self.targets[i].rate_rps, 256).tolist():
-                t += gap
+            for gap in rng.exponential(1.0, 256).tolist():
+                t += gap / self.rates[i]
                 if t >= end:
                     return
                 delay = t - time.monotonic()
@@ -392,14 +413,25 @@ class _Run:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         parent, orphaned = os.getppid(), threading.Event()
 
-        def read_stdin() -> None:  # a line means stop; EOF without one: the parent died
+        def read_stdin() -> None:
+            """JSON lines change rates; any other line means stop; EOF without a stop
+            line: the parent died."""
             # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader can
             # abort interpreter shutdown when the parent vanished without closing the pipe.
-            chunk = b""
+            buffered, stopped = b"", False
             with contextlib.suppress(OSError):
-                while (chunk := os.read(0, 64)) and b"\n" not in chunk:
-                    pass
-            if not chunk:
+                while not stopped and (chunk := os.read(0, 4096)):
+                    buffered += chunk
+                    *lines, buffered = buffered.split(b"\n")
+                    for line in lines:
+                        if not line.startswith(b"{"):
+                            stopped = True
+                            break
+                        change = json.loads(line).get("rate", {})
+                        names = [t.app for t in self.targets]
+                        for app, rate in change.items():
+                            self.rates[names.index(app)] = float(rate)
+            if not stopped:
                 orphaned.set()
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(stop.set)
@@ -410,7 +442,7 @@ class _Run:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                    await asyncio.wait_for(stop.wait(), timeout=STREAM_S)
                 if os.getppid() != parent:  # re-parented: the parent died without EOF
                     orphaned.set()
                     break
@@ -436,8 +468,9 @@ class _Run:
 def main(argv: list[str] | None = None) -> int:
     """Child entry point (internal): ``--config JSON --out PATH``.
 
-    stdin must be a pipe from the parent: a line on it means "stop and save"; EOF without
-    one means the parent died, so the child exits without saving.
+    stdin must be a pipe from the parent: a JSON line ``{"rate": {app: rps}}`` changes
+    rates, any other line means "stop and save"; EOF without one means the parent died, so
+    the child exits without saving.
     """
     p = argparse.ArgumentParser(prog="python -m deepedge.apps.loadgen")
     p.add_argument("--config", required=True, help="JSON: targets, seed, timeout_s, ...")

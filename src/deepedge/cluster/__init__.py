@@ -9,6 +9,7 @@ from deepedge.cluster.api import (
 )
 from deepedge.cluster.cgroups import detect_cgroups
 from deepedge.cluster.local import LocalCluster, LocalDevice, cleanup_stale
+from deepedge.cluster.specwatch import SpecWatch
 from deepedge.spec import ClusterSpec
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "EmulationMode",
     "LocalCluster",
     "LocalDevice",
+    "SpecWatch",
     "cleanup_stale",
     "detect_cgroups",
     "make_backend",

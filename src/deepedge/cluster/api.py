@@ -104,6 +104,27 @@ class ClusterBackend(Protocol):
 
     def start(self) -> None: ...
 
+    def add_device(self, spec: DeviceSpec) -> DeviceHandle:
+        """Boot one more device into the started cluster, fenced as the spec's devices are.
+
+        A device can join while a job runs (``deepedge cluster add``, a reloaded spec);
+        the caller profiles it on the side and brings it into training at a step boundary.
+        Fills in the catalog defaults, appends the device to :attr:`spec` and
+        :attr:`devices` (which may be iterated by other threads meanwhile), and boots it
+        with its limits applied. A taken name or an unknown kind raises
+        :class:`~deepedge.errors.SpecError` and boots nothing; a failed boot leaves
+        nothing behind. :meth:`stop` removes it like every other device.
+        """
+        ...
+
+    def remove_device(self, name: str) -> None:
+        """Kill one device's processes, remove its fence, drop it from :attr:`spec`.
+
+        Undoes a join that failed half-way; refused (``ClusterError``) for a device the
+        spec's LC apps run on and for the last device.
+        """
+        ...
+
     def stop(self) -> None:
         """Kill every process of every device and remove every fence. Idempotent."""
         ...

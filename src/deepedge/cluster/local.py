@@ -21,7 +21,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from pathlib import Path
 
 import psutil
@@ -31,8 +31,9 @@ from deepedge.cluster.api import DeviceUsage, EmulationMode
 from deepedge.cluster.cgroups import PARENT, CgroupDriver, detect_cgroups, owner_tag
 from deepedge.cluster.netns import CLONE_NEWNET, DeviceLink, NetworkFabric, netns_available
 from deepedge.cluster.placement import place_on_cpus
-from deepedge.errors import ClusterError
-from deepedge.spec import ClusterSpec, DeviceSpec
+from deepedge.errors import ClusterError, SpecError
+from deepedge.spec import ClusterSpec, DeviceSpec, parse_spec
+from deepedge.validation import require_usable
 
 __all__ = ["LocalCluster", "LocalDevice", "cleanup_stale"]
 
@@ -236,9 +237,9 @@ class LocalDevice:
 class _DutyCycleThrottler(threading.Thread):
     """Fallback CPU fence: lets each device's processes run ``cores × period`` per period."""
 
-    def __init__(self, devices: Sequence[LocalDevice], period_s: float = 0.1) -> None:
+    def __init__(self, devices: Mapping[str, LocalDevice], period_s: float = 0.1) -> None:
         super().__init__(name="deepedge-duty-cycle", daemon=True)
-        self._devices = devices
+        self._devices = devices  # live: a device that joins is cycled from the next period
         self._period_s = period_s
         self._stop_event = threading.Event()
 
@@ -249,11 +250,12 @@ class _DutyCycleThrottler(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            duties = {d.name: min(1.0, d.cpu_limit or 1.0) for d in self._devices}
-            for d in self._devices:
+            devices = list(self._devices.values())  # one period sees one set of devices
+            duties = {d.name: min(1.0, d.cpu_limit or 1.0) for d in devices}
+            for d in devices:
                 self._signal(d, signal.SIGCONT)
             elapsed = 0.0
-            for d in sorted(self._devices, key=lambda d: duties[d.name]):
+            for d in sorted(devices, key=lambda d: duties[d.name]):
                 wait = duties[d.name] * self._period_s - elapsed
                 if wait > 0 and self._stop_event.wait(wait):
                     break
@@ -261,12 +263,56 @@ class _DutyCycleThrottler(threading.Thread):
                 if duties[d.name] < 1.0:
                     self._signal(d, signal.SIGSTOP)
             self._stop_event.wait(max(self._period_s - elapsed, 0.0))
-        for d in self._devices:
+        for d in list(self._devices.values()):
             self._signal(d, signal.SIGCONT)
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=2)
+
+
+class _DeviceMap(Mapping[str, LocalDevice]):
+    """The cluster's devices: a mapping that may change while other threads iterate it.
+
+    The monitor's samplers and the duty-cycle throttler walk the devices in their own
+    threads, and a device may join (or a failed join be undone) meanwhile. Every change
+    swaps in a new dict, so an iteration under way walks the dict it started on (never
+    "dictionary changed size during iteration", never a name that is gone by the time it
+    is looked up) and the next one sees the change. Holders of this object (the session's
+    monitor) see joined devices; holders of a copy do not.
+    """
+
+    def __init__(self, devices: Mapping[str, LocalDevice]) -> None:
+        self._d: dict[str, LocalDevice] = dict(devices)
+
+    def __getitem__(self, name: str) -> LocalDevice:
+        return self._d[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._d
+
+    def keys(self) -> KeysView[str]:
+        return self._d.keys()
+
+    def values(self) -> ValuesView[LocalDevice]:
+        return self._d.values()
+
+    def items(self) -> ItemsView[str, LocalDevice]:
+        return self._d.items()
+
+    def _add(self, device: LocalDevice) -> None:
+        self._d = {**self._d, device.name: device}
+
+    def _remove(self, name: str) -> LocalDevice | None:
+        device = self._d.get(name)
+        self._d = {n: d for n, d in self._d.items() if n != name}
+        return device
 
 
 class LocalCluster:
@@ -305,17 +351,20 @@ class LocalCluster:
             if spec.pin_cpus
             else {}
         )
-        self._devices = {
-            d.name: LocalDevice(
-                d,
-                driver=driver,
-                group=f"{self._session}/{d.name}",
-                period_us=spec.cpu_period_us,
-                link=self.fabric.links[d.name] if self.fabric else None,
-                cpus=placement.get(d.name),
-            )
-            for d in self.spec.devices
-        }
+        self._devices = _DeviceMap(
+            {
+                d.name: LocalDevice(
+                    d,
+                    driver=driver,
+                    group=f"{self._session}/{d.name}",
+                    period_us=spec.cpu_period_us,
+                    link=self.fabric.links[d.name] if self.fabric else None,
+                    cpus=placement.get(d.name),
+                )
+                for d in self.spec.devices
+            }
+        )
+        self._lock = threading.Lock()  # one join or leave at a time
         self._throttler: _DutyCycleThrottler | None = None
         self._started = False
 
@@ -369,8 +418,103 @@ class LocalCluster:
             self.stop()
             raise
         if self.driver is None:
-            self._throttler = _DutyCycleThrottler(list(self._devices.values()))
+            self._throttler = _DutyCycleThrottler(self._devices)
             self._throttler.start()
+
+    def add_device(self, spec: DeviceSpec) -> LocalDevice:
+        """Boot one more device into the running cluster, fenced like those of the spec.
+
+        It gets its cgroup with its limits, host CPUs placed around the devices already
+        pinned (they keep theirs), its own shaped link when the cluster has a network
+        fabric, and the duty cycle in the fallback; catalog defaults are filled in, and
+        :attr:`spec` becomes the spec with the device appended, so a job that goes on
+        with the new device plans with its real capacity. A name already taken, an unknown
+        kind without capacities, or memory its reserve leaves nothing of is a
+        :class:`SpecError` and boots nothing; a device that fails to boot is removed again
+        (:class:`ClusterError`). :meth:`stop` removes it like the others.
+        """
+        with self._lock:
+            if not self._started:
+                raise ClusterError(
+                    f"cannot add device {spec.name!r}: cluster {self.spec.name!r} is not running",
+                    hint="start() the cluster first; the devices of its spec boot with it",
+                )
+            if spec.name in self._devices:
+                raise SpecError(
+                    f"cluster {self.spec.name!r} already has a device named {spec.name!r}",
+                    hint="give the new device another name",
+                )
+            device_spec = resolve_device(spec)
+            source = f"cluster {self.spec.name!r} with device {spec.name!r}"
+            data = self.spec.model_dump()
+            data["devices"] = [*data["devices"], device_spec.model_dump()]
+            new_spec = parse_spec(ClusterSpec, data, source=source)
+            require_usable(new_spec, source=source)
+            cpus = self._place(device_spec)
+            link = self.fabric.add_link(device_spec) if self.fabric else None
+            device = LocalDevice(
+                device_spec,
+                driver=self.driver,
+                group=f"{self._session}/{device_spec.name}",
+                period_us=self.spec.cpu_period_us,
+                link=link,
+                cpus=cpus,
+            )
+            try:
+                device.create()
+            except BaseException:
+                with contextlib.suppress(ClusterError):
+                    device.stop()
+                if self.fabric:
+                    self.fabric.remove_link(device_spec.name)
+                raise
+            self.spec = new_spec
+            self._devices._add(device)  # the throttler and samplers see it from now on
+            log.info("device %s (%s) joined cluster %s", device.name, spec.kind, self.spec.name)
+            return device
+
+    def _place(self, device: DeviceSpec) -> tuple[int, ...] | None:
+        """Host CPUs for a joining device, around those the running devices are pinned to."""
+        if not self.spec.pin_cpus:
+            return None
+        demands = {d.name: d.cpu_cores for d in self.spec.devices}
+        demands[device.name] = device.cpu_cores
+        fixed = {n: d.cpus for n, d in self._devices.items() if d.cpus}
+        return place_on_cpus(demands, sorted(os.sched_getaffinity(0)), fixed=fixed)[device.name]
+
+    def remove_device(self, name: str) -> None:
+        """Kill a device's processes, remove its fence and link, drop it from :attr:`spec`.
+
+        For a device whose join failed half-way; refused for a device the spec's LC apps
+        run on, and for the cluster's last device (a spec has at least one).
+        """
+        with self._lock:
+            if name not in self._devices:
+                raise ClusterError(
+                    f"cluster {self.spec.name!r} has no device {name!r}",
+                    hint=f"its devices: {', '.join(self._devices)}",
+                )
+            apps = [a.name for a in self.spec.apps if a.device == name]
+            if apps:
+                raise ClusterError(
+                    f"cannot remove device {name!r}: LC apps {apps} run on it",
+                    hint="stop the session instead",
+                )
+            if len(self._devices) == 1:
+                raise ClusterError(
+                    f"cannot remove {name!r}, the last device of cluster {self.spec.name!r}",
+                    hint="stop the cluster instead",
+                )
+            device = self._devices._remove(name)
+            self.spec = self.spec.model_copy(
+                update={"devices": [d for d in self.spec.devices if d.name != name]}
+            )
+            try:
+                if device is not None:
+                    device.stop()
+            finally:
+                if self.fabric:
+                    self.fabric.remove_link(name)
 
     def stop(self) -> None:
         if self._throttler:

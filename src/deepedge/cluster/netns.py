@@ -89,20 +89,24 @@ class NetworkFabric:
         self.subnet = list(_SUBNET_BASE.subnets(new_prefix=24))[subnet_index]
         hosts = list(self.subnet.hosts())
         self.gateway = str(hosts[0])
-        self.links = {
-            d.name: DeviceLink(
-                d.name,
-                f"deepedge-{self.short}-{i}",
-                str(hosts[i + 1]),
-                f"dev{self.short}{i}",
-                d.link_mbps or 1000.0,
-            )
-            for i, d in enumerate(devices)
-        }
+        self._hosts = hosts
+        self._up = False
+        self.links = {d.name: self._link(i, d) for i, d in enumerate(devices)}
+
+    def _link(self, i: int, device: DeviceSpec) -> DeviceLink:
+        """The ``i``-th link: its namespace, address and host-side veth follow from ``i``."""
+        return DeviceLink(
+            device.name,
+            f"deepedge-{self.short}-{i}",
+            str(self._hosts[i + 1]),
+            f"dev{self.short}{i}",
+            device.link_mbps or 1000.0,
+        )
 
     def up(self) -> None:
         OWNERS.mkdir(parents=True, exist_ok=True)
         (OWNERS / self.short).write_text(self.owner)
+        self._up = True
         try:
             _run("ip", "link", "add", self.bridge, "type", "bridge")
             _run("ip", "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
@@ -112,6 +116,34 @@ class NetworkFabric:
         except BaseException:
             self.down()
             raise
+
+    def add_link(self, device: DeviceSpec) -> DeviceLink:
+        """Give a device joining the cluster its own link, created at once if the fabric is up.
+
+        It takes the lowest free index, so its namespace and veth are named like the
+        others and :meth:`down` (and the reaping of a dead owner's fabric) removes it too.
+        """
+        if device.name in self.links:
+            raise ClusterError(f"device {device.name!r} already has a network link")
+        used = {int(link.netns.rsplit("-", 1)[1]) for link in self.links.values()}
+        i = next((i for i in range(250) if i not in used), None)
+        if i is None:
+            raise ClusterError("network emulation supports up to 250 devices, all are taken")
+        link = self._link(i, device)
+        if self._up:
+            try:
+                self._add(link)
+            except BaseException:
+                _remove_link(link)
+                raise
+        self.links[device.name] = link
+        return link
+
+    def remove_link(self, name: str) -> None:
+        """Delete one device's namespace and veth pair (a device leaving). Idempotent."""
+        link = self.links.pop(name, None)
+        if link is not None:
+            _remove_link(link)
 
     def _add(self, link: DeviceLink) -> None:
         ns = link.netns
@@ -131,6 +163,7 @@ class NetworkFabric:
 
     def down(self) -> None:
         """Delete every namespace (their veth ends go with them) and the bridge. Idempotent."""
+        self._up = False
         _teardown(self.short)
 
     @staticmethod
@@ -145,6 +178,12 @@ class NetworkFabric:
                         _teardown(f.name)
                         reaped.append(f.name)
         return reaped
+
+
+def _remove_link(link: DeviceLink) -> None:
+    """Delete a link's host veth (which removes the pair at once) and its namespace."""
+    subprocess.run(["ip", "link", "del", link.host_veth], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "del", link.netns], capture_output=True, check=False)
 
 
 def _teardown(short: str) -> None:

@@ -2,8 +2,9 @@
 
 States and the event log (:mod:`~deepedge.control.events`), policies in a registry
 (:mod:`~deepedge.control.policies`), the mechanism that profiles, plans, trains and learns
-on a session (:mod:`~deepedge.control.retraining`), and the controller that drives it
-(:mod:`~deepedge.control.controller`).
+on a session (:mod:`~deepedge.control.retraining`), the straggler watch and the SLO guard it adapts
+with (:mod:`~deepedge.control.stragglers`, :mod:`~deepedge.control.slo_guard`), and the
+controller that drives it (:mod:`~deepedge.control.controller`).
 """
 
 from deepedge.control.controller import PolicyRun, RunController, RunOptions
@@ -18,6 +19,7 @@ from deepedge.control.policies import (
     register_policy,
 )
 from deepedge.control.retraining import Planning, Profiling, Retraining
+from deepedge.control.slo_guard import GuardAction, GuardSettings, SloGuard
 from deepedge.control.stragglers import StragglerWatch
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "DEADLINE_POLICY",
     "Event",
     "EventLog",
+    "GuardAction",
+    "GuardSettings",
     "PlanInputs",
     "Planning",
     "Policy",
@@ -34,6 +38,7 @@ __all__ = [
     "RunController",
     "RunOptions",
     "RunState",
+    "SloGuard",
     "StragglerWatch",
     "get_policy",
     "policy_names",

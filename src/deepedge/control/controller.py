@@ -16,6 +16,7 @@ set of devices) without profiling again.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,22 +25,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from deepedge.cluster import BackendFactory, make_backend
+from deepedge.cluster import BackendFactory, SpecWatch, make_backend
 from deepedge.control.events import TERMINAL, Event, EventLog, RunState
 from deepedge.control.policies import DEADLINE_POLICY, get_policy
 from deepedge.control.retraining import Planning, Profiling, Retraining
+from deepedge.control.slo_guard import GuardAction, GuardSettings, SloGuard
 from deepedge.control.stragglers import StragglerWatch
 from deepedge.data import ArrayDataset, build_dataset
 from deepedge.errors import DeepEdgeError
 from deepedge.profile import (
-    AffineModel,
     DeviceProfile,
     KnowledgeBase,
     ProfileSettings,
     default_kb_path,
 )
 from deepedge.session import EdgeSession, Phase
-from deepedge.spec import ClusterSpec, ExcludedDevice, JobSpec, Plan
+from deepedge.spec import ClusterSpec, DeviceSpec, ExcludedDevice, JobSpec, Plan
 from deepedge.train import TrainRun, job_model
 
 if TYPE_CHECKING:
@@ -73,6 +74,12 @@ class RunOptions:
     force_fallback: bool = False
     rebalance: bool = True
     """Change the split at a step boundary when a device drifts from its plan."""
+    slo_guard: GuardSettings | None = field(default_factory=GuardSettings)
+    """Cut a device's training when an LC app there nears its deadline while it trains
+    (None: off, e.g. to measure what a plan alone does to the apps)."""
+    spec_path: Path | None = None
+    """The cluster spec's file: a device added to it while the run goes on (``deepedge
+    cluster add``, or an edit) joins the session (:meth:`RunController.join`)."""
     monitor_interval_s: float | None = 1.0
     metrics_port: int | None = None
     profile_settings: ProfileSettings = field(default_factory=ProfileSettings)
@@ -81,14 +88,14 @@ class RunOptions:
 REBALANCE_GAIN = 0.1
 """A new split must shorten the slowest device's step by this share to be worth the
 pause (a re-formed process group: about a second)."""
+JOIN_COST_S = 2.0
+"""What taking a device into a running job costs the others: the pause at a step
+boundary, the re-formed group, and the state sent to the new member. A join must save
+more than this over the steps left."""
 
 
 def _slowed(profile: DeviceProfile, factor: float) -> DeviceProfile:
-    if factor == 1.0:
-        return profile
-    m = profile.model
-    model = AffineModel(m.intercept_s * factor, m.slope_s * factor, m.batches, m.max_rel_residual)
-    return replace(profile, model=model)
+    return profile if factor == 1.0 else replace(profile, model=profile.model.scaled(factor))
 
 
 def _slowest_s(plan: Plan, profiles: Mapping[str, DeviceProfile]) -> float:
@@ -108,6 +115,9 @@ class PolicyRun:
     plan: Plan
     run: TrainRun
     phase: Phase
+    segments: list[tuple[Plan, float, float]] = field(default_factory=list)
+    """Each plan the run ran, from when to when: the first plan, then every rebalance,
+    recovery and SLO-guard change (what the knowledge base learns from)."""
 
 
 class RunController:
@@ -157,6 +167,23 @@ class RunController:
         self._live_plan: Plan | None = None
         self._watch: StragglerWatch | None = None
         self._seen: set[str] = set()
+        self.guard: SloGuard | None = None
+        """The running plan's SLO guard (a new one per run: caps do not outlive it)."""
+        self._lc_seen = 0  # session.live_records the guard has been given
+        self._guard_tick = 0.0
+        self._segments: list[tuple[Plan, float]] = []  # the running run's plans, since when
+        self._joined: dict[str, DeviceProfile] = {}  # profiled joiners not yet planned with
+        self._joins_lock = threading.Lock()
+        self._stopping = threading.Event()  # close() has begun
+        self._closing = threading.Event()  # joiner threads wait on it (see _boot_joiner)
+        self._spec_watch = (
+            SpecWatch(options.spec_path, known=[d.name for d in cluster.devices])
+            if options.spec_path is not None
+            else None
+        )
+        self._join_tick = 0.0
+        self._steps_done = 0  # global steps the running plan completed (rank 0's view)
+        self._steps_total = job.epochs * -(-len(self.train_set) // job.global_batch)
         self.kb: KnowledgeBase | None = None
         self._owns_kb = False
 
@@ -277,6 +304,7 @@ class RunController:
         if self.profiling is None:
             self.profile(on_run=on_run)
         assert self.profiling is not None
+        self._take_joiners()
         names = tuple(policies) if policies is not None else self.options.policies
         self._enter(RunState.PLAN, f"planning {', '.join(names)}")
         planning = retraining.plan_from(self._surviving(), names)
@@ -319,17 +347,28 @@ class RunController:
         self._enter(RunState.TRAIN, f"training with {plan.policy}", policy=plan.policy)
         if resume_from is not None:
             self._event("resume", f"resuming from {resume_from}", checkpoint=str(resume_from))
+        self._start_guard()
+        self._segments = []
+        self._steps_done = 0
         self._follow(plan)
-        run = retraining.run(
-            plan,
-            on_step=on_step,
-            timeout_s=timeout_s,
-            on_failure=lambda failure: self._recover(plan.policy, failure),
-            watch=self._watch_step if self.options.rebalance else None,
-            resume_from=resume_from,
-            log_samples=log_samples,
-        )
-        done = PolicyRun(plan.policy, plan, run, self.session.phases[-1])
+        try:
+            run = retraining.run(
+                plan,
+                on_step=on_step,
+                timeout_s=timeout_s,
+                on_failure=lambda failure: self._recover(plan.policy, failure),
+                watch=self._watch_step,
+                resume_from=resume_from,
+                log_samples=log_samples,
+            )
+        finally:
+            self.guard = None
+        phase = self.session.phases[-1]
+        ends = [t for _, t in self._segments[1:]] + [phase.end]
+        segments = [
+            (p, max(t, phase.start), end) for (p, t), end in zip(self._segments, ends, strict=True)
+        ]
+        done = PolicyRun(plan.policy, plan, run, phase, segments)
         self.runs.append(done)
         self._event(
             "run",
@@ -364,6 +403,7 @@ class RunController:
     def _follow(self, plan: Plan) -> None:
         """Watch the steps of ``plan`` (the running one) against what it predicted."""
         self._live_plan = plan
+        self._segments.append((plan, time.time()))
         self._watch = None
         if plan.micro_batch is not None or self.profiling is None:
             return  # dynamic dispatch balances itself
@@ -376,8 +416,17 @@ class RunController:
         self._seen: set[str] = set()
 
     def _watch_step(self, device: str, event: dict[str, Any]) -> Plan | None:
-        """Each rank's step of the running plan; a plan to switch to when a device has
-        drifted from its plan beyond its noise for two steps and a new split pays."""
+        """Each rank's steps and heartbeats of the running plan; a plan to switch to when
+        the SLO guard asks for one, or when a device has drifted from its plan beyond
+        its noise for two steps and a new split pays."""
+        if self.guard is not None and (switch := self._check_slos()) is not None:
+            return switch
+        if event.get("event") == "step" and event.get("rank") == 0:
+            self._steps_done = int(event["epoch"]) * self._steps_per_epoch + event["step"] + 1
+        if (switch := self._check_joins()) is not None:
+            return switch
+        if not self.options.rebalance or event.get("event") != "step":
+            return None
         if self._watch is None or device not in self._watch.expected_s:
             return None
         if device not in self._seen:  # a segment's first step warms up: not a sign
@@ -394,7 +443,6 @@ class RunController:
         return self._rebalance(drifted)
 
     def _rebalance(self, drifted: dict[str, float]) -> Plan | None:
-        retraining = self._ready()
         current = self._live_plan
         for n, factor in drifted.items():  # never faster than profiled
             self.slowdown[n] = max(1.0, self.slowdown.get(n, 1.0) * factor)
@@ -402,7 +450,7 @@ class RunController:
         profiles = surviving.profiles
         said = ", ".join(f"{n} {f:.2f}x its plan" for n, f in drifted.items())
         try:
-            plan = retraining.plan_from(surviving, (current.policy,)).plans[current.policy]
+            plan = self._plan_again(current.policy, surviving)
         except (DeepEdgeError, KeyError) as err:
             self._event("straggler", f"{said}; cannot plan again: {err}")
             self._follow(current)
@@ -426,10 +474,218 @@ class RunController:
         self._follow(plan)
         return plan
 
+    def _plan_again(self, policy: str, profiling: Profiling | None = None) -> Plan:
+        """``policy`` planned again mid-run: over the surviving devices (slowed as seen),
+        within the SLO guard's caps."""
+        caps = self.guard.caps if self.guard is not None else None
+        profiling = profiling or self._surviving()
+        return self._ready().plan_from(profiling, (policy,), caps=caps).plans[policy]
+
+    # --- SLO guard: an LC app nearing its deadline beside training
+
+    def _start_guard(self) -> None:
+        settings, session = self.options.slo_guard, self.session
+        self.guard = None
+        if settings is None or session is None or not self.cluster.apps:
+            return
+        apps = session.spec.apps
+        self.guard = SloGuard(
+            {a.name: a.deadline_ms for a in apps}, {a.name: a.device for a in apps}, settings
+        )
+        self._lc_seen = session.poll_lc()  # what came before this run is not its doing
+
+    def _check_slos(self) -> Plan | None:
+        """Feed the guard the LC requests completed since its last look (at most every
+        0.1 s); apply what it decides. A cut takes effect at the device's next step, in
+        place; a device taken out of the plan, or one whose cap is lifted, needs a new
+        split, which is returned (to switch to at the next step boundary)."""
+        assert self.guard is not None and self.session is not None
+        now = time.time()
+        if now - self._guard_tick < 0.1 or self._live_plan is None:
+            return None
+        self._guard_tick = now
+        end = self.session.poll_lc()
+        self.guard.observe(self.session.live_records[self._lc_seen : end])
+        self._lc_seen = end
+        live = self._live_plan
+        actions = self.guard.check(
+            now, {n: live.intensities.get(n, 1.0) for n in live.local_batches}
+        )
+        if not actions:
+            return None
+        for action in actions:
+            self._event(
+                "slo-guard",
+                action.describe(),
+                action=action.kind,
+                device=action.device,
+                app=action.app,
+                p95_ms=action.p95_ms,
+                deadline_ms=action.deadline_ms,
+                intensity=action.after,
+            )
+        return self._guarded_plan(actions)
+
+    def _guarded_plan(self, actions: Sequence[GuardAction]) -> Plan | None:
+        live = self._live_plan
+        assert live is not None and self.session is not None
+        assert self.guard is not None
+        throttled = dict(live.intensities)
+        for a in actions:
+            if a.kind == "restore":  # only a new plan knows the intensity it may have
+                continue
+            # out of the plan: until the new split runs, it trains as little as it may
+            value = a.after or self.guard.settings.min_intensity
+            if self.session.agents.throttle(a.device, value):
+                throttled[a.device] = value
+        current = live.model_copy(update={"intensities": throttled})
+        self._live_plan = current
+        self._segments.append((current, time.time()))
+        try:
+            plan = self._plan_again(live.policy)
+        except (DeepEdgeError, KeyError) as err:
+            self._event("slo-guard", f"cannot plan {live.policy} within the caps: {err}")
+            return None
+        must = any(
+            (a.kind == "off" and a.device in live.local_batches)
+            or (a.kind == "restore" and a.before == 0)
+            for a in actions
+        )
+        profiles = self._surviving().profiles
+        before, after = _slowest_s(current, profiles), _slowest_s(plan, profiles)
+        if plan.local_batches == current.local_batches and not must:
+            return None
+        if not must and after > (1 - REBALANCE_GAIN) * before:
+            return None
+        self._event(
+            "replan",
+            f"{live.policy} within the SLO guard's caps: {plan.describe()}",
+            policy=live.policy,
+            local_batches=dict(plan.local_batches),
+            intensities=dict(plan.intensities),
+        )
+        self._follow(plan)
+        return plan
+
+    # --- joins: a device added while the session runs
+
+    @property
+    def _steps_per_epoch(self) -> int:
+        return -(-len(self.train_set) // self.job.global_batch)
+
+    def join(self, device: DeviceSpec) -> None:
+        """Boot ``device`` into the running session and profile it on the side (a thread:
+        training goes on). A running plan takes it in at a step boundary when the
+        planner predicts that it pays (:meth:`_admit`); later plans include it."""
+        self._ready()
+        self._event("join", f"{device.name} joins: booting and profiling it on the side")
+        threading.Thread(
+            target=self._boot_joiner, args=(device,), name=f"join-{device.name}", daemon=True
+        ).start()
+
+    def _boot_joiner(self, device: DeviceSpec) -> None:
+        retraining, session = self._ready(), self.session
+        assert session is not None
+        started = time.monotonic()
+        try:
+            session.add_device(device)
+            profile = retraining.profile_joiner(device.name)
+        except Exception as err:  # a thread of its own: nothing above it to report to
+            if not self._stopping.is_set():  # not just the session stopping under it
+                why = err.one_line() if isinstance(err, DeepEdgeError) else repr(err)
+                self._event("join", f"{device.name} could not join: {why}", device=device.name)
+            return
+        with self._joins_lock:
+            self._joined[device.name] = profile
+        self._event(
+            "join",
+            f"{device.name} booted and profiled in {time.monotonic() - started:.1f} s "
+            f"({profile.samples_per_s(self.job.global_batch):.0f} samples/s)",
+            device=device.name,
+            seconds=time.monotonic() - started,
+        )
+        # The device's processes die with the thread that spawned them (their parent-death
+        # signal follows the spawning *thread*): this one lives as long as the session.
+        self._closing.wait()
+
+    def _take_joiners(self) -> list[str]:
+        """Fold the joiners profiled since the last call into the session's profiles."""
+        with self._joins_lock:
+            joined, self._joined = self._joined, {}
+        if joined and self.profiling is not None and self.session is not None:
+            self.profiling = replace(self.profiling, profiles={**self.profiling.profiles, **joined})
+            self.cluster = self.session.spec
+        return list(joined)
+
+    def _check_joins(self) -> Plan | None:
+        """Devices newly in the spec file start joining (at most every 0.5 s); a joiner
+        profiled since the last look is weighed against the running plan."""
+        now = time.monotonic()
+        if self._spec_watch is not None and now - self._join_tick > 0.5:
+            self._join_tick = now
+            for device in self._spec_watch.added():
+                self.join(device)
+        if not self._joined or self._live_plan is None:
+            return None
+        return self._admit(self._take_joiners())
+
+    def _admit(self, names: list[str]) -> Plan | None:
+        """The running plan's policy planned again with the joiners: switched to when its
+        predicted step (slowest device plus the all-reduce over one more member) saves
+        more than :data:`JOIN_COST_S` over the steps left, and by
+        :data:`REBALANCE_GAIN` a step. Reported beside EDDL's bandwidth-usage coefficient
+        BUC = n / T_sync, which grows with n as long as a member costs the all-reduce
+        less than it adds."""
+        current = self._live_plan
+        assert current is not None and self.profiling is not None
+        retraining = self._ready()
+        try:
+            plan = self._plan_again(current.policy)
+        except (DeepEdgeError, KeyError) as err:
+            self._event("join", f"cannot plan {current.policy} with {names}: {err}")
+            return None
+        profiles, comm = self._surviving().profiles, self.profiling.comm
+
+        def sync_s(k: int) -> float:
+            return comm.predict(k, retraining.grad_bytes) if comm and k > 1 else 0.0
+
+        n, m = len(current.local_batches), len(plan.local_batches)
+        before = _slowest_s(current, profiles) + sync_s(n)
+        after = _slowest_s(plan, profiles) + sync_s(m)
+        left = max(0, self._steps_total - self._steps_done)
+        saving = (before - after) * left
+        taken = [x for x in names if x in plan.local_batches]
+        pays = bool(taken) and saving > JOIN_COST_S and after < (1 - REBALANCE_GAIN) * before
+        # EDDL's BUC needs an all-reduce on both sides (one device alone does not sync)
+        buc = [k / sync_s(k) if sync_s(k) > 0 else None for k in (n, m)]
+        eddl = (
+            f"EDDL BUC n/T_sync {buc[0]:.1f} -> {buc[1]:.1f}/s (it "
+            f"{'would' if buc[1] > buc[0] else 'would not'} add it)"
+            if buc[0] is not None and buc[1] is not None
+            else "EDDL BUC n/T_sync: no all-reduce before, so none to compare"
+        )
+        self._event(
+            "join",
+            f"{', '.join(names)}: predicted step {before * 1e3:.0f} -> {after * 1e3:.0f} ms "
+            f"over {left} steps left ({'taken in' if pays else 'kept out'}: "
+            f"{saving:+.1f} s against {JOIN_COST_S:g} s to join); {eddl}",
+            devices=names,
+            predicted_step_before_s=before,
+            predicted_step_after_s=after,
+            steps_left=left,
+            pays=pays,
+            buc_before=buc[0],
+            buc_after=buc[1],
+            local_batches=dict(plan.local_batches),
+        )
+        if not pays:
+            return None
+        self._follow(plan)
+        return plan
+
     def _recover(self, policy: str, failure: Failure) -> Plan | None:
         """A worker was lost mid-run: plan ``policy`` again over the survivors (None when
         it cannot be planned there, which ends the run with the loss)."""
-        retraining = self._ready()
         self.lost.update(failure.lost)
         self._event(
             "failure",
@@ -443,7 +699,7 @@ class RunController:
         )
         self._enter(RunState.ADAPT, f"re-planning {policy} over {len(failure.survivors)} survivors")
         try:
-            plan = retraining.plan_from(self._surviving(), (policy,)).plans[policy]
+            plan = self._plan_again(policy)
         except (DeepEdgeError, KeyError) as err:
             self._event("error", f"cannot plan {policy} over the survivors: {err}")
             return None
@@ -462,7 +718,9 @@ class RunController:
         so the next deep-edge plan rests on them too."""
         retraining = self._ready()
         self._enter(RunState.ADAPT, f"learning from {len(runs)} run(s)")
-        learned = retraining.learn([(r.plan, r.phase) for r in runs])
+        learned = retraining.learn(
+            [seg for r in runs for seg in (r.segments or [(r.plan, r.phase.start, r.phase.end)])]
+        )
         self._event("learn", learned.describe(), rows=len(learned.rows))
         return learned
 
@@ -472,10 +730,12 @@ class RunController:
         """Stop the cluster and record how the run ended. Idempotent."""
         if self.state in TERMINAL:
             return
+        self._stopping.set()
         try:
             if self.session is not None:
                 self.session.stop()
         finally:
+            self._closing.set()
             if self._owns_kb and self.kb is not None:
                 self.kb.close()
             if error is None:

@@ -40,7 +40,7 @@ from deepedge.profile import (
     measure_profiles,
     profile_key,
 )
-from deepedge.session import EdgeSession, Phase
+from deepedge.session import EdgeSession
 from deepedge.spec import ExcludedDevice, JobSpec, Plan
 from deepedge.train.local import job_model
 from deepedge.train.pool import ProfilePointResult, TrainRun
@@ -211,22 +211,77 @@ class Retraining:
         )
         return Profiling(profiles, comm, excluded, time.monotonic() - started, comm_reused)
 
-    def plan_from(self, profiling: Profiling, policies: Sequence[str]) -> Planning:
-        """Each policy's plan from the same profiles (no measuring: cheap to call again)."""
+    def profile_joiner(self, name: str) -> DeviceProfile:
+        """The step-time profile of a device that joined the running session, measured on
+        its own (while the others may train) or reused from the knowledge base; its
+        batches are half and 1.5 times its expected share of the global batch among all
+        the devices now. Quick (two batch sizes, at most 8 timed steps each): the decision
+        it serves is due while the job runs."""
+        assert self.kb is not None
+        spec = self.session.spec
+        device = next(d for d in spec.devices if d.name == name)
+        cores = {d.name: d.cpu_cores or 1.0 for d in spec.devices}
+        batches = default_batches(cores, self.job.global_batch, factors=(0.5, 1.5))
+        runs = [{name: r[name]} for r in batches]
+        quick = dataclasses.replace(
+            self.profile_settings,
+            steps=min(self.profile_settings.steps, 8),
+            warmup=min(self.profile_settings.warmup, 2),
+        )
+        key = profile_key(device, spec, self.workload, self.session.cluster.emulation)
+        profiles, failed = measure_profiles(
+            self.session.agents,
+            self.kb,
+            {name: key},
+            self.job,
+            self.data_path,
+            runs=runs,
+            state=self.state_path,
+            settings=quick,
+        )
+        if name not in profiles:
+            raise PlanInfeasible(
+                f"device {name} failed while profiling: {failed.get(name, 'no profile')}",
+                hint="see its agent's log in the session's logs/ folder",
+            )
+        return profiles[name]
+
+    def plan_from(
+        self,
+        profiling: Profiling,
+        policies: Sequence[str],
+        *,
+        caps: Mapping[str, float] | None = None,
+    ) -> Planning:
+        """Each policy's plan from the same profiles (no measuring: cheap to call again).
+
+        ``caps``: the most training intensity a device may get (the SLO guard's; 0 leaves
+        it out). The Deep-Edge problem drops the intensity levels above a cap; a policy
+        blind to intensities plans the capped device as that much slower and runs it at
+        its cap.
+        """
         chosen = [get_policy(p) for p in policies]
         profiles, comm, excluded = profiling.profiles, profiling.comm, list(profiling.excluded)
+        caps = dict(caps or {})
+        for n in [n for n, c in caps.items() if c <= 0 and n in profiles]:
+            profiles = {k: v for k, v in profiles.items() if k != n}
+            excluded.append(
+                ExcludedDevice(device=n, reason="SLO guard: an LC app neared its deadline")
+            )
+        caps = {n: c for n, c in caps.items() if 0 < c < 1 and n in profiles}
         models = {n: p.model for n, p in profiles.items()}
+        blind_models = {n: m.scaled(1 / caps[n]) if n in caps else m for n, m in models.items()}
 
         allreduce_s = comm.predict(len(models), self.grad_bytes) if comm else 0.0
         B = self.job.global_batch
         problem = (
-            self._deadline_problem(profiles, comm)
+            self._deadline_problem(profiles, comm, caps)
             if any(p.needs_interference for p in chosen)
             else None
         )
         inputs = PlanInputs(
-            models,
-            {n: p.samples_per_s(B) for n, p in profiles.items()},
+            blind_models,
+            {n: p.samples_per_s(B) * caps.get(n, 1.0) for n, p in profiles.items()},
             B,
             excluded,
             allreduce_s,
@@ -243,9 +298,14 @@ class Retraining:
             feasible_lb = math.fsum(per_size[b] for b in sizes)
         total = self.job.epochs * len(self.train_set)
         plans = {p.name: p.plan(inputs) for p in chosen}
-        for name, plan in plans.items():
+        for p in chosen:
+            plan = plans[p.name]
+            if caps and not p.needs_interference:
+                capped = {n: c for n, c in caps.items() if n in plan.local_batches}
+                plan = plan.model_copy(update={"intensities": {**plan.intensities, **capped}})
             if plan.micro_batch is None:  # a static split waits for its slowest device each step
-                plans[name] = self._with_expected_step(plan, profiles, comm)
+                plan = self._with_expected_step(plan, profiles, comm)
+            plans[p.name] = plan
         return Planning(
             profiles,
             comm,
@@ -278,10 +338,14 @@ class Retraining:
         return runtime + self._job_memory_mb(batch)
 
     def _deadline_problem(
-        self, profiles: Mapping[str, DeviceProfile], comm: CommModel | None
+        self,
+        profiles: Mapping[str, DeviceProfile],
+        comm: CommModel | None,
+        caps: Mapping[str, float],
     ) -> PlanningProblem:
         """The Deep-Edge planning problem of the profiled devices (LC limits from the
-        stored interference model, which must cover their apps for this job)."""
+        stored interference model, which must cover their apps for this job), without
+        the intensity levels above a device's cap."""
         from deepedge.interference import (
             InterferenceModel,
             NoInterferenceModel,
@@ -308,7 +372,7 @@ class Retraining:
                 hint="`deepedge train --policy deep-edge` profiles them first; or run "
                 "`deepedge interference profile` and `deepedge interference fit` for this job",
             )
-        return cluster_problem(
+        problem = cluster_problem(
             [d for d in spec.devices if d.name in profiles],
             apps,
             {n: (p.model.intercept_s, p.model.slope_s) for n, p in profiles.items()},
@@ -318,6 +382,7 @@ class Retraining:
             interference=model,
             device_keys=keys,
         )
+        return problem.with_caps(caps, why="SLO guard") if caps else problem
 
     def run(
         self,
@@ -361,8 +426,8 @@ class Retraining:
             self.session.mark(plan.policy, start)
         return run
 
-    def learn(self, runs: Sequence[tuple[Plan, Phase]]) -> LearnedRun:
-        """Store what each run (its plan and session phase) measured of every LC app in the
+    def learn(self, runs: Sequence[tuple[Plan, float, float]]) -> LearnedRun:
+        """Store what each run (its plan, start and end) measured of every LC app in the
         knowledge base and refit the interference model once, so the next deep-edge plan
         rests on these runs too (see :mod:`deepedge.interference.learning`)."""
         from deepedge.interference import LearnedRun, learn_from_runs
@@ -370,14 +435,12 @@ class Retraining:
         assert self.kb is not None
         if not runs:
             return LearnedRun([], {}, refitted=False)
-        records = self.session.lc_records(
-            min(p.start for _, p in runs), max(p.end for _, p in runs)
-        )
+        records = self.session.lc_records(min(s for _, s, _ in runs), max(e for _, _, e in runs))
         return learn_from_runs(
             self.kb,
             self.session.spec,
             self.job,
-            [(plan, phase.start, phase.end) for plan, phase in runs],
+            list(runs),
             records,
             emulation=self.session.cluster.emulation,
         )

@@ -103,6 +103,11 @@ class LearnedRun:
         }
 
 
+LOAD_CHANGE = 0.3
+"""An app whose request rate over a run was off its spec's by more than this share (beyond
+Poisson noise) is learnt at the rate it had: what the run saw was that load's latency."""
+
+
 def run_latencies(
     spec: ClusterSpec,
     plan: Plan,
@@ -114,6 +119,8 @@ def run_latencies(
 ) -> tuple[list[tuple[str, str, Scenario, AppLatencyStats]], dict[str, str]]:
     """Each LC app's scenario under ``plan`` and its latency over ``[start_s, end_s)``.
 
+    An app is placed at the request rate the run measured when it was off its spec's by
+    more than :data:`LOAD_CHANGE` (a load spike), else at its spec's rate.
     Returns ``(rows, skipped)``: rows are (device, app, scenario, stats); an app is skipped
     when the plan has no fixed operating point (dynamic dispatch), when too few of its
     requests fall in the run, or when failures reach its p95.
@@ -128,10 +135,18 @@ def run_latencies(
             continue
         batch = plan.local_batches.get(device.name, 0)
         train = TrainLoad(batch, plan.intensities.get(device.name, 1.0)) if batch else None
+        summaries = {
+            name: latency_summary(records, deadline_ms=1e9, start_s=start_s, end_s=end_s, app=name)
+            for name in apps
+        }
+        for name, (kind, rate) in apps.items():
+            expected, n = rate * (end_s - start_s), summaries[name].requests
+            # a load spike (beyond 3 sigma of Poisson noise too): learn at the rate it had
+            off = abs(n - expected)
+            if expected > 0 and off > LOAD_CHANGE * expected and off > 3 * math.sqrt(expected):
+                apps[name] = (kind, n / (end_s - start_s))
         for name, sc in app_scenarios(apps, train).items():
-            stats = latency_summary(
-                records, deadline_ms=1e9, start_s=start_s, end_s=end_s, app=name
-            )
+            stats = summaries[name]
             if stats.requests < min_requests:
                 skipped[name] = f"{stats.requests} requests in the run (< {min_requests})"
             elif not math.isfinite(stats.p95_ms):

@@ -22,7 +22,7 @@ speed, never SGD's arithmetic.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -127,6 +127,22 @@ class PlanningProblem:
                 hint=f"lower the global batch to {total} or less, or add devices",
             )
         return usable
+
+    def with_caps(self, caps: Mapping[str, float], *, why: str) -> PlanningProblem:
+        """The same problem without the intensity levels above each device's cap (``why``
+        names who capped it, for a device left with no level)."""
+        devices = []
+        for d in self.devices:
+            cap = caps.get(d.name)
+            if cap is None:
+                devices.append(d)
+                continue
+            levels = tuple(lv for lv in d.levels if lv.intensity <= cap + 1e-9)
+            reason = d.excluded_reason
+            if reason is None and not any(lv.cap > 0 for lv in levels):
+                reason = f"{why}: intensity capped at {cap:.2f}, below every allowed level"
+            devices.append(replace(d, levels=levels, excluded_reason=reason))
+        return replace(self, devices=tuple(devices))
 
     def arrays(self, devices: Sequence[DeviceOption]) -> dict[str, np.ndarray]:
         """Vectorised form (n devices × L levels; missing levels have cap 0)."""

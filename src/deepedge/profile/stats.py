@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -98,6 +98,12 @@ class AffineModel:
 
     def predict(self, batch: float) -> float:
         return self.intercept_s + self.slope_s * batch
+
+    def scaled(self, factor: float) -> AffineModel:
+        """The same device running ``factor`` times slower (a straggler, a capped trainer)."""
+        if factor == 1.0:
+            return self
+        return replace(self, intercept_s=self.intercept_s * factor, slope_s=self.slope_s * factor)
 
     def throughput(self, batch: float) -> float:
         """Samples per second at ``batch``."""

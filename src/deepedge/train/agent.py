@@ -123,6 +123,13 @@ def train(msg: dict[str, Any], conn: SharedConnection) -> dict[str, Any]:
     # Paced from the request on: the set-up (data, model, rendezvous) runs unpaced, and
     # its CPU time is slept off before the first step instead of adding to its burst.
     pace = _pacer_for(float(msg.get("intensity", 1.0)))
+    ctx = _start_run(msg)
+    return _segment(ctx, msg, conn, pace)
+
+
+def _start_run(msg: dict[str, Any]) -> RunContext:
+    """A run's context from the job, data and weights ``msg`` names (kept in memory when
+    the run is elastic)."""
     job = JobSpec.model_validate(msg["job"])
     x, y, ds = _dataset(msg["data"])
     steps_per_epoch = math.ceil(len(ds) / sum(msg["local_batches"]))
@@ -130,14 +137,16 @@ def train(msg: dict[str, Any], conn: SharedConnection) -> dict[str, Any]:
     _runs.clear()  # one run at a time: an earlier run's state is of no more use
     if msg.get("elastic"):
         _runs[ctx.run_id] = ctx
-    return _segment(ctx, msg, conn, pace)
+    return ctx
 
 
 def resume(msg: dict[str, Any], conn: SharedConnection) -> dict[str, Any]:
     """Go on with a run kept in memory, in the re-formed group ``msg`` describes, from
     ``msg["completed"]`` global steps (with another survivor's state if this one is
-    behind)."""
+    behind; a device joining the run starts it from that state)."""
     ctx = _runs.get(msg["run_id"])
+    if ctx is None and msg.get("state_blob") is not None:  # joining a running job
+        ctx = _start_run(msg)
     if ctx is None:
         raise DeepEdgeError(
             f"run {msg['run_id']} is not in memory on this agent",
@@ -158,7 +167,13 @@ def _segment(
     ctx: RunContext, msg: dict[str, Any], conn: SharedConnection, pace: CpuPacer | None
 ) -> dict[str, Any]:
     return run_segment(
-        ctx, msg, conn, pace=pace, reset_peak=_peak_memory_reset, peak_memory=_peak_memory_mb
+        ctx,
+        msg,
+        conn,
+        pace=pace,
+        pacer_for=_pacer_for,
+        reset_peak=_peak_memory_reset,
+        peak_memory=_peak_memory_mb,
     )
 
 

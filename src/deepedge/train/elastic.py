@@ -176,11 +176,16 @@ def run_segment(
     conn: SharedConnection,
     *,
     pace: Callable[[], None] | None,
+    pacer_for: Callable[[float], Callable[[], None] | None] | None = None,
     reset_peak: Callable[[torch.device], None],
     peak_memory: Callable[[torch.device], float],
 ) -> dict[str, Any]:
     """Train ``ctx`` from the step it completed last to the end of the job, in the process
     group ``msg`` names (its rank, world, local batches and generation).
+
+    ``pace`` runs between steps (the plan's intensity). The coordinator can change this
+    rank's intensity mid-segment by setting the store key ``intensity/<rank>`` (the SLO
+    guard's fast path: no re-formed group); ``pacer_for`` makes the new pacing.
 
     In an elastic run (``msg["elastic"]``) a failed step ends the segment with
     ``{"interrupted": True, "completed": ...}`` and the run stays in memory for the next
@@ -230,6 +235,17 @@ def run_segment(
             dist.all_reduce(paused, op=dist.ReduceOp.MAX)
             return bool(paused.item())
 
+        pacing: dict[str, Any] = {"pace": pace, "value": None}
+
+        def paced() -> None:
+            key = f"intensity/{rank}"
+            if pacer_for is not None and store.check([key]):
+                value = store.get(key)
+                if value != pacing["value"]:
+                    pacing["pace"], pacing["value"] = pacer_for(float(value)), value
+            if pacing["pace"] is not None:
+                pacing["pace"]()
+
         def on_samples(epoch: int, step: int, idx: Any) -> None:
             conn.send({"event": "samples", "epoch": epoch, "step": step, "ids": idx.tolist()})
 
@@ -240,7 +256,7 @@ def run_segment(
             "start_step": step,
             "on_step": on_step,
             "on_epoch_end": on_epoch_end,
-            "pace": pace,
+            "pace": paced,
             "max_steps": msg.get("max_steps"),
             "should_stop": pause_asked if msg.get("elastic") else None,
         }

@@ -109,11 +109,14 @@ class AgentPool:
     def __init__(
         self, devices: Mapping[str, DeviceHandle], log_dir: Path, *, host: str = "127.0.0.1"
     ) -> None:
-        self._devices = devices
+        # a copy of its own: add() extends it, whatever mapping the caller passed
+        self._devices: dict[str, DeviceHandle] = dict(devices)
         self._host = host  # the coordinator's address as the devices see it
         self._log_dir = log_dir
         self._workers: dict[str, Worker] = {}
         self._store: dist.TCPStore | None = None
+        self._segment_store: dist.Store | None = None  # the running elastic segment's
+        self._segment_ranks: dict[str, int] = {}
         self.runtime_mb: dict[str, float] = {}
         """Each agent's resident memory once torch is imported: the per-worker runtime cost."""
 
@@ -121,49 +124,60 @@ class AgentPool:
     def _procs(self) -> dict[str, subprocess.Popen[bytes]]:
         return {name: w.proc for name, w in self._workers.items()}
 
+    def _listener(self, count: int) -> WorkerListener:
+        return WorkerListener(self._host, count, key_env="DEEPEDGE_AGENT_KEY", what="agent")
+
+    def _spawn(self, listener: WorkerListener, name: str, dev: DeviceHandle) -> Worker:
+        """Start the training agent of device ``name``, told to connect to ``listener``."""
+        argv = [
+            sys.executable,
+            "-m",
+            "deepedge.train.agent",
+            "--device",
+            name,
+            "--cpu-cores",
+            str(dev.spec.cpu_cores or 1.0),
+        ]
+        if dev.pace_cores is not None:
+            argv += ["--pace-cores", str(dev.pace_cores)]
+        env = dict(STEADY_MALLOC_ENV)
+        if dev.interface:  # gloo must use the device's link, not resolve the hostname
+            env["GLOO_SOCKET_IFNAME"] = dev.interface
+        return listener.spawn(
+            name,
+            dev,
+            argv,
+            env=env,
+            self_paced=dev.pace_cores is not None,
+            log_path=self._log_dir / f"agent-{name}.log",
+        )
+
+    def _await_hellos(
+        self, listener: WorkerListener, workers: list[Worker], timeout_s: float
+    ) -> None:
+        """Wait for the hellos of ``workers``; a death or the deadline names the devices."""
+
+        def timed_out(waiting: list[Worker]) -> ClusterError:
+            missing = sorted(w.name for w in waiting)
+            return ClusterError(
+                f"training agents on {missing} did not start in {timeout_s:.0f} s",
+                hint=f"see {self._log_dir}",
+            )
+
+        listener.await_hellos(
+            workers,
+            deadline=time.monotonic() + timeout_s,
+            died=lambda worker, code, _when: self._died(worker, code),
+            timed_out=timed_out,
+            identify=lambda hello: hello["device"],
+        )
+
     def start(self, timeout_s: float = 180.0) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        with WorkerListener(
-            self._host, len(self._devices), key_env="DEEPEDGE_AGENT_KEY", what="agent"
-        ) as listener:
+        with self._listener(len(self._devices)) as listener:
             for name, dev in self._devices.items():
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "deepedge.train.agent",
-                    "--device",
-                    name,
-                    "--cpu-cores",
-                    str(dev.spec.cpu_cores or 1.0),
-                ]
-                if dev.pace_cores is not None:
-                    argv += ["--pace-cores", str(dev.pace_cores)]
-                env = dict(STEADY_MALLOC_ENV)
-                if dev.interface:  # gloo must use the device's link, not resolve the hostname
-                    env["GLOO_SOCKET_IFNAME"] = dev.interface
-                self._workers[name] = listener.spawn(
-                    name,
-                    dev,
-                    argv,
-                    env=env,
-                    self_paced=dev.pace_cores is not None,
-                    log_path=self._log_dir / f"agent-{name}.log",
-                )
-
-            def timed_out(waiting: list[Worker]) -> ClusterError:
-                missing = sorted(w.name for w in waiting)
-                return ClusterError(
-                    f"training agents on {missing} did not start in {timeout_s:.0f} s",
-                    hint=f"see {self._log_dir}",
-                )
-
-            listener.await_hellos(
-                list(self._workers.values()),
-                deadline=time.monotonic() + timeout_s,
-                died=lambda worker, code, _when: self._died(worker, code),
-                timed_out=timed_out,
-                identify=lambda hello: hello["device"],
-            )
+                self._workers[name] = self._spawn(listener, name, dev)
+            self._await_hellos(listener, list(self._workers.values()), timeout_s)
         for name, worker in self._workers.items():
             assert worker.hello is not None
             self.runtime_mb[name] = worker.hello["rss_mb"]
@@ -174,6 +188,41 @@ class AgentPool:
             wait_for_workers=False,
             timeout=datetime.timedelta(seconds=60),
         )
+
+    def add(self, name: str, device: DeviceHandle, timeout_s: float = 180.0) -> None:
+        """Start one more agent, in ``device`` (one that joined the running cluster).
+
+        Returns once it has said hello, with :attr:`runtime_mb` recorded; from then on
+        ``name`` can be profiled and given a share of a plan like any device. Safe while
+        another thread runs a job on the other agents: the new agent is added to the
+        pool's tables (replaced, not changed in place) only once it is ready, and the
+        pool's rendezvous store, which every run shares, stays as it is. An agent that
+        dies or does not say hello by ``timeout_s`` is killed and raises (TrainingError,
+        ClusterError), leaving the pool as it was.
+        """
+        if self._store is None:
+            raise ClusterError(
+                f"cannot add an agent on {name!r} to a pool that is not started",
+                hint="start() the pool first",
+            )
+        if name in self._workers:
+            raise ClusterError(
+                f"device {name!r} already has a training agent",
+                hint="give the new device another name",
+            )
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        with self._listener(1) as listener:
+            worker = self._spawn(listener, name, device)
+            try:
+                self._await_hellos(listener, [worker], timeout_s)
+            except BaseException:
+                worker.hang_up()
+                worker.kill()
+                raise
+        assert worker.hello is not None
+        self.runtime_mb[name] = worker.hello["rss_mb"]
+        self._devices = {**self._devices, name: device}
+        self._workers = {**self._workers, name: worker}
 
     def dead_devices(self) -> dict[str, int]:
         """Devices whose agent process has exited, with its exit code (-N: killed by N)."""
@@ -504,10 +553,13 @@ class AgentPool:
                 active, deadline, on_event, watch, store
             )
             paused = bool(interrupted) and all(r.get("paused") for r in interrupted.values())
-            if switch is not None and paused and not lost:  # a new plan, same devices' state
+            if switch is not None and paused and not lost:  # a new plan at a step boundary
                 steps = int(next(iter(interrupted.values()))["completed"])
+                # a device back in the plan (or new to the run) takes a current state
+                behind = {n for n in switch.devices if n not in interrupted}
+                blob = self._export(run_id, next(iter(interrupted))) if behind else None
                 generation += 1
-                active = self._resume_messages(first, switch, generation, steps, {}, None)
+                active = self._resume_messages(first, switch, generation, steps, behind, blob)
                 continue
             if not lost:
                 if interrupted:  # a step failed with every worker alive: a real error
@@ -535,23 +587,26 @@ class AgentPool:
             plan = on_failure(failure)
             if plan is None:
                 raise gone
-            if not set(plan.devices) <= set(survivors):
+            # survivors, and devices with an agent that were out of the segment (joiners)
+            usable = set(survivors) | (set(self._workers) - set(active) - set(self.dead_devices()))
+            if not set(plan.devices) <= usable:
                 raise TrainingError(
                     f"the plan after losing {sorted(lost)} uses devices that are not "
-                    f"survivors: {sorted(set(plan.devices) - set(survivors))}"
+                    f"survivors: {sorted(set(plan.devices) - usable)}"
                 )
             behind = [n for n in plan.devices if completed.get(n, -1) < steps]
-            blob = None
-            if behind:
-                blob = self._request({source: {"op": "export", "run_id": run_id}}, timeout_s=60.0)[
-                    source
-                ]["state_blob"]
+            blob = self._export(run_id, source) if behind else None
             # the step in progress when the worker was lost is run again: its sample ids
             # count once, from the run that completes it
             samples[:] = [e for e in samples if e["epoch"] * steps_per_epoch + e["step"] < steps]
             generation += 1
             active = self._resume_messages(first, plan, generation, steps, set(behind), blob)
             recoveries.append(Recovery(failure, plan, generation, time.time()))
+
+    def _export(self, run_id: str, source: str) -> bytes:
+        """The model and optimiser state of ``run_id`` that ``source`` holds."""
+        reply = self._request({source: {"op": "export", "run_id": run_id}}, timeout_s=60.0)
+        return reply[source]["state_blob"]
 
     @staticmethod
     def _resume_messages(
@@ -596,6 +651,8 @@ class AgentPool:
         those three, when the first lost worker was last heard of, and the plan ``watch``
         asked to switch to (the workers were asked to pause for it, through ``store``)."""
         switch: Plan | None = None
+        self._segment_store = store
+        self._segment_ranks = {name: int(msg["rank"]) for name, msg in messages.items()}
         conns = {name: self._conn(name) for name in messages}
         for name, msg in messages.items():
             conns[name].send(msg)
@@ -630,11 +687,10 @@ class AgentPool:
                     continue
                 live.heard(name)
                 event = reply.get("event")
-                if event == "heartbeat":
-                    continue
                 if event != "done":
-                    on_event(name, reply)
-                    if watch and switch is None and event == "step":
+                    if event != "heartbeat":
+                        on_event(name, reply)
+                    if watch and switch is None and event in ("step", "heartbeat"):
                         switch = watch(name, reply)
                         if switch is not None:
                             store.set("pause", "1")  # all ranks stop at one step boundary
@@ -664,7 +720,19 @@ class AgentPool:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since > _DEATH_GRACE_S:
                     break
+        self._segment_store, self._segment_ranks = None, {}
         return done, interrupted, lost, lost_at, switch
+
+    def throttle(self, device: str, intensity: float) -> bool:
+        """Change ``device``'s training intensity in the running segment of an elastic run,
+        from its next step on, without re-forming the group (the SLO guard's fast path).
+        False when ``device`` trains in no running segment."""
+        if self._segment_store is None or device not in self._segment_ranks:
+            return False
+        if not 0 < intensity <= 1:
+            raise ValueError(f"intensity must be in (0, 1], got {intensity}")
+        self._segment_store.set(f"intensity/{self._segment_ranks[device]}", str(intensity))
+        return True
 
     def close(self, grace_s: float = 2.0) -> None:
         """Ask agents to exit; kill those still busy after ``grace_s`` (e.g. on Ctrl-C)."""

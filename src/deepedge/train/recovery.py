@@ -112,12 +112,16 @@ class Liveness:
         """Workers to fence now: stopped for :data:`STOPPED_S`, or silent for
         :data:`SILENT_S`, with why."""
         out = {}
-        for name, quiet in ((n, self.silence_s(n)) for n in self.last_seen):
+        quiet_s = {n: self.silence_s(n) for n in self.last_seen}
+        # every worker silent at once is more likely the host (or this process) stalled
+        # than all of them hung: give a shared silence three times as long
+        silent_s = SILENT_S * (3 if len(quiet_s) > 1 and min(quiet_s.values()) >= SILENT_S else 1)
+        for name, quiet in quiet_s.items():
             if quiet < STOPPED_S:
                 continue
             if _stopped(pids.get(name)):
                 out[name] = f"stopped (no heartbeat for {quiet:.1f} s)"
-            elif quiet >= SILENT_S:
+            elif quiet >= silent_s:
                 out[name] = f"silent for {quiet:.1f} s (hung or unreachable)"
         return out
 
