@@ -34,6 +34,7 @@ from deepedge.errors import DeepEdgeError
 from deepedge.spec import JobSpec, OptimizerSpec
 from deepedge.train.ddp import CpuPacer, build_optimizer
 from deepedge.train.elastic import (
+    Heartbeat,
     RunContext,
     SharedConnection,
     export_state,
@@ -205,10 +206,12 @@ def _serve(conn: Connection) -> None:
         try:
             if op == "allreduce":
                 result = allreduce(msg)
-            elif op == "train":
-                result = train(msg, shared)
-            elif op == "resume":
-                result = resume(msg, shared)
+            elif op in ("train", "resume"):
+                # an elastic run's liveness: beats from the request on, through the data,
+                # the rendezvous and the model's broadcast, which a starved peer can hold
+                # up for seconds, not only while steps run
+                with Heartbeat(shared) if msg.get("elastic") else contextlib.nullcontext():
+                    result = (train if op == "train" else resume)(msg, shared)
             elif op == "export":
                 result = export(msg)
             else:

@@ -263,35 +263,34 @@ def run_segment(
         x, y = ctx.x.to(device), ctx.y.to(device)
         reset_peak(device)
         try:
-            with Heartbeat(conn) if msg.get("elastic") else contextlib.nullcontext():
-                if micro_batch:
-                    run_dynamic_epochs(
-                        model,
-                        ctx.optimizer,
-                        x,
-                        y,
-                        store=store,  # prefixed by run and generation: fresh counters
-                        run_key="dispatch",
-                        global_batch=sum(msg["local_batches"]),
-                        micro_batch=int(micro_batch),
-                        **common,
-                    )
-                else:
-                    assert wrapped is not None
-                    run_epochs(
-                        wrapped,
-                        ctx.optimizer,
-                        x,
-                        y,
-                        rank=rank,
-                        local_batches=msg["local_batches"],
-                        on_samples=on_samples if msg.get("log_samples") else None,
-                        **common,
-                    )
-                if paused.item():  # every rank stopped at the same step boundary
-                    return {"interrupted": True, "paused": True, "completed": ctx.completed}
-                peak_mb = peak_memory(device)
-                dist.barrier()
+            if micro_batch:
+                run_dynamic_epochs(
+                    model,
+                    ctx.optimizer,
+                    x,
+                    y,
+                    store=store,  # prefixed by run and generation: fresh counters
+                    run_key="dispatch",
+                    global_batch=sum(msg["local_batches"]),
+                    micro_batch=int(micro_batch),
+                    **common,
+                )
+            else:
+                assert wrapped is not None
+                run_epochs(
+                    wrapped,
+                    ctx.optimizer,
+                    x,
+                    y,
+                    rank=rank,
+                    local_batches=msg["local_batches"],
+                    on_samples=on_samples if msg.get("log_samples") else None,
+                    **common,
+                )
+            if paused.item():  # every rank stopped at the same step boundary
+                return {"interrupted": True, "paused": True, "completed": ctx.completed}
+            peak_mb = peak_memory(device)
+            dist.barrier()
         except Exception as err:
             if not msg.get("elastic"):
                 raise
