@@ -16,6 +16,7 @@ set of devices) without profiling again.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -88,6 +89,13 @@ class RunOptions:
 REBALANCE_GAIN = 0.1
 """A new split must shorten the slowest device's step by this share to be worth the
 pause (a re-formed process group: about a second)."""
+BENCH_SLOWDOWN = 4.0
+"""A device seen this many times slower than profiled leaves the plan instead of keeping a
+small share: starved that much (a CPU hog beside a trainer that yields the CPU), it also
+holds up every collective and a re-formed group's rendezvous, which its compute does not
+show. It is probed on the side (:data:`PROBE_S`) and comes back once it is fast again."""
+PROBE_S = 3.0
+"""How often a benched device's speed is measured again, alone, while the others train."""
 JOIN_COST_S = 2.0
 """What taking a device into a running job costs the others: the pause at a step
 boundary, the re-formed group, and the state sent to the new member. A join must save
@@ -164,6 +172,10 @@ class RunController:
         """Devices whose worker was lost during a run (left out of later plans), and how."""
         self.slowdown: dict[str, float] = {}
         """How much slower than profiled each device was seen to run (later plans use it)."""
+        self.benched: dict[str, float] = {}
+        """Devices out of the plan for running :data:`BENCH_SLOWDOWN` times slower than
+        profiled, and when they were last probed (time.monotonic())."""
+        self._probing: set[str] = set()
         self._live_plan: Plan | None = None
         self._watch: StragglerWatch | None = None
         self._seen: set[str] = set()
@@ -387,16 +399,34 @@ class RunController:
         gone = [
             ExcludedDevice(device=n, reason=f"lost during training: {why}")
             for n, why in self.lost.items()
+        ] + [
+            ExcludedDevice(
+                device=n,
+                reason=f"{self.slowdown.get(n, 1.0):.1f}x slower than profiled: out of the "
+                "plan until a probe finds it fast again",
+            )
+            for n in self.benched
+            if n not in self.lost
         ]
         return replace(
             self.profiling,
             profiles={
                 n: _slowed(p, self.slowdown.get(n, 1.0))
                 for n, p in self.profiling.profiles.items()
-                if n not in self.lost
+                if n not in self.lost and n not in self.benched
             },
             excluded=[*self.profiling.excluded, *gone],
         )
+
+    def _as_seen(self) -> dict[str, DeviceProfile]:
+        """Every device not lost, benched ones included, at the speed it was seen to run:
+        what a running plan is judged by."""
+        assert self.profiling is not None
+        return {
+            n: _slowed(p, self.slowdown.get(n, 1.0))
+            for n, p in self.profiling.profiles.items()
+            if n not in self.lost
+        }
 
     # --- stragglers: a device slower (or faster) than its plan beyond its noise
 
@@ -425,6 +455,8 @@ class RunController:
             self._steps_done = int(event["epoch"]) * self._steps_per_epoch + event["step"] + 1
         if (switch := self._check_joins()) is not None:
             return switch
+        if self.benched and (switch := self._check_benched()) is not None:
+            return switch
         if not self.options.rebalance or event.get("event") != "step":
             return None
         if self._watch is None or device not in self._watch.expected_s:
@@ -446,8 +478,10 @@ class RunController:
         current = self._live_plan
         for n, factor in drifted.items():  # never faster than profiled
             self.slowdown[n] = max(1.0, self.slowdown.get(n, 1.0) * factor)
+            if self.slowdown[n] >= BENCH_SLOWDOWN and len(current.local_batches) > 1:
+                self.benched[n] = time.monotonic()
         surviving = self._surviving()
-        profiles = surviving.profiles
+        profiles = self._as_seen()
         said = ", ".join(f"{n} {f:.2f}x its plan" for n, f in drifted.items())
         try:
             plan = self._plan_again(current.policy, surviving)
@@ -462,6 +496,8 @@ class RunController:
                 f"{said}; keeping the split (a new one would take {after * 1e3:.0f} ms "
                 f"per step against {before * 1e3:.0f} ms)",
             )
+            for n in current.local_batches:  # it stays in the plan: nothing to probe
+                self.benched.pop(n, None)
             self._follow(current)
             return None
         self._event(
@@ -551,7 +587,7 @@ class RunController:
             or (a.kind == "restore" and a.before == 0)
             for a in actions
         )
-        profiles = self._surviving().profiles
+        profiles = self._as_seen()
         before, after = _slowest_s(current, profiles), _slowest_s(plan, profiles)
         if plan.local_batches == current.local_batches and not must:
             return None
@@ -566,6 +602,58 @@ class RunController:
         )
         self._follow(plan)
         return plan
+
+    def _check_benched(self) -> Plan | None:
+        """Probe each benched device every :data:`PROBE_S` (a thread: a short profile run
+        on it alone); one found within 1.5x of its profile comes back like a joiner, when
+        the planner predicts that it pays."""
+        now = time.monotonic()
+        agents = self.session.agents if self.session is not None else None
+        for name, probed in list(self.benched.items()):
+            if agents is None or agents.in_segment(name):  # still leaving the running group
+                continue
+            if name not in self._probing and now - probed >= PROBE_S:
+                self._probing.add(name)
+                threading.Thread(
+                    target=self._probe, args=(name,), name=f"probe-{name}", daemon=True
+                ).start()
+        back = [n for n, t in self.benched.items() if t == math.inf]
+        if not back or self._live_plan is None:
+            return None
+        for name in back:
+            del self.benched[name]
+        return self._admit(back, kind="straggler")
+
+    def _probe(self, name: str) -> None:
+        retraining, session = self._ready(), self.session
+        assert session is not None and self.profiling is not None
+        profile = self.profiling.profiles[name]
+        batch = max(1, min(profile.timings))  # a measured batch: its median is the reference
+        try:
+            result = session.agents.profile(
+                self.job,
+                retraining.data_path,
+                {name: batch},
+                steps=3,
+                warmup=1,
+                state=retraining.state_path,
+                timeout_s=60.0,
+            )
+            times = result.points[name].step_times
+        except (DeepEdgeError, KeyError, OSError) as err:
+            self._event("straggler", f"probing {name} failed: {err}")
+            times = []
+        finally:
+            self._probing.discard(name)
+        if not times or name not in self.benched:
+            return
+        ratio = sorted(times)[len(times) // 2] / profile.timings[batch].median_s
+        if ratio < 1.5:
+            self.slowdown[name] = max(1.0, ratio)
+            self.benched[name] = math.inf  # back: weighed by the next _check_benched
+            self._event("straggler", f"{name} is back to {ratio:.2f}x its profile (probed)")
+        else:
+            self.benched[name] = time.monotonic()
 
     # --- joins: a device added while the session runs
 
@@ -629,7 +717,7 @@ class RunController:
             return None
         return self._admit(self._take_joiners())
 
-    def _admit(self, names: list[str]) -> Plan | None:
+    def _admit(self, names: list[str], *, kind: str = "join") -> Plan | None:
         """The running plan's policy planned again with the joiners: switched to when its
         predicted step (slowest device plus the all-reduce over one more member) saves
         more than :data:`JOIN_COST_S` over the steps left, and by
@@ -642,9 +730,9 @@ class RunController:
         try:
             plan = self._plan_again(current.policy)
         except (DeepEdgeError, KeyError) as err:
-            self._event("join", f"cannot plan {current.policy} with {names}: {err}")
+            self._event(kind, f"cannot plan {current.policy} with {names}: {err}")
             return None
-        profiles, comm = self._surviving().profiles, self.profiling.comm
+        profiles, comm = self._as_seen(), self.profiling.comm
 
         def sync_s(k: int) -> float:
             return comm.predict(k, retraining.grad_bytes) if comm and k > 1 else 0.0
@@ -665,7 +753,7 @@ class RunController:
             else "EDDL BUC n/T_sync: no all-reduce before, so none to compare"
         )
         self._event(
-            "join",
+            kind,
             f"{', '.join(names)}: predicted step {before * 1e3:.0f} -> {after * 1e3:.0f} ms "
             f"over {left} steps left ({'taken in' if pays else 'kept out'}: "
             f"{saving:+.1f} s against {JOIN_COST_S:g} s to join); {eddl}",

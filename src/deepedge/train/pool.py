@@ -723,6 +723,11 @@ class AgentPool:
         self._segment_store, self._segment_ranks = None, {}
         return done, interrupted, lost, lost_at, switch
 
+    def in_segment(self, device: str) -> bool:
+        """Whether ``device`` trains in the running segment of an elastic run (its link is
+        in use: another thread must not send it work)."""
+        return device in self._segment_ranks
+
     def throttle(self, device: str, intensity: float) -> bool:
         """Change ``device``'s training intensity in the running segment of an elastic run,
         from its next step on, without re-forming the group (the SLO guard's fast path).
