@@ -364,7 +364,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
     if spikes:
         lines += [
             "",
-            f"LC spike: {result['victim']}'s app at {SPIKE:g}x its rate from {SPIKE_AT:.0%} "
+            f"LC spike: {SPIKE_DEVICE}'s app at {SPIKE:g}x its rate from {SPIKE_AT:.0%} "
             f"of the steps for {SPIKE_S:.0f} s (or to the run's end); SLO windows (1 s) from "
             f"{GRACE_S:.0f} s after the spike started (target: none violated).",
             "",

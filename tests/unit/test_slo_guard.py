@@ -119,3 +119,26 @@ def test_capped_problem_keeps_only_levels_at_or_below_the_cap():
     assert {lv.intensity for lv in x.levels} == {0.25, 0.5}
     assert y.levels == () and not y.usable and "SLO guard" in (y.excluded_reason or "")
     assert [d.name for d in capped.usable()] == ["x"]
+
+
+def test_a_cap_waits_for_the_load_that_tripped_it_to_pass():
+    g = guard(clear_s=1.0, hold_s=0.1)
+    g.observe(requests(0, 5, 20, rate=20))
+    g.observe(requests(5, 6, 99, rate=60))  # a 3x spike: the device is cut ...
+    g.check(6.0, {"dev": 1.0})
+    g.observe(requests(6, 7, 99, rate=60))
+    g.check(7.0, {"dev": 0.5})
+    g.observe(requests(7, 8, 99, rate=60))
+    g.check(8.0, {"dev": 0.25})
+    assert g.caps == {"dev": 0.0}
+    # ... out of the plan its app is quiet again, but still under three times the load
+    for t in range(8, 14):
+        g.observe(requests(t, t + 1, 10, rate=60))
+        assert g.check(t + 1.0, {}) == [], t
+    # the spike over: the rate counted over 5 s falls back, then the cap lifts a level
+    # a second
+    lifted = []
+    for t in range(14, 24):
+        g.observe(requests(t, t + 1, 10, rate=20))
+        lifted += g.check(t + 1.0, {"dev": g.caps.get("dev", 1.0)} if lifted else {})
+    assert [a.after for a in lifted] == [0.2, 0.4, 0.8, 1.0]

@@ -7,7 +7,9 @@ seconds (by completion time, failures as infinite latency), and when an app on a
 training device reaches :attr:`GuardSettings.trip` of its deadline it cuts that device's
 training intensity (down to taking the device out of the plan). Once every app of a
 capped device has stayed under :attr:`GuardSettings.clear` of its deadline for
-``clear_s`` seconds, it lifts the cap one level; a device that trips again soon after a
+``clear_s`` seconds, with no more load than it had when it tripped (a device out of the
+plan has quiet apps however high their load: that says nothing about training beside
+them), it lifts the cap one level; a device that trips again soon after a
 lift waits twice as long before the next one (hysteresis with back-off, so a lasting
 load change does not make the plan flap).
 
@@ -48,6 +50,12 @@ class GuardSettings:
     """Below this the device stops training (its share moves to the others)."""
     min_requests: int = 4
     """A window with fewer requests says nothing about a p95."""
+    rate_window_s: float = 5.0
+    """Each app's request rate is counted over this long (a 1 s count is too noisy)."""
+    load_margin: float = 1.2
+    """A cap is lifted only while each app on the device gets at most this times the
+    request rate it had when the device was cut: while the load that tripped the guard
+    lasts, an idle device's quiet apps say nothing about training beside them."""
 
     def __post_init__(self) -> None:
         if not (0 < self.clear < self.trip <= 1 and 0 < self.cut < 1):
@@ -83,13 +91,24 @@ class GuardAction:
 
 
 class _Window:
-    """An app's completed requests of the last seconds: (done time, latency)."""
+    """An app's completed requests of the last seconds: (done time, latency), and their
+    completion times over the longer window its request rate is counted on."""
 
     def __init__(self) -> None:
         self.items: deque[tuple[float, float]] = deque()
+        self.done: deque[float] = deque()
+        self.first_s = math.inf  # the first completion seen: a younger window is shorter
 
     def add(self, done_s: float, latency_ms: float) -> None:
         self.items.append((done_s, latency_ms))
+        self.done.append(done_s)
+        self.first_s = min(self.first_s, done_s)
+
+    def rate_rps(self, now: float, window_s: float) -> float:
+        while self.done and self.done[0] < now - window_s:
+            self.done.popleft()
+        span = min(window_s, now - self.first_s)
+        return bisect.bisect_right(self.done, now) / span if span > 0 else 0.0
 
     def p95_ms(self, since_s: float, min_requests: int) -> float | None:
         while self.items and self.items[0][0] < since_s:
@@ -125,6 +144,7 @@ class SloGuard:
         self._clear_since: dict[str, float] = {}
         self._clear_s: dict[str, float] = {}  # device -> its current (backed-off) clear_s
         self._lifted: dict[str, float] = {}  # device -> when its cap was last lifted
+        self._tripped_at_rps: dict[str, float] = {}  # app -> its request rate when it tripped
 
     def observe(self, records: Iterable[RequestRecord]) -> None:
         """Take completed requests (in any order of completion)."""
@@ -135,6 +155,7 @@ class SloGuard:
             latency = r.latency_ms if r.ok and math.isfinite(r.latency_ms) else math.inf
             if window.items and r.done_s < window.items[-1][0]:
                 bisect.insort(window.items, (r.done_s, latency))
+                bisect.insort(window.done, r.done_s)
             else:
                 window.add(r.done_s, latency)
 
@@ -171,8 +192,11 @@ class SloGuard:
                 after = 0.0 if after < s.min_intensity else after
                 if now - self._lifted.get(device, -math.inf) < self._clear(device):
                     self._clear_s[device] = 2 * self._clear(device)  # it flapped: back off
+                for a in self._apps_on(device):
+                    rate = self._windows[a].rate_rps(now, s.rate_window_s)
+                    self._tripped_at_rps[a] = max(rate, self._tripped_at_rps.get(a, 0.0))
                 actions.append(self._act(device, app, p95[app], intensity, after, now))
-            elif device in self.caps and ratio <= s.clear:
+            elif device in self.caps and ratio <= s.clear and self._load_back(device, now):
                 since = self._clear_since.setdefault(device, now)
                 if now - since >= self._clear(device):
                     after = s.min_intensity if current == 0 else min(1.0, current / s.cut)
@@ -182,6 +206,18 @@ class SloGuard:
             else:
                 self._clear_since.pop(device, None)
         return actions
+
+    def _apps_on(self, device: str) -> list[str]:
+        return [a for a, d in self.app_devices.items() if d == device]
+
+    def _load_back(self, device: str, now: float) -> bool:
+        """Every app on ``device`` at most ``load_margin`` times its rate at the trip."""
+        s = self.settings
+        return all(
+            self._windows[a].rate_rps(now, s.rate_window_s)
+            <= s.load_margin * self._tripped_at_rps.get(a, math.inf)
+            for a in self._apps_on(device)
+        )
 
     def _clear(self, device: str) -> float:
         return self._clear_s.get(device, self.settings.clear_s)
