@@ -167,7 +167,7 @@ def one_case(
         time.sleep(IDLE_S)
         plan = ctl.plan().plans[POLICY]
         assert ctl.session is not None and ctl.retraining is not None
-        proc = ctl.session.agents._workers[victim].proc
+        proc = ctl.session.agents.processes[victim]
         session = ctl.session
         hog = stack.enter_context(cpu_hog(ctl, victim, workdir)) if "slow" in case else None
 

@@ -122,7 +122,7 @@ def _chaos_monkey(
     assert ctl.session is not None
     shares = sorted(plan.local_batches, key=plan.local_batches.__getitem__, reverse=True)
     victim = shares[1] if len(shares) > 1 else shares[0]
-    proc = ctl.session.agents._workers[victim].proc
+    proc = ctl.session.agents.processes[victim]
     per_epoch = max(1, total_steps // ctl.job.epochs)
     fired: list[str] = []
 

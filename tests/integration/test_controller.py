@@ -77,7 +77,7 @@ def test_a_run_that_loses_every_worker_fails_and_leaves_nothing(tmp_path) -> Non
     with pytest.raises(TrainingError, match="every worker of the run was lost"), ctl:
         plan = ctl.plan().plans["equal"]
         assert ctl.session is not None
-        victims = list(ctl.session.agents._procs.values())
+        victims = list(ctl.session.agents.processes.values())
 
         def kill_soon(epoch: int, step: int) -> None:
             if step == 1:

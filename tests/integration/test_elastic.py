@@ -48,7 +48,7 @@ def _run_with(tmp_path, sig: signal.Signals, at_step: int = 3):
         plan = ctl.plan().plans["equal"]
         assert set(plan.devices) == {"fast", "mid", "slow"}
         assert ctl.session is not None
-        victim = ctl.session.agents._workers["mid"].proc
+        victim = ctl.session.agents.processes["mid"]
 
         def strike(epoch: int, step: int) -> None:
             if epoch * STEPS_PER_EPOCH + step == at_step and victim.poll() is None:

@@ -61,7 +61,7 @@ def test_a_device_dying_while_profiling_keeps_its_points_and_the_others_go_on(tm
         def kill_after_first_run(points) -> None:
             runs_seen.append(dict(points))
             if len(runs_seen) == 1:
-                session.agents._procs["slow"].send_signal(signal.SIGKILL)
+                session.agents.processes["slow"].send_signal(signal.SIGKILL)
 
         planning = retrain.plan(("proportional",), on_run=kill_after_first_run)
 

@@ -134,7 +134,7 @@ def test_lc_requests_are_recorded_during_the_session(session):
 
 def test_a_dead_worker_is_a_clear_error(retraining, session):
     plan = retraining.plan(("equal",)).plans["equal"]
-    victim = session.agents._procs["slow"]
+    victim = session.agents.processes["slow"]
 
     def kill_soon(epoch: int, step: int) -> None:
         if step == 1:

@@ -28,7 +28,7 @@ def test_an_added_agent_joins_the_started_pool(pool):
     assert set(pool._devices) == set(pool._workers) == {"a", "b"}
     assert pool._store is store  # every run's rendezvous stays where it was
     assert pool.dead_devices() == {}
-    procs = pool._procs
+    procs = pool.processes
     pool.close(grace_s=5.0)
     assert [p.returncode for p in procs.values()] == [0, 0]  # both left when asked
 

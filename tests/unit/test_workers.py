@@ -226,7 +226,7 @@ def test_agent_pool_starts_and_stops_its_agents(tmp_path):
     try:
         pool.start(timeout_s=10)
         assert pool.runtime_mb == {"a": 12.5, "b": 12.5}
-        procs = pool._procs
+        procs = pool.processes
         pool.close(grace_s=5.0)
         assert [p.returncode for p in procs.values()] == [0, 0]  # left when asked
     finally:

@@ -121,7 +121,9 @@ class AgentPool:
         """Each agent's resident memory once torch is imported: the per-worker runtime cost."""
 
     @property
-    def _procs(self) -> dict[str, subprocess.Popen[bytes]]:
+    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        """Each device's agent process (to signal it: fault injection in tests, benchmarks
+        and ``deepedge demo --chaos``)."""
         return {name: w.proc for name, w in self._workers.items()}
 
     def _listener(self, count: int) -> WorkerListener:
