@@ -187,6 +187,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
         settle_s=IDLE_S,
         refresh=opts.refresh_profiles,
         force_fallback=opts.force_fallback,
+        spec_path=opts.cluster_path,  # `deepedge cluster add` on it joins a device
     )
     ctl = RunController(
         cluster,
