@@ -36,13 +36,19 @@ JOB = {
 STEPS_PER_EPOCH = 5
 
 
-def _run_with(tmp_path, sig: signal.Signals, at_step: int = 3):
-    options = RunOptions(
+def _options(tmp_path, policy: str, **extra) -> RunOptions:
+    """One policy, a knowledge base of the test's own, short profiles."""
+    return RunOptions(
         out=tmp_path / "run",
-        policies=("equal",),
+        policies=(policy,),
         kb=tmp_path / "kb.sqlite",
         profile_settings=ProfileSettings(steps=4, warmup=1),
+        **extra,
     )
+
+
+def _run_with(tmp_path, sig: signal.Signals, at_step: int = 3):
+    options = _options(tmp_path, "equal")
     ctl = RunController(ClusterSpec.model_validate(CLUSTER), JobSpec.model_validate(JOB), options)
     with ctl:
         plan = ctl.plan().plans["equal"]
@@ -88,12 +94,7 @@ def test_a_lost_worker_is_survived_without_losing_or_doubling_a_sample(tmp_path,
 
 
 def test_a_device_slowed_by_a_cpu_hog_gets_a_smaller_share_at_a_step_boundary(tmp_path) -> None:
-    options = RunOptions(
-        out=tmp_path / "run",
-        policies=("proportional",),
-        kb=tmp_path / "kb.sqlite",
-        profile_settings=ProfileSettings(steps=4, warmup=1),
-    )
+    options = _options(tmp_path, "proportional")
     job = JobSpec.model_validate({**JOB, "epochs": 3})
     ctl = RunController(ClusterSpec.model_validate(CLUSTER), job, options)
     with ctl:
@@ -130,13 +131,7 @@ def test_an_lc_app_past_its_deadline_throttles_then_unloads_its_device(tmp_path)
         **CLUSTER,
         "apps": [{"name": "cam", "device": "mid", "rate_rps": 20, "deadline_ms": 1}],
     }
-    options = RunOptions(
-        out=tmp_path / "run",
-        policies=("equal",),
-        kb=tmp_path / "kb.sqlite",
-        rebalance=False,
-        profile_settings=ProfileSettings(steps=4, warmup=1),
-    )
+    options = _options(tmp_path, "equal", rebalance=False)
     job = JobSpec.model_validate({**JOB, "epochs": 4})
     ctl = RunController(ClusterSpec.model_validate(cluster), job, options)
     with ctl:
@@ -167,12 +162,7 @@ def test_a_device_that_joins_mid_run_is_taken_in_at_a_step_boundary(tmp_path) ->
     # one slow board trains alone; a faster one joins: it is booted and profiled on the
     # side, then the plan takes it in (the new member starts from a survivor's state)
     cluster = {**CLUSTER, "devices": [CLUSTER["devices"][2]]}
-    options = RunOptions(
-        out=tmp_path / "run",
-        policies=("equal",),
-        kb=tmp_path / "kb.sqlite",
-        profile_settings=ProfileSettings(steps=4, warmup=1),
-    )
+    options = _options(tmp_path, "equal")
     job = JobSpec.model_validate({**JOB, "epochs": 12})
     ctl = RunController(ClusterSpec.model_validate(cluster), job, options)
     with ctl:

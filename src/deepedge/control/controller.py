@@ -16,7 +16,6 @@ set of devices) without profiling again.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -106,6 +105,11 @@ def _slowed(profile: DeviceProfile, factor: float) -> DeviceProfile:
     return profile if factor == 1.0 else replace(profile, model=profile.model.scaled(factor))
 
 
+def _worth_switching(before_s: float, after_s: float) -> bool:
+    """Whether a step of ``after_s`` instead of ``before_s`` pays for a re-formed group."""
+    return after_s <= (1 - REBALANCE_GAIN) * before_s
+
+
 def _slowest_s(plan: Plan, profiles: Mapping[str, DeviceProfile]) -> float:
     """The plan's slowest device's compute per step under ``profiles`` (at its intensity)."""
     return max(
@@ -176,6 +180,7 @@ class RunController:
         """Devices out of the plan for running :data:`BENCH_SLOWDOWN` times slower than
         profiled, and when they were last probed (time.monotonic())."""
         self._probing: set[str] = set()
+        self._back: set[str] = set()  # benched devices a probe found fast again
         self._live_plan: Plan | None = None
         self._watch: StragglerWatch | None = None
         self._seen: set[str] = set()
@@ -195,7 +200,6 @@ class RunController:
         )
         self._join_tick = 0.0
         self._steps_done = 0  # global steps the running plan completed (rank 0's view)
-        self._steps_total = job.epochs * -(-len(self.train_set) // job.global_batch)
         self.kb: KnowledgeBase | None = None
         self._owns_kb = False
 
@@ -410,11 +414,7 @@ class RunController:
         ]
         return replace(
             self.profiling,
-            profiles={
-                n: _slowed(p, self.slowdown.get(n, 1.0))
-                for n, p in self.profiling.profiles.items()
-                if n not in self.lost and n not in self.benched
-            },
+            profiles={n: p for n, p in self._as_seen().items() if n not in self.benched},
             excluded=[*self.profiling.excluded, *gone],
         )
 
@@ -490,7 +490,7 @@ class RunController:
             self._follow(current)
             return None
         before, after = _slowest_s(current, profiles), _slowest_s(plan, profiles)
-        if plan.local_batches == current.local_batches or after > (1 - REBALANCE_GAIN) * before:
+        if plan.local_batches == current.local_batches or not _worth_switching(before, after):
             self._event(
                 "straggler",
                 f"{said}; keeping the split (a new one would take {after * 1e3:.0f} ms "
@@ -591,7 +591,7 @@ class RunController:
         before, after = _slowest_s(current, profiles), _slowest_s(plan, profiles)
         if plan.local_batches == current.local_batches and not must:
             return None
-        if not must and after > (1 - REBALANCE_GAIN) * before:
+        if not must and not _worth_switching(before, after):
             return None
         self._event(
             "replan",
@@ -610,18 +610,18 @@ class RunController:
         now = time.monotonic()
         agents = self.session.agents if self.session is not None else None
         for name, probed in list(self.benched.items()):
-            if agents is None or agents.in_segment(name):  # still leaving the running group
-                continue
+            if agents is None or agents.in_segment(name) or name in self._back:
+                continue  # still leaving the running group, or already found fast
             if name not in self._probing and now - probed >= PROBE_S:
                 self._probing.add(name)
                 threading.Thread(
                     target=self._probe, args=(name,), name=f"probe-{name}", daemon=True
                 ).start()
-        back = [n for n, t in self.benched.items() if t == math.inf]
-        if not back or self._live_plan is None:
+        if not self._back or self._live_plan is None:
             return None
+        back, self._back = sorted(self._back), set()
         for name in back:
-            del self.benched[name]
+            self.benched.pop(name, None)
         return self._admit(back, kind="straggler")
 
     def _probe(self, name: str) -> None:
@@ -650,7 +650,7 @@ class RunController:
         ratio = sorted(times)[len(times) // 2] / profile.timings[batch].median_s
         if ratio < 1.5:
             self.slowdown[name] = max(1.0, ratio)
-            self.benched[name] = math.inf  # back: weighed by the next _check_benched
+            self._back.add(name)  # weighed by the next _check_benched
             self._event("straggler", f"{name} is back to {ratio:.2f}x its profile (probed)")
         else:
             self.benched[name] = time.monotonic()
@@ -740,10 +740,10 @@ class RunController:
         n, m = len(current.local_batches), len(plan.local_batches)
         before = _slowest_s(current, profiles) + sync_s(n)
         after = _slowest_s(plan, profiles) + sync_s(m)
-        left = max(0, self._steps_total - self._steps_done)
+        left = max(0, self.job.epochs * self._steps_per_epoch - self._steps_done)
         saving = (before - after) * left
         taken = [x for x in names if x in plan.local_batches]
-        pays = bool(taken) and saving > JOIN_COST_S and after < (1 - REBALANCE_GAIN) * before
+        pays = bool(taken) and saving > JOIN_COST_S and _worth_switching(before, after)
         # EDDL's BUC needs an all-reduce on both sides (one device alone does not sync)
         buc = [k / sync_s(k) if sync_s(k) > 0 else None for k in (n, m)]
         eddl = (

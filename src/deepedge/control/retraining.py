@@ -172,20 +172,12 @@ class Retraining:
                 hint="use a smaller model or global batch, or add devices with more memory",
             )
         emulation = self.session.cluster.emulation
-        keys = {d.name: profile_key(d, spec, self.workload, emulation) for d in usable}
         cores = {d.name: d.cpu_cores or 1.0 for d in usable}
-        runs = default_batches(cores, self.job.global_batch)
         started = time.monotonic()
-        profiles, failed = measure_profiles(
-            self.session.agents,
-            self.kb,
-            keys,
-            self.job,
-            self.data_path,
-            runs=runs,
+        profiles, failed = self._measure(
+            default_batches(cores, self.job.global_batch),
+            self.profile_settings,
             refresh=refresh,
-            state=self.state_path,
-            settings=self.profile_settings,
             on_run=on_run,
         )
         excluded += [
@@ -217,34 +209,51 @@ class Retraining:
         batches are half and 1.5 times its expected share of the global batch among all
         the devices now. Quick (two batch sizes, at most 8 timed steps each): the decision
         it serves is due while the job runs."""
-        assert self.kb is not None
-        spec = self.session.spec
-        device = next(d for d in spec.devices if d.name == name)
-        cores = {d.name: d.cpu_cores or 1.0 for d in spec.devices}
+        cores = {d.name: d.cpu_cores or 1.0 for d in self.session.spec.devices}
         batches = default_batches(cores, self.job.global_batch, factors=(0.5, 1.5))
-        runs = [{name: r[name]} for r in batches]
         quick = dataclasses.replace(
             self.profile_settings,
             steps=min(self.profile_settings.steps, 8),
             warmup=min(self.profile_settings.warmup, 2),
         )
-        key = profile_key(device, spec, self.workload, self.session.cluster.emulation)
-        profiles, failed = measure_profiles(
-            self.session.agents,
-            self.kb,
-            {name: key},
-            self.job,
-            self.data_path,
-            runs=runs,
-            state=self.state_path,
-            settings=quick,
-        )
+        profiles, failed = self._measure([{name: r[name]} for r in batches], quick)
         if name not in profiles:
             raise PlanInfeasible(
                 f"device {name} failed while profiling: {failed.get(name, 'no profile')}",
                 hint="see its agent's log in the session's logs/ folder",
             )
         return profiles[name]
+
+    def _measure(
+        self,
+        runs: Sequence[Mapping[str, int]],
+        settings: ProfileSettings,
+        *,
+        refresh: bool = False,
+        on_run: Callable[[Mapping[str, ProfilePointResult]], None] | None = None,
+    ) -> tuple[dict[str, DeviceProfile], dict[str, str]]:
+        """:func:`~deepedge.profile.measure_profiles` of the devices in ``runs`` (device ->
+        local batch per run) for this job, under their knowledge-base keys."""
+        assert self.kb is not None
+        spec, emulation = self.session.spec, self.session.cluster.emulation
+        names = {n for run in runs for n in run}
+        keys = {
+            d.name: profile_key(d, spec, self.workload, emulation)
+            for d in spec.devices
+            if d.name in names
+        }
+        return measure_profiles(
+            self.session.agents,
+            self.kb,
+            keys,
+            self.job,
+            self.data_path,
+            runs=runs,
+            refresh=refresh,
+            state=self.state_path,
+            settings=settings,
+            on_run=on_run,
+        )
 
     def plan_from(
         self,
@@ -263,11 +272,11 @@ class Retraining:
         chosen = [get_policy(p) for p in policies]
         profiles, comm, excluded = profiling.profiles, profiling.comm, list(profiling.excluded)
         caps = dict(caps or {})
-        for n in [n for n, c in caps.items() if c <= 0 and n in profiles]:
-            profiles = {k: v for k, v in profiles.items() if k != n}
-            excluded.append(
-                ExcludedDevice(device=n, reason="SLO guard: an LC app neared its deadline")
-            )
+        off = [n for n, c in caps.items() if c <= 0 and n in profiles]
+        profiles = {n: p for n, p in profiles.items() if n not in off}
+        excluded += [
+            ExcludedDevice(device=n, reason="SLO guard: an LC app neared its deadline") for n in off
+        ]
         caps = {n: c for n, c in caps.items() if 0 < c < 1 and n in profiles}
         models = {n: p.model for n, p in profiles.items()}
         blind_models = {n: m.scaled(1 / caps[n]) if n in caps else m for n, m in models.items()}
