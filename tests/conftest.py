@@ -6,6 +6,7 @@ import datetime
 import socket
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -24,6 +25,28 @@ def _cgroups_ok() -> bool:
 
 needs_cgroups = pytest.mark.skipif(not _cgroups_ok(), reason="needs root and writable cgroups")
 STORE_TIMEOUT = datetime.timedelta(seconds=90)  # ranks import torch slowly on a loaded host
+
+
+BACKENDS = ("local", "ray")
+"""The cluster backends the end-to-end tests run on: devices as cgroups of this machine,
+and devices as nodes of an emulated Ray cluster (each node fenced the same way)."""
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request) -> str:
+    """The backend a module's end-to-end tests run on: they run once on each."""
+    return request.param
+
+
+def assert_nothing_left(cluster, pids: set[int]) -> None:
+    """After a backend stopped: none of its device processes runs and no device cgroup of
+    a dead owner is left (the local backend's or a Ray node host's)."""
+    from deepedge.cluster.cgroups import PARENT, owner_alive
+
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    driver, _ = detect_cgroups()
+    if driver is not None:
+        assert all(owner_alive(tag) for tag in driver.children(PARENT))
 
 
 @pytest.fixture

@@ -443,6 +443,117 @@ def plan_cmd(
     console.print(f"Gantt chart: {gantt_png(plan, out / 'plan-gantt.png')}")
 
 
+@app.command(
+    context_settings={**_CONTEXT, "allow_extra_args": True, "ignore_unknown_options": True}
+)
+def launch(
+    cluster: Annotated[Path, typer.Argument(help="cluster spec")],
+    script: Annotated[str, typer.Argument(help="training script (.py) or command")],
+    args: Annotated[
+        list[str] | None, typer.Argument(help="the script's own arguments", show_default=False)
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="deep-edge (default) | proportional | fastest-single | equal"),
+    ] = None,
+    job: Annotated[
+        Path | None,
+        typer.Option(help="comparable job the script is planned as (default: the demo job)"),
+    ] = None,
+    global_batch: Annotated[
+        int | None, typer.Option(help="global batch to plan for (default: the job's)")
+    ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(help="a,b,c: an equal split over these devices, nothing profiled"),
+    ] = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option("--plan", help="run a saved plan (a launch's plan.json, a train report)"),
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="logs/rank-N.log, plan.json")] = Path("runs/launch"),
+    apps: Annotated[
+        bool, typer.Option(help="run the cluster's LC apps under load meanwhile")
+    ] = True,
+    tee: Annotated[bool, typer.Option(help="echo every rank's output as [rankN]:")] = True,
+    master_port: Annotated[int | None, typer.Option(help="default: a free port")] = None,
+    rank_memory_mb: Annotated[
+        float, typer.Option(help="one rank's memory, for the equal split's check")
+    ] = 400.0,
+    kb: KbOption = None,
+    fallback: Annotated[
+        bool, typer.Option("--fallback", help="force duty-cycle emulation")
+    ] = False,
+) -> None:
+    """Run a torchrun-style SCRIPT with one rank per planned device, inside the device.
+
+    Every rank gets torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) and the
+    plan in DEEPEDGE_PLAN; an unmodified script trains with an equal share per rank,
+    deepedge.launch.PlannedBatchSampler and planned_loss give it the Deep-Edge split.
+    When a rank fails the others are stopped and the launch exits with its exit code.
+    """
+    from deepedge.launch.runner import LaunchOptions
+    from deepedge.launch.runner import launch as run_launch
+
+    names = tuple(n.strip() for n in devices.split(",") if n.strip()) if devices else ()
+    options = LaunchOptions(
+        script=script,
+        args=tuple(args or ()),
+        workdir=workdir,
+        policy=policy,
+        job=job,
+        global_batch=global_batch,
+        devices=names,
+        plan_file=plan,
+        apps=apps,
+        tee=tee,
+        master_port=master_port,
+        rank_memory_mb=rank_memory_mb,
+        kb=_kb_path(kb),
+        force_fallback=fallback,
+    )
+    cluster_spec = _load_cluster(cluster)
+    run_launch(
+        cluster_spec,
+        options,
+        status=lambda msg: err_console.print(escape(msg)),
+        echo=lambda line: print(line, flush=True),
+    )
+
+
+def _launch_script_args(args: list[str]) -> list[str]:
+    """``launch CLUSTER SCRIPT ARGS``: everything after SCRIPT is the script's, as with
+    torchrun, even words that look like deepedge's own options (``-v``, ``--workdir``):
+    a ``--`` is put after SCRIPT before click and the global-flag hoisting see them."""
+    head = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if head is None or args[head] != "launch" or "--" in args[:head]:
+        return args
+    from typer.main import get_command
+
+    command = get_command(app).commands["launch"]  # type: ignore[attr-defined]
+    takes_value = {
+        name
+        for p in command.params
+        if p.param_type_name == "option" and not p.is_flag  # type: ignore[attr-defined]
+        for name in p.opts
+    }
+    positionals = 0
+    i = head + 1
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            return args
+        if word.startswith("-") and word != "-":
+            if word in takes_value:
+                i += 1  # its value
+        else:
+            positionals += 1
+            if positionals == 2:
+                return [*args[: i + 1], "--", *args[i + 1 :]]
+        i += 1
+    return args
+
+
 @profile_app.command("run")
 def profile_run(
     cluster: Annotated[Path, typer.Argument(help="cluster spec")],
@@ -971,6 +1082,73 @@ def cluster_info() -> None:
     console.print(f"devices are pinned to host CPUs with {fence} (cluster spec: pin_cpus)")
 
 
+def _ray_spec(path: Path):  # -> ClusterSpec of backend ray
+    spec = _load_cluster(path)
+    if spec.backend != "ray":
+        raise UsageError(
+            f"{path} uses backend {spec.backend}: its devices are emulated on this machine "
+            "when a job starts",
+            hint="set `backend: ray` (and `address: HEAD_IP:6379`) to run on Ray nodes",
+        )
+    return spec
+
+
+@cluster_app.command("up")
+def cluster_up(
+    spec: Annotated[Path, typer.Argument(help="cluster spec with backend: ray")],
+    head: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the Ray head (default: the spec's address)")
+    ] = None,
+) -> None:
+    """Print the `ray start` line for the head and for every device of a Ray cluster spec."""
+    from deepedge.cluster.ray_backend import ray_start_lines
+
+    lines = ray_start_lines(_ray_spec(spec), head)
+    for where, line in lines:
+        console.print(f"[bold]# on {escape(where)}[/]")
+        console.print(escape(line), soft_wrap=True)
+    console.print(
+        "# each board needs deepedge installed as on the coordinator (same version, same "
+        "Python) and the run directory at the same path (e.g. an NFS mount)"
+    )
+
+
+@cluster_app.command("status")
+def cluster_status(
+    spec: Annotated[Path, typer.Argument(help="cluster spec with backend: ray")],
+) -> None:
+    """Show which devices of a Ray cluster spec have a node in the Ray cluster; exit 1 if any
+    is missing."""
+    cluster = _ray_spec(spec)
+    if cluster.address is None:
+        console.print(
+            "no address in the spec: each job starts an emulated Ray cluster on this machine "
+            "(a node per device) and stops it when it ends"
+        )
+        return
+    from deepedge.cluster.ray_backend import connect, present_devices
+
+    connect(cluster.address)
+    present = present_devices()
+    table = Table(title=f"Ray cluster at {cluster.address}")
+    for col in ("device", "kind", "node", "address", "status"):
+        table.add_column(col)
+    for d in cluster.devices:
+        node = present.get(d.name)
+        table.add_row(
+            d.name,
+            d.kind,
+            node["NodeID"][:12] if node else "-",
+            node.get("NodeManagerAddress", "-") if node else "-",
+            "[green]present[/]" if node else "[red]missing[/]",
+        )
+    console.print(table)
+    missing = [d.name for d in cluster.devices if d.name not in present]
+    if missing:
+        console.print(f"missing: {', '.join(missing)}; start them with `deepedge cluster up`")
+        raise typer.Exit(1)
+
+
 @app.command()
 def report(
     path: Annotated[Path, typer.Argument(help="a report.json from `deepedge demo`")],
@@ -996,7 +1174,8 @@ def _hoist_global_flags(args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every way it ends is an exit code (see the README), never a traceback
     unless --debug asks for one."""
-    args = _hoist_global_flags(sys.argv[1:] if argv is None else list(argv))
+    args = sys.argv[1:] if argv is None else list(argv)
+    args = _hoist_global_flags(_launch_script_args(args) if "launch" in args else args)
     # SIGTERM behaves like Ctrl-C: KeyboardInterrupt in the main thread, so every `with`
     # block (devices, agents, load generator) tears down.
     signal.signal(signal.SIGTERM, _interrupt)

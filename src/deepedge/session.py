@@ -90,6 +90,10 @@ class EdgeSession:
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         self.cluster.start()
+        # a backend may know its devices and its address only once started (Ray nodes)
+        self.agents = AgentPool(
+            self.cluster.devices, self.workdir / "logs", host=self.cluster.coordinator_address
+        )
         try:
             for dev in self.cluster.devices.values():
                 dev.set_cpu_limit(None)

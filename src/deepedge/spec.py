@@ -28,6 +28,8 @@ from deepedge.errors import SpecError, UsageError
 __all__ = [
     "AppSpec",
     "ClusterSpec",
+    "CodeSpec",
+    "CustomSpec",
     "DatasetSpec",
     "DeviceSpec",
     "DriftSpec",
@@ -123,6 +125,12 @@ class ClusterSpec(_Spec):
     # pin each device to its own host CPUs (cpuset, or CPU affinity without one), so that
     # where the scheduler happens to put a device's processes does not change its latency
     pin_cpus: bool = True
+    # local: devices are emulated on this machine; ray: each device is a node of a Ray
+    # cluster (started with `ray start ... --resources` as `deepedge cluster up` prints)
+    backend: Literal["local", "ray"] = "local"
+    # the Ray cluster's head (HOST:PORT, or "auto" for the one this machine belongs to);
+    # unset with backend ray: an emulated Ray cluster on this machine, a node per device
+    address: Annotated[str, Field(min_length=1, max_length=300)] | None = None
 
     @model_validator(mode="after")
     def _check_references(self) -> ClusterSpec:
@@ -141,6 +149,8 @@ class ClusterSpec(_Spec):
                     f"app {app.name!r} names unknown device {app.device!r}; "
                     f"known: {_few(sorted(known))}"
                 )
+        if self.address is not None and self.backend != "ray":
+            raise ValueError("address is the Ray head's; it needs backend: ray")
         return self
 
 
@@ -161,7 +171,8 @@ class DriftSpec(_Spec):
 
 
 class DatasetSpec(_Spec):
-    kind: Literal["synthetic", "image_folder", "digits"] = "synthetic"
+    # custom: tensors given in Python (``deepedge.fit``), shipped to the devices as a file
+    kind: Literal["synthetic", "image_folder", "digits", "custom"] = "synthetic"
     train_size: Annotated[Int, Field(gt=0, le=MAX_SAMPLES)] = 2000
     test_size: Annotated[Int, Field(gt=0, le=MAX_SAMPLES)] = 500
     num_classes: Annotated[Int, Field(ge=2, le=1000)] = 10
@@ -178,7 +189,8 @@ class DatasetSpec(_Spec):
 
 
 class ModelSpec(_Spec):
-    arch: Literal["small_cnn", "resnet"] = "small_cnn"
+    # custom: the job's ``custom`` section names the model factory (``deepedge.fit``)
+    arch: Literal["small_cnn", "resnet", "custom"] = "small_cnn"
     width: Annotated[Int, Field(ge=4, le=256)] = 16
     depth: Annotated[Int, Field(ge=1, le=8)] = 2  # blocks per stage for resnet
 
@@ -190,6 +202,54 @@ class OptimizerSpec(_Spec):
     weight_decay: Annotated[Float, Field(ge=0, le=100)] = 0.0
 
 
+Shape = Annotated[list[Annotated[Int, Field(ge=1, le=2**31)]], Field(max_length=16)]
+
+
+class CodeSpec(_Spec):
+    """User code that every process of a job runs (coordinator, training agents, the
+    interference lab's training co-runner): an import path ``package.module:attr`` or a
+    callable pickled by value with cloudpickle (base64), for code in a script's
+    ``__main__``. Exactly one of the two; ``name`` is what messages call it."""
+
+    name: Annotated[str, Field(min_length=1, max_length=300)]
+    ref: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")] | None = None
+    pickled: Annotated[str, Field(min_length=1, max_length=64 * 2**20)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CodeSpec:
+        if (self.ref is None) == (self.pickled is None):
+            raise ValueError(f"code {self.name!r} needs exactly one of ref and pickled")
+        return self
+
+
+class CustomSpec(_Spec):
+    """A model, loss and optimiser brought by the user (built by ``deepedge.fit``, which
+    measures the fields below on the real model and data before anything boots).
+
+    ``signature`` keys the job's profiles and interference rows in the knowledge base
+    (a hash of the model's structure and input shape), so different user models never
+    share a profile. ``loss`` must reduce by the *mean* over the batch's samples: uneven
+    local batches are weighted by their share of the global batch (see ``train.ddp``).
+    """
+
+    model: CodeSpec
+    loss: CodeSpec | None = None  # None: cross-entropy
+    optimizer: CodeSpec | None = None  # None: the job's ``optimizer`` spec
+    seeded: bool = False  # the factory takes ``seed=``
+    signature: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    optimizer_name: Annotated[str, Field(min_length=1, max_length=63)] = "sgd"
+    optimizer_slots: Annotated[Int, Field(ge=0, le=16)] = 1  # state tensors per parameter
+    param_bytes: Annotated[Int, Field(ge=0)] = 0
+    activation_bytes: Annotated[Int, Field(ge=0)] = 0  # leaf outputs for one sample
+    input_shape: Shape  # one sample's
+    input_dtype: Literal["float32", "int64"] = "float32"
+    input_high: Int | None = None  # integer inputs: one above the largest value seen
+    target_shape: Shape = Field(default_factory=list)
+    target_dtype: Literal["float32", "int64"] = "int64"
+    target_high: Int | None = None
+    sys_path: list[str] = Field(default_factory=list, max_length=64)
+
+
 class JobSpec(_Spec):
     name: Name = "retrain"
     model: ModelSpec = ModelSpec()
@@ -198,9 +258,18 @@ class JobSpec(_Spec):
     global_batch: Annotated[Int, Field(gt=0, le=MAX_SAMPLES)] = 128
     optimizer: OptimizerSpec = OptimizerSpec()
     seed: Seed = 0
+    custom: CustomSpec | None = None  # a user's model, loss, optimiser (``deepedge.fit``)
 
     @model_validator(mode="after")
     def _batch_fits_data(self) -> JobSpec:
+        custom = self.custom is not None
+        if custom != (self.model.arch == "custom") or (
+            self.dataset.kind == "custom" and not custom
+        ):
+            raise ValueError(
+                "model.arch 'custom' and dataset.kind 'custom' go with a 'custom' section, "
+                "which deepedge.fit builds from your Python code"
+            )
         if self.global_batch > self.dataset.train_size:
             raise ValueError(
                 f"global_batch {self.global_batch} is larger than dataset.train_size "

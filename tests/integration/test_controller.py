@@ -11,7 +11,7 @@ from deepedge.control import RunController, RunOptions, RunState
 from deepedge.errors import TrainingError
 from deepedge.profile import ProfileSettings
 from deepedge.spec import ClusterSpec, JobSpec
-from tests.conftest import needs_cgroups
+from tests.conftest import assert_nothing_left, needs_cgroups
 from tests.integration.test_session import CLUSTER, JOB
 
 pytestmark = [needs_cgroups, pytest.mark.root, pytest.mark.timeout(300)]
@@ -19,8 +19,8 @@ pytestmark = [needs_cgroups, pytest.mark.root, pytest.mark.timeout(300)]
 FAST = ProfileSettings(steps=4, warmup=1)
 
 
-def _controller(tmp_path, built: list) -> RunController:
-    def backend(spec, *, force_fallback=False):
+def _controller(tmp_path, built: list, backend: str = "local") -> RunController:
+    def build(spec, *, force_fallback=False):
         cluster = make_backend(spec, force_fallback=force_fallback)
         built.append(cluster)
         return cluster
@@ -32,21 +32,22 @@ def _controller(tmp_path, built: list) -> RunController:
         profile_settings=FAST,
     )
     return RunController(
-        ClusterSpec.model_validate(CLUSTER),
+        ClusterSpec.model_validate({**CLUSTER, "backend": backend}),
         JobSpec.model_validate(JOB),
         options,
-        backend=backend,
+        backend=build,
     )
 
 
-def test_a_run_goes_through_its_states_and_logs_its_decisions(tmp_path) -> None:
+def test_a_run_goes_through_its_states_and_logs_its_decisions(tmp_path, backend) -> None:
     built: list = []
-    ctl = _controller(tmp_path, built)
+    ctl = _controller(tmp_path, built, backend)
     with ctl:
         planning = ctl.plan()
         done = ctl.train(planning.plans["proportional"])
         replanned = ctl.plan(("equal",))  # from the held profiles: nothing is measured again
         ctl.learn([done])
+        pids = {p for dev in built[0].devices.values() for p in dev.pids()}
     assert len(built) == 1 and ctl.session is not None and ctl.session.cluster is built[0]
     states = [e.state for e in ctl.events.of_kind("state")]
     assert states == [
@@ -67,8 +68,7 @@ def test_a_run_goes_through_its_states_and_logs_its_decisions(tmp_path) -> None:
     assert done.phase.label == "proportional"
     report = ctl.report()
     assert report["state"] == "done" and len(report["events"]) == len(ctl.events)
-    for dev in built[0].devices.values():
-        assert not dev.pids()
+    assert_nothing_left(built[0], pids)
 
 
 def test_a_run_that_loses_every_worker_fails_and_leaves_nothing(tmp_path) -> None:

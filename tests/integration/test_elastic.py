@@ -47,18 +47,25 @@ def _options(tmp_path, policy: str, **extra) -> RunOptions:
     )
 
 
-def _run_with(tmp_path, sig: signal.Signals, at_step: int = 3):
+def _run_with(tmp_path, sig: signal.Signals | None, at_step: int = 3, backend: str = "local"):
+    """An equal-split run in which ``mid``'s agent gets ``sig`` at ``at_step`` (None: its
+    Ray node is killed instead)."""
     options = _options(tmp_path, "equal")
-    ctl = RunController(ClusterSpec.model_validate(CLUSTER), JobSpec.model_validate(JOB), options)
+    spec = ClusterSpec.model_validate({**CLUSTER, "backend": backend})
+    ctl = RunController(spec, JobSpec.model_validate(JOB), options)
     with ctl:
         plan = ctl.plan().plans["equal"]
         assert set(plan.devices) == {"fast", "mid", "slow"}
         assert ctl.session is not None
         victim = ctl.session.agents.processes["mid"]
+        cluster = ctl.session.cluster
 
         def strike(epoch: int, step: int) -> None:
             if epoch * STEPS_PER_EPOCH + step == at_step and victim.poll() is None:
-                victim.send_signal(sig)
+                if sig is None:
+                    cluster.emulated.kill_node("mid")
+                else:
+                    victim.send_signal(sig)
 
         done = ctl.train(plan, on_step=strike, log_samples=True)
     return ctl, done
@@ -74,9 +81,15 @@ def _assert_every_sample_once(samples: list[dict], epochs: int = 2) -> None:
         assert set(counts.values()) == {1}, f"epoch {epoch}: samples used twice"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])
-def test_a_lost_worker_is_survived_without_losing_or_doubling_a_sample(tmp_path, sig) -> None:
-    ctl, done = _run_with(tmp_path, sig)
+@pytest.mark.parametrize(
+    ("sig", "backend"),
+    [(signal.SIGKILL, "local"), (signal.SIGSTOP, "local"), (None, "ray")],
+    ids=["crash", "hang", "ray-node-lost"],
+)
+def test_a_lost_worker_is_survived_without_losing_or_doubling_a_sample(
+    tmp_path, sig, backend
+) -> None:
+    ctl, done = _run_with(tmp_path, sig, backend=backend)
     assert ctl.state is RunState.DONE
     (recovery,) = done.run.recoveries
     assert set(recovery.failure.lost) == {"mid"}

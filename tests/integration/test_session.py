@@ -29,7 +29,7 @@ from deepedge.profile import KnowledgeBase, ProfileSettings
 from deepedge.session import EdgeSession
 from deepedge.spec import ClusterSpec, JobSpec
 from deepedge.train import load_checkpoint
-from tests.conftest import needs_cgroups
+from tests.conftest import assert_nothing_left, needs_cgroups
 
 pytestmark = [needs_cgroups, pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -52,13 +52,13 @@ JOB = {
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    s = EdgeSession(ClusterSpec.model_validate(CLUSTER), tmp_path_factory.mktemp("session"))
+def session(tmp_path_factory, backend):
+    spec = ClusterSpec.model_validate({**CLUSTER, "backend": backend})
+    s = EdgeSession(spec, tmp_path_factory.mktemp("session"))
     with s:
         yield s
-    for dev in s.cluster.devices.values():
-        assert not dev.pids()
-        assert not any(d.exists() for d in s.cluster.driver.dirs(dev._group))
+        pids = {p for dev in s.cluster.devices.values() for p in dev.pids()}
+    assert_nothing_left(s.cluster, pids)
 
 
 FAST = ProfileSettings(steps=4, warmup=1)

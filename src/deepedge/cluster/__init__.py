@@ -30,7 +30,12 @@ __all__ = [
 def make_backend(spec: ClusterSpec, *, force_fallback: bool = False) -> ClusterBackend:
     """The backend ``spec`` runs on, built but not started (a :class:`BackendFactory`).
 
-    The local emulation (cgroups, or duty cycles without them) is the only backend so far;
-    callers take a factory rather than naming it, so another backend slots in here.
+    ``backend: local`` (the default) emulates the devices on this machine; ``backend: ray``
+    finds each device as a node of a Ray cluster (imported only then). Callers take a
+    factory rather than naming a backend.
     """
+    if spec.backend == "ray":
+        from deepedge.cluster.ray_backend import RayBackend
+
+        return RayBackend(spec, force_fallback=force_fallback)
     return LocalCluster(spec, force_fallback=force_fallback)

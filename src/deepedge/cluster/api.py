@@ -1,13 +1,14 @@
 """The cluster backend interface: what the trainer and the demo need from "devices".
 
-Backends (local cgroups now; Ray nodes and the simulator next) differ in how a device is
+Backends (cgroups of this machine, nodes of a Ray cluster) differ in how a device is
 fenced and reached, not in what the control loop asks of them: start processes on a
 device, list and measure them, stop everything leaving nothing behind.
 """
 
 from __future__ import annotations
 
-import subprocess
+import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,7 +17,15 @@ from typing import Protocol
 
 from deepedge.spec import ClusterSpec, DeviceSpec
 
-__all__ = ["BackendFactory", "ClusterBackend", "DeviceHandle", "DeviceUsage", "EmulationMode"]
+__all__ = [
+    "BackendFactory",
+    "ClusterBackend",
+    "DeviceHandle",
+    "DeviceProcess",
+    "DeviceUsage",
+    "EmulationMode",
+    "signal_group",
+]
 
 
 class EmulationMode(StrEnum):
@@ -31,6 +40,35 @@ class DeviceUsage:
     memory_bytes: int | None
     throttled_periods: int | None
     throttled_s: float | None = None
+
+
+class DeviceProcess(Protocol):
+    """A process started in a device: as much of :class:`subprocess.Popen` as deepedge
+    uses, so a process on another machine (a Ray node) can stand in for a local one."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+def signal_group(proc: DeviceProcess, sig: int) -> None:
+    """Send ``sig`` to a device process's whole group (it was started as a group leader).
+
+    A process on another machine has a pid that means nothing here; it brings its own
+    ``killpg``."""
+    remote = getattr(proc, "killpg", None)
+    if remote is not None:
+        remote(sig)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
 
 
 class DeviceHandle(Protocol):
@@ -61,7 +99,7 @@ class DeviceHandle(Protocol):
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         self_paced: bool = False,
-    ) -> subprocess.Popen[bytes]:
+    ) -> DeviceProcess:
         """Start a process that belongs to this device from its first instruction."""
         ...
 

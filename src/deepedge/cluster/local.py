@@ -23,11 +23,12 @@ import subprocess
 import threading
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 from deepedge.catalog import resolve_device
-from deepedge.cluster.api import DeviceUsage, EmulationMode
+from deepedge.cluster.api import DeviceHandle, DeviceUsage, EmulationMode
 from deepedge.cluster.cgroups import PARENT, CgroupDriver, detect_cgroups, owner_tag
 from deepedge.cluster.netns import CLONE_NEWNET, DeviceLink, NetworkFabric, netns_available
 from deepedge.cluster.placement import place_on_cpus
@@ -36,6 +37,8 @@ from deepedge.spec import ClusterSpec, DeviceSpec, parse_spec
 from deepedge.validation import require_usable
 
 __all__ = ["LocalCluster", "LocalDevice", "cleanup_stale"]
+
+_Device = TypeVar("_Device", bound=DeviceHandle)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class LocalDevice:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._self_paced: set[int] = set()
         self._cpu_limit: float | None = spec.cpu_cores
+        self.base_env: Mapping[str, str] | None = None  # what processes inherit (None: ours)
 
     @property
     def spec(self) -> DeviceSpec:
@@ -172,7 +176,7 @@ class LocalDevice:
                 out = stack.enter_context(open(log_path, "ab")) if log_path else subprocess.DEVNULL
                 proc = subprocess.Popen(
                     list(argv),
-                    env={**os.environ, **(env or {})},
+                    env={**(self.base_env or os.environ), **(env or {})},
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -271,7 +275,7 @@ class _DutyCycleThrottler(threading.Thread):
         self.join(timeout=2)
 
 
-class _DeviceMap(Mapping[str, LocalDevice]):
+class _DeviceMap(Mapping[str, _Device]):
     """The cluster's devices: a mapping that may change while other threads iterate it.
 
     The monitor's samplers and the duty-cycle throttler walk the devices in their own
@@ -282,10 +286,10 @@ class _DeviceMap(Mapping[str, LocalDevice]):
     monitor) see joined devices; holders of a copy do not.
     """
 
-    def __init__(self, devices: Mapping[str, LocalDevice]) -> None:
-        self._d: dict[str, LocalDevice] = dict(devices)
+    def __init__(self, devices: Mapping[str, _Device]) -> None:
+        self._d: dict[str, _Device] = dict(devices)
 
-    def __getitem__(self, name: str) -> LocalDevice:
+    def __getitem__(self, name: str) -> _Device:
         return self._d[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -300,16 +304,16 @@ class _DeviceMap(Mapping[str, LocalDevice]):
     def keys(self) -> KeysView[str]:
         return self._d.keys()
 
-    def values(self) -> ValuesView[LocalDevice]:
+    def values(self) -> ValuesView[_Device]:
         return self._d.values()
 
-    def items(self) -> ItemsView[str, LocalDevice]:
+    def items(self) -> ItemsView[str, _Device]:
         return self._d.items()
 
-    def _add(self, device: LocalDevice) -> None:
-        self._d = {**self._d, device.name: device}
+    def _add(self, device: _Device) -> None:
+        self._d = {**self._d, device.spec.name: device}
 
-    def _remove(self, name: str) -> LocalDevice | None:
+    def _remove(self, name: str) -> _Device | None:
         device = self._d.get(name)
         self._d = {n: d for n, d in self._d.items() if n != name}
         return device
@@ -351,7 +355,7 @@ class LocalCluster:
             if spec.pin_cpus
             else {}
         )
-        self._devices = _DeviceMap(
+        self._devices: _DeviceMap[LocalDevice] = _DeviceMap(
             {
                 d.name: LocalDevice(
                     d,
@@ -439,17 +443,7 @@ class LocalCluster:
                     f"cannot add device {spec.name!r}: cluster {self.spec.name!r} is not running",
                     hint="start() the cluster first; the devices of its spec boot with it",
                 )
-            if spec.name in self._devices:
-                raise SpecError(
-                    f"cluster {self.spec.name!r} already has a device named {spec.name!r}",
-                    hint="give the new device another name",
-                )
-            device_spec = resolve_device(spec)
-            source = f"cluster {self.spec.name!r} with device {spec.name!r}"
-            data = self.spec.model_dump()
-            data["devices"] = [*data["devices"], device_spec.model_dump()]
-            new_spec = parse_spec(ClusterSpec, data, source=source)
-            require_usable(new_spec, source=source)
+            device_spec, new_spec = spec_with_device(self.spec, spec)
             cpus = self._place(device_spec)
             link = self.fabric.add_link(device_spec) if self.fabric else None
             device = LocalDevice(
@@ -489,22 +483,7 @@ class LocalCluster:
         run on, and for the cluster's last device (a spec has at least one).
         """
         with self._lock:
-            if name not in self._devices:
-                raise ClusterError(
-                    f"cluster {self.spec.name!r} has no device {name!r}",
-                    hint=f"its devices: {', '.join(self._devices)}",
-                )
-            apps = [a.name for a in self.spec.apps if a.device == name]
-            if apps:
-                raise ClusterError(
-                    f"cannot remove device {name!r}: LC apps {apps} run on it",
-                    hint="stop the session instead",
-                )
-            if len(self._devices) == 1:
-                raise ClusterError(
-                    f"cannot remove {name!r}, the last device of cluster {self.spec.name!r}",
-                    hint="stop the cluster instead",
-                )
+            check_removable(self.spec, self._devices, name)
             device = self._devices._remove(name)
             self.spec = self.spec.model_copy(
                 update={"devices": [d for d in self.spec.devices if d.name != name]}
@@ -541,6 +520,45 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def spec_with_device(spec: ClusterSpec, device: DeviceSpec) -> tuple[DeviceSpec, ClusterSpec]:
+    """A joining device with its catalog defaults, and the cluster spec with it appended,
+    checked as a whole: a taken name, an unknown kind without capacities or memory its
+    reserve leaves nothing of is a :class:`SpecError` (for every backend's ``add_device``)."""
+    if any(d.name == device.name for d in spec.devices):
+        raise SpecError(
+            f"cluster {spec.name!r} already has a device named {device.name!r}",
+            hint="give the new device another name",
+        )
+    device_spec = resolve_device(device)
+    source = f"cluster {spec.name!r} with device {device.name!r}"
+    data = spec.model_dump()
+    data["devices"] = [*data["devices"], device_spec.model_dump()]
+    new_spec = parse_spec(ClusterSpec, data, source=source)
+    require_usable(new_spec, source=source)
+    return device_spec, new_spec
+
+
+def check_removable(spec: ClusterSpec, devices: Mapping[str, object], name: str) -> None:
+    """Refuse (``ClusterError``) to remove an unknown device, one the spec's LC apps run
+    on, or the cluster's last device (for every backend's ``remove_device``)."""
+    if name not in devices:
+        raise ClusterError(
+            f"cluster {spec.name!r} has no device {name!r}",
+            hint=f"its devices: {', '.join(devices)}",
+        )
+    apps = [a.name for a in spec.apps if a.device == name]
+    if apps:
+        raise ClusterError(
+            f"cannot remove device {name!r}: LC apps {apps} run on it",
+            hint="stop the session instead",
+        )
+    if len(devices) == 1:
+        raise ClusterError(
+            f"cannot remove {name!r}, the last device of cluster {spec.name!r}",
+            hint="stop the cluster instead",
+        )
 
 
 def cleanup_stale(driver: CgroupDriver | None = None) -> list[str]:

@@ -24,7 +24,6 @@ a stressor fail in their own words. Imports no torch.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import secrets
 import signal
@@ -37,7 +36,7 @@ from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 from typing import Any
 
-from deepedge.cluster.api import DeviceHandle
+from deepedge.cluster.api import DeviceHandle, DeviceProcess, signal_group
 from deepedge.errors import ClusterError
 
 __all__ = [
@@ -81,7 +80,7 @@ class Worker:
     """One worker process in a device, and its connection once it has said hello."""
 
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: DeviceProcess
     log_path: Path | None = None
     conn: Connection | None = None
     hello: dict[str, Any] | None = None  # its first message
@@ -119,8 +118,7 @@ class Worker:
     def kill(self) -> None:
         """SIGKILL its process group (it was spawned as a session leader) and reap it."""
         for sig in (signal.SIGCONT, signal.SIGKILL):  # CONT: a duty cycle may have stopped it
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
+            signal_group(self.proc, sig)
         with contextlib.suppress(OSError):
             self.proc.kill()  # in case a device did not make it a group leader
         with contextlib.suppress(subprocess.TimeoutExpired):

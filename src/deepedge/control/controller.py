@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from deepedge.byo.data import TensorData
 from deepedge.cluster import BackendFactory, SpecWatch, make_backend
 from deepedge.control.events import TERMINAL, Event, EventLog, RunState
 from deepedge.control.policies import DEADLINE_POLICY, get_policy
@@ -143,7 +144,7 @@ class RunController:
         job: JobSpec,
         options: RunOptions,
         *,
-        train_set: ArrayDataset | None = None,
+        train_set: ArrayDataset | TensorData | None = None,
         initial_state: Mapping[str, torch.Tensor] | None = None,
         backend: BackendFactory = make_backend,
         status: Callable[[str], None] = lambda msg: None,

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from deepedge.byo.data import TensorData
+from deepedge.byo.hooks import custom_memory_mb, custom_workload
 from deepedge.control.policies import BASELINES, PlanInputs, get_policy
 from deepedge.data import ArrayDataset
 from deepedge.errors import PlanInfeasible
@@ -96,7 +98,7 @@ class Planning:
 class Retraining:
     session: EdgeSession
     job: JobSpec
-    train_set: ArrayDataset
+    train_set: ArrayDataset | TensorData
     initial_state: dict[str, torch.Tensor]
     kb: KnowledgeBase | None = None
     """Where profiles are reused from and stored; the user's default knowledge base if None."""
@@ -118,8 +120,11 @@ class Retraining:
         self.grad_bytes = sum(p.numel() * 4 for p in model.parameters())
         # the optimiser is part of the step's cost, so part of what a profile is valid for;
         # "/idle": trainers yield the CPU to LC apps (profiles from before did not)
-        sig = model_signature(model, self.train_set.images.shape[1:])
-        self.workload = f"{sig}/{self.job.optimizer.name}/idle"
+        if self.job.custom is not None:  # a user's model (deepedge.fit): its own signature
+            self.workload = custom_workload(self.job)
+        else:
+            sig = model_signature(model, self.train_set.images.shape[1:])
+            self.workload = f"{sig}/{self.job.optimizer.name}/idle"
 
     def required_memory_mb(self) -> dict[str, float]:
         """Worker runtime (measured) + data + model, optimiser, activations at the whole batch.
@@ -131,6 +136,8 @@ class Retraining:
 
     def _job_memory_mb(self, batch: int) -> float:
         """Data + model, optimiser and activations at ``batch`` (without the runtime)."""
+        if self.job.custom is not None:  # measured on the user's model by deepedge.fit
+            return custom_memory_mb(self.job.custom, batch) + self.train_set.nbytes / 2**20
         job_mb = estimate_training_memory_mb(
             self._model,
             self.train_set.images.shape[1:],

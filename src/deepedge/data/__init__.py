@@ -67,6 +67,11 @@ def build_dataset(spec: DatasetSpec, split: Split, *, drifted: bool) -> ArrayDat
     """
     if split not in ("train", "test"):
         raise SpecError(f"split must be 'train' or 'test', got {split!r}")
+    if spec.kind == "custom":
+        raise SpecError(
+            "dataset.kind 'custom' is data given in Python; no spec file can build it",
+            hint="train it with deepedge.fit(deepedge.Job(data=(X, y), ...), cluster)",
+        )
     check_class_weights(spec.drift.class_weights, spec.num_classes)  # fail early, either domain
     if spec.kind == "synthetic":
         return make_split(spec, split, drifted=drifted)

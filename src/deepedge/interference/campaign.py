@@ -81,6 +81,8 @@ class CampaignSettings:
 
 def train_resident(job: JobSpec) -> str:
     """The knowledge-base name of the job as a resident: its model signature and optimizer."""
+    if job.custom is not None:  # a user's model (deepedge.fit): the signature it measured
+        return f"train:{job.custom.signature}/{job.custom.optimizer_name}/idle"
     channels = 1 if job.dataset.kind == "digits" else 3
     size = job.dataset.image_size
     model = build_model(

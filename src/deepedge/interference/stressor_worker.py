@@ -631,15 +631,24 @@ class TrainStressor(Stressor):
         self._channels = 1 if job.dataset.kind == "digits" else 3  # as deepedge.data builds
         self._size = job.dataset.image_size
         self._classes = job.dataset.num_classes
-        torch.manual_seed(job.seed)  # as deepedge.train.local.job_model
-        self._model = build_model(
-            job.model,
-            in_channels=self._channels,
-            num_classes=self._classes,
-            image_size=self._size,
-        ).to(self._dev)
+        self._job = job
+        self._loss = None
+        if job.custom is not None:  # a user's model, loss and optimiser (deepedge.fit)
+            from deepedge.byo.hooks import build_custom_model, job_loss, job_optimizer
+
+            self._model = build_custom_model(job).to(self._dev)
+            self._opt = job_optimizer(job, self._model.parameters())
+            self._loss = job_loss(job)
+        else:
+            torch.manual_seed(job.seed)  # as deepedge.train.local.job_model
+            self._model = build_model(
+                job.model,
+                in_channels=self._channels,
+                num_classes=self._classes,
+                image_size=self._size,
+            ).to(self._dev)
+            self._opt = build_optimizer(self._model.parameters(), job.optimizer)
         self._model.train()
-        self._opt = build_optimizer(self._model.parameters(), job.optimizer)
         self.batch = 0
         self._set_batch(int(options.get("batch") or job.global_batch))
         self._step()  # pays torch's lazy imports now, while the quota is lifted
@@ -652,14 +661,22 @@ class TrainStressor(Stressor):
     def _set_batch(self, batch: int) -> None:
         torch = self._torch
         gen = torch.Generator().manual_seed(batch)
-        self._x = torch.randn(batch, self._channels, self._size, self._size, generator=gen)
-        self._y = torch.randint(0, self._classes, (batch,), generator=gen)
+        if self._job.custom is not None:
+            from deepedge.byo.hooks import synthetic_batch
+
+            self._x, self._y = synthetic_batch(self._job.custom, batch, seed=batch)
+        else:
+            self._x = torch.randn(batch, self._channels, self._size, self._size, generator=gen)
+            self._y = torch.randint(0, self._classes, (batch,), generator=gen)
         self._x, self._y = self._x.to(self._dev), self._y.to(self._dev)
         self.batch = batch
 
     def _step(self) -> None:
         self._opt.zero_grad(set_to_none=True)
-        self._F.cross_entropy(self._model(self._x), self._y).backward()
+        out = self._model(self._x)
+        loss_fn = self._F.cross_entropy if self._loss is None else self._loss
+        loss = loss_fn(out, self._y)
+        loss.backward()
         self._opt.step()
         if self._dev.type == "cuda":
             self._torch.cuda.synchronize(self._dev)

@@ -220,6 +220,8 @@ class ProcessSampler:
         out: list[Sample] = []
         seen: set[int] = set()
         for device, dev in self._devices.items():
+            if not getattr(dev, "on_this_host", True):  # its pids are another machine's
+                continue
             try:
                 pids = dev.pids()
             except (OSError, DeepEdgeError):

@@ -29,6 +29,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
+from deepedge.byo.data import TensorData, is_tensor_file
 from deepedge.data import ArrayDataset
 from deepedge.errors import DeepEdgeError
 from deepedge.spec import JobSpec, OptimizerSpec
@@ -48,21 +49,22 @@ from deepedge.train.priority import yield_cpu_to_lc_apps
 
 __all__ = ["main"]
 
-_datasets: dict[str, tuple[torch.Tensor, torch.Tensor, ArrayDataset]] = {}
+_datasets: dict[str, tuple[torch.Tensor, torch.Tensor, ArrayDataset | TensorData]] = {}
 _runs: dict[str, RunContext] = {}  # elastic runs kept in memory across group generations
 _pacer: CpuPacer | None = None  # set by --pace-cores: the fallback emulation's CPU fence
 _cpu_cores = 1.0  # the device's CPU capacity (--cpu-cores), which intensities are shares of
 
 
-def _dataset(path: str) -> tuple[torch.Tensor, torch.Tensor, ArrayDataset]:
+def _dataset(path: str) -> tuple[torch.Tensor, torch.Tensor, ArrayDataset | TensorData]:
     if path not in _datasets:
-        ds = ArrayDataset.load(path)
+        # a user's tensors (deepedge.fit) or an image data set
+        ds = TensorData.load(path) if is_tensor_file(path) else ArrayDataset.load(path)
         x, y = ds.to_tensors()
         _datasets[path] = (x, y, ds)
     return _datasets[path]
 
 
-def _model(job: JobSpec, ds: ArrayDataset, state_path: str | None) -> torch.nn.Module:
+def _model(job: JobSpec, ds: ArrayDataset | TensorData, state_path: str | None) -> torch.nn.Module:
     model = job_model(job, ds)
     if state_path:
         model.load_state_dict(torch.load(state_path, weights_only=True))

@@ -6,7 +6,9 @@ all-reduces with SUM (no division by world size). The synchronised gradient is t
 
     Σ_r Σ_{j ∈ rank r} ∇ℓ_j / B_step  =  ∇ (mean loss over the global batch),
 
-exactly the gradient of one process on the whole batch, whatever the split. The hook also
+exactly the gradient of one process on the whole batch, whatever the split. A user's loss
+(``deepedge.fit``) must be the *mean* over its batch's samples, as ``F.cross_entropy`` is by
+default: rank r weights it by b_r / B_step, which gives the same sum. The hook also
 timestamps when a rank's local backward finished, which separates each rank's compute
 from its wait for the slowest rank in the step timeline.
 
@@ -130,15 +132,32 @@ def wrap_ddp(model: nn.Module, device: torch.device | None = None) -> DdpModel:
 
 
 def global_batch_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, global_size: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    global_size: int,
+    loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """This rank's share of the mean loss over a global batch of ``global_size`` samples."""
-    return F.cross_entropy(model(x), y, reduction="sum") / global_size
+    """This rank's share of the mean loss over a global batch of ``global_size`` samples.
+
+    ``loss(outputs, targets)`` (default cross-entropy) must be the mean over the samples
+    it is given; its share is that mean times ``len(x) / global_size``.
+    """
+    if loss is None:
+        return F.cross_entropy(model(x), y, reduction="sum") / global_size
+    return loss(model(x), y) * (len(x) / global_size)
 
 
-def _empty_rank_loss(model: nn.Module, x_like: torch.Tensor) -> torch.Tensor:
+def _empty_rank_loss(
+    model: nn.Module,
+    x_like: torch.Tensor,
+    y_like: torch.Tensor | None = None,
+    loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """A rank with no samples in a (last, partial) step still runs a forward pass, so DDP's
     reducer sees every parameter, with a zero-weighted loss."""
+    if loss is not None and y_like is not None:
+        return loss(model(x_like[:1]), y_like[:1]) * 0.0
     return model(x_like[:1]).sum() * 0.0
 
 
@@ -167,6 +186,7 @@ def run_epochs(
     start_step: int = 0,
     on_samples: Callable[[int, int, Any], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[StepRecord]:
     """Train ``epochs`` on this rank's share of every global step; returns its step log.
 
@@ -177,7 +197,7 @@ def run_epochs(
     samples not yet used). ``on_samples(epoch, step, indices)`` sees this rank's sample
     indices of each step before it runs (sample accounting in tests). ``should_stop()``
     is asked before every step (on every rank, so it may be a collective); True ends the
-    run there, at a step boundary.
+    run there, at a step boundary. ``loss``: see :func:`global_batch_loss`.
     """
     sampler = UnevenBatchSampler(len(images), list(local_batches), seed=seed)
     model, clock = wrapped.module, wrapped.clock
@@ -199,10 +219,10 @@ def run_epochs(
             optimizer.zero_grad(set_to_none=True)
             if len(idx):
                 index = torch.from_numpy(idx)
-                loss = global_batch_loss(model, images[index], labels[index], sizes[step])
+                value = global_batch_loss(model, images[index], labels[index], sizes[step], loss)
             else:
-                loss = _empty_rank_loss(model, images)
-            loss.backward()
+                value = _empty_rank_loss(model, images, labels, loss)
+            value.backward()
             synced = time.time()
             optimizer.step()
             rec = StepRecord(
@@ -213,7 +233,7 @@ def run_epochs(
                 min(clock.local_done, synced) or synced,
                 synced,
                 time.time(),
-                float(loss.detach()),
+                float(value.detach()),
             )
             records.append(rec)
             if on_step:
@@ -274,6 +294,7 @@ def dynamic_step(
     key: str,
     micro_batch: int,
     on_chunk: Callable[[int], None] | None = None,
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
 ) -> DispatchResult:
     """Claim and process chunks of one global step until none is left, then all-reduce.
 
@@ -286,6 +307,7 @@ def dynamic_step(
     step of every run: the counter is never reset. Gradients should be zeroed (or None)
     before the call; the optimiser step is the caller's. ``on_chunk`` is called with each
     claimed chunk id before it is processed (tests use it to slow a rank down).
+    ``loss_fn``: the job's loss (see :func:`global_batch_loss`).
     """
     size = len(indices)
     chunks: list[int] = []
@@ -294,7 +316,7 @@ def dynamic_step(
         if on_chunk:
             on_chunk(k)
         index = indices[k * micro_batch : (k + 1) * micro_batch]
-        chunk_loss = global_batch_loss(model, images[index], labels[index], size)
+        chunk_loss = global_batch_loss(model, images[index], labels[index], size, loss_fn)
         chunk_loss.backward()
         loss += float(chunk_loss.detach())
         chunks.append(k)
@@ -322,6 +344,7 @@ def run_dynamic_epochs(
     max_steps: int | None = None,
     start_step: int = 0,
     should_stop: Callable[[], bool] | None = None,
+    loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[StepRecord]:
     """Train ``epochs`` claiming micro-batches of every global step; returns this rank's log.
 
@@ -360,6 +383,7 @@ def run_dynamic_epochs(
                 store=store,
                 key=f"{run_key}/e{epoch}/s{step}",
                 micro_batch=micro_batch,
+                loss_fn=loss,
             )
             optimizer.step()
             rec = StepRecord(

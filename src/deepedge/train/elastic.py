@@ -30,11 +30,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from deepedge.byo.hooks import job_loss, job_optimizer
 from deepedge.spec import JobSpec
 from deepedge.train.checkpoint import CheckpointManager, load_checkpoint
 from deepedge.train.ddp import (
     StepRecord,
-    build_optimizer,
     run_dynamic_epochs,
     run_epochs,
     select_backend,
@@ -259,6 +259,7 @@ def run_segment(
             "pace": paced,
             "max_steps": msg.get("max_steps"),
             "should_stop": pause_asked if msg.get("elastic") else None,
+            "loss": job_loss(ctx.job),  # None: cross-entropy (a user's loss: deepedge.fit)
         }
         x, y = ctx.x.to(device), ctx.y.to(device)
         reset_peak(device)
@@ -314,7 +315,7 @@ def new_run(
 ) -> RunContext:
     """A run's context from its first ``train`` message (``resume_from``: a checkpoint
     whose model, optimiser and epoch it continues from)."""
-    optimizer = build_optimizer(model.parameters(), job.optimizer)
+    optimizer = job_optimizer(job, model.parameters())
     ctx = RunContext(
         str(msg["run_id"]), job, model, optimizer, x, y, torch.device("cpu"), steps_per_epoch
     )

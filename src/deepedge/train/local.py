@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepedge.byo.data import TensorData
 from deepedge.data import ArrayDataset
 from deepedge.models import build_model
 from deepedge.spec import JobSpec
@@ -16,11 +17,16 @@ from deepedge.train.ddp import build_optimizer
 __all__ = ["evaluate", "job_model", "train_local"]
 
 
-def job_model(job: JobSpec, data: ArrayDataset) -> nn.Module:
+def job_model(job: JobSpec, data: ArrayDataset | TensorData) -> nn.Module:
     """The job's model shaped for ``data``, initialised from the job's seed.
 
     Every process that builds it (coordinator, agents) gets the same initial weights.
+    A job brought from Python (``deepedge.fit``) builds the user's model instead.
     """
+    if job.custom is not None:
+        from deepedge.byo.hooks import build_custom_model
+
+        return build_custom_model(job)
     torch.manual_seed(job.seed)
     channels, size, _ = data.image_shape
     return build_model(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import subprocess
 import sys
 import time
 import uuid
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
-from deepedge.cluster.api import DeviceHandle
+from deepedge.cluster.api import DeviceHandle, DeviceProcess
 from deepedge.cluster.workers import STEADY_MALLOC_ENV, Worker, WorkerListener, stop_workers
 from deepedge.errors import CheckpointError, ClusterError, TrainingError
 from deepedge.spec import JobSpec, Plan
@@ -121,7 +120,7 @@ class AgentPool:
         """Each agent's resident memory once torch is imported: the per-worker runtime cost."""
 
     @property
-    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+    def processes(self) -> dict[str, DeviceProcess]:
         """Each device's agent process (to signal it: fault injection in tests, benchmarks
         and ``deepedge demo --chaos``)."""
         return {name: w.proc for name, w in self._workers.items()}
