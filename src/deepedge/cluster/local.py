@@ -159,6 +159,8 @@ class LocalDevice:
 
         def enter_device() -> None:  # runs in the child between fork and exec
             _die_with_parent()
+            if os.sched_getscheduler(0) != os.SCHED_OTHER:  # a spawner at idle priority
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
             pid = str(os.getpid())
             for f in procs_files:
                 with open(f, "w") as fh:

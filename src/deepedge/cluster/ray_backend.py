@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -75,6 +76,7 @@ LOST = -int(signal.SIGKILL)
 
 _CALL_S = 10.0  # a control call to a host (signal, usage, limits)
 _POLL_S = 3.0  # a poll: past this the node is too busy to say, and the process runs on
+_POLL_EVERY_S = 0.5  # the node is asked whether a process still runs at most this often
 _SPAWN_S = 60.0  # starting a process on a loaded board
 _BOOT_S = 120.0  # a host actor's worker process starting (imports ray and deepedge)
 _HOST_CONCURRENCY = 16  # a blocking wait per worker, the monitor, the controller
@@ -180,6 +182,7 @@ class RemoteProcess:
         self.pid = pid
         self.args = list(args)
         self.returncode: int | None = None
+        self._polled = -math.inf  # when the node was last asked
 
     def _call(self, method: str, *args: Any, timeout_s: float) -> Any:
         import ray
@@ -191,9 +194,14 @@ class RemoteProcess:
             return LOST
 
     def poll(self) -> int | None:
+        """The exit code, or None while it runs. Asks the node at most every
+        :data:`_POLL_EVERY_S`: the pool polls every worker on every event it receives, and
+        a worker's death shows first as its closed connection (then :meth:`wait`)."""
         import ray
 
-        if self.returncode is None:
+        now = time.monotonic()
+        if self.returncode is None and now - self._polled >= _POLL_EVERY_S:
+            self._polled = now
             with contextlib.suppress(ray.exceptions.GetTimeoutError):
                 code = self._call("poll", self.pid, timeout_s=_POLL_S)
                 self.returncode = code if self.returncode is None else self.returncode
@@ -358,6 +366,7 @@ class EmulatedRayCluster:
                     "resources": {COORDINATOR_RESOURCE: 1},
                 },
             )
+            _at_idle_priority(_process_tree(self._cluster.head_node))
             for d in devices:
                 self.add_node(d)
         except BaseException:
@@ -365,9 +374,11 @@ class EmulatedRayCluster:
             raise
 
     def add_node(self, device: DeviceSpec) -> None:
-        self._nodes[device.name] = self._cluster.add_node(
+        node = self._cluster.add_node(
             num_cpus=0, resources=node_resources(device), node_ip_address=LOOPBACK
         )
+        self._nodes[device.name] = node
+        _at_idle_priority(_process_tree(node))
 
     def kill_node(self, name: str) -> None:
         """Kill a device's node at once, as a board losing power: its raylet and every
@@ -377,12 +388,7 @@ class EmulatedRayCluster:
         loaded machine can take longer than a short run: the "lost" device would go on.
         """
         node = self._nodes.pop(name)
-        tree: list[psutil.Process] = []
-        for infos in node.all_processes.values():
-            for info in infos:
-                with contextlib.suppress(psutil.Error):
-                    root = psutil.Process(info.process.pid)
-                    tree += [root, *root.children(recursive=True)]
+        tree = _process_tree(node)
         self._cluster.remove_node(node, allow_graceful=False)
         for proc in tree:
             with contextlib.suppress(psutil.Error):
@@ -394,6 +400,35 @@ class EmulatedRayCluster:
                 self._cluster.shutdown()
             self._cluster = None
         self._nodes.clear()
+
+
+def _process_tree(node: Any) -> list[psutil.Process]:
+    """Every process of an emulated Ray node: its daemons and what they started."""
+    tree: list[psutil.Process] = []
+    for infos in node.all_processes.values():
+        for info in infos:
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(info.process.pid)
+                tree += [root, *root.children(recursive=True)]
+    return tree
+
+
+def _at_idle_priority(procs: Sequence[psutil.Process]) -> None:
+    """Put every thread of an emulated node's Ray daemons in the idle CPU class.
+
+    On a board, its raylet and agents cost about a percent of its cores. Here every
+    device's node (and the head) runs on the same few host cores, unfenced, and at normal
+    priority their daemons preempt the trainers (``SCHED_IDLE``) of every device: the demo
+    job took 1.29x as long on Ray as on the local backend (bench/ray_backend.py, 3 runs
+    each, before this). At idle priority they
+    share the host's spare time with the trainers and never delay an LC app. Workers the
+    raylet starts later (the device hosts) inherit the class; the device's own processes
+    are put back to normal priority when they start (``LocalDevice.spawn``).
+    """
+    for proc in procs:
+        with contextlib.suppress(OSError, psutil.Error):
+            for thread in proc.threads():
+                os.sched_setscheduler(thread.id, os.SCHED_IDLE, os.sched_param(0))
 
 
 class RayBackend:
