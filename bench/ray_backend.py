@@ -134,7 +134,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
             "of the other devices' apps); loss noticed "
             f"{_s(r.get('detection_s'))} after its agent's last sign of life, survivors "
             f"training again {_s(r.get('kill_to_training_s'))} after the kill "
-            f"(medians: {_list(result, 'ray-node-lost', 'kill_to_training_s')}); plan after: "
+            f"(per run: {_list(result, 'ray-node-lost', 'kill_to_training_s')}); plan after: "
             f"{r.get('plan_after')}.",
         ]
     if "launch" in c:

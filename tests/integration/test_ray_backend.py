@@ -16,7 +16,8 @@ import pytest
 from deepedge.cluster.cgroups import detect_cgroups
 from deepedge.cluster.ray_backend import LOST, EmulatedRayCluster, RayBackend
 from deepedge.errors import ClusterError
-from deepedge.spec import ClusterSpec
+from deepedge.interference import InterferenceLab, Scenario, TrainLoad
+from deepedge.spec import ClusterSpec, JobSpec
 from tests.conftest import assert_nothing_left, needs_cgroups
 
 pytestmark = [needs_cgroups, pytest.mark.root, pytest.mark.timeout(240)]
@@ -80,6 +81,42 @@ def test_a_device_without_a_node_is_named_in_one_line():
         assert not backend.devices  # the host started for "fast" was stopped again
     finally:
         ray_cluster.shutdown()
+
+
+def test_the_interference_lab_measures_on_ray_nodes(tmp_path):
+    """The lab's LC app, stressor and training co-runner run in a Ray node's device, and
+    interfere there as they do on the local backend (test_interference_lab)."""
+    spec = ClusterSpec.model_validate(
+        {
+            "name": "ilab",
+            "backend": "ray",
+            "cpu_period_us": 5000,
+            "devices": [{"name": "mini", "kind": "x86-mini"}],
+        }
+    )
+    job = JobSpec.model_validate(
+        {"model": {"arch": "small_cnn", "width": 8}, "dataset": {"image_size": 16}}
+    )
+    with InterferenceLab(
+        spec,
+        job.model_copy(update={"global_batch": 32}),
+        tmp_path,
+        app_kinds=("cnn_inference",),
+        stressor_kinds=("cpu",),
+        settle_s=0.5,
+        requests_per_run=150,
+        window_s=(1.5, 3.0),
+    ) as lab:
+        alone = lab.run(Scenario("mini", "cnn_inference", 40.0))
+        loaded = lab.run(
+            Scenario(
+                "mini", "cnn_inference", 40.0, stressors={"cpu": 0.6}, train=TrainLoad(16, 0.6)
+            )
+        )
+    assert alone.requests > 50 and alone.failed == 0
+    assert loaded.p95_ms > 1.5 * alone.p95_ms
+    assert loaded.usage["stressor:cpu"]["cpu_cores"] > 0.05
+    assert loaded.train_samples_per_s and loaded.train_samples_per_s > 0
 
 
 def _pids(driver, group: str) -> set[int]:
