@@ -130,26 +130,6 @@ def custom_signature(model: nn.Module, input_shape: Sequence[int], input_dtype: 
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def activation_bytes(model: nn.Module, sample: torch.Tensor) -> int:
-    """Bytes of every leaf module's output for the one-sample batch ``sample``."""
-    total = 0
-
-    def hook(_m: nn.Module, _i: object, out: object) -> None:
-        nonlocal total
-        outs = out if isinstance(out, tuple | list) else (out,)
-        total += sum(t.numel() * t.element_size() for t in outs if isinstance(t, torch.Tensor))
-
-    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(sample)
-    finally:
-        for h in handles:
-            h.remove()
-    return total + sample.numel() * sample.element_size()
-
-
 def synthetic_batch(custom: CustomSpec, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
     """Random inputs and targets shaped and typed as the job's data (the interference
     lab's training co-runner trains on these: its cost, not its result, matters)."""

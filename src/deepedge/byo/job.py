@@ -136,7 +136,8 @@ def prepare(job: Job) -> PreparedJob:
     _check_model(model, model_code.name, train, loss_fn, loss_code)
     opt_name, slots = _check_optimizer(model, opt_spec, opt_code, sys_path)
 
-    from deepedge.byo.hooks import activation_bytes, custom_signature
+    from deepedge.byo.hooks import custom_signature
+    from deepedge.models import activation_bytes
 
     int_high = {
         name: int(a.max()) + 1 if _dtype(a) == "int64" and a.size else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 
 import torch
@@ -84,8 +83,9 @@ def model_signature(model: nn.Module, input_shape: Sequence[int]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _activation_bytes_per_sample(model: nn.Module, shape: tuple[int, int, int]) -> int:
-    """Bytes of all leaf-module outputs for one sample, measured by a hooked forward pass."""
+def activation_bytes(model: nn.Module, sample: torch.Tensor) -> int:
+    """Bytes of the one-sample batch ``sample`` and of every leaf module's output for it,
+    measured by a hooked forward pass in eval mode (the model's mode is restored)."""
     total = 0
 
     def hook(_m: nn.Module, _i: object, out: object) -> None:
@@ -97,17 +97,22 @@ def _activation_bytes_per_sample(model: nn.Module, shape: tuple[int, int, int]) 
     handles = [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     try:
-        param = next(model.parameters(), None)
-        dtype = param.dtype if param is not None else torch.float32
-        device = param.device if param is not None else torch.device("cpu")
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((1, *shape), dtype=dtype, device=device))
+            model(sample)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return total + math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
+    return total + sample.numel() * sample.element_size()
+
+
+def _activation_bytes_per_sample(model: nn.Module, shape: tuple[int, int, int]) -> int:
+    """:func:`activation_bytes` for one zero image of ``shape``, in the model's dtype."""
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    return activation_bytes(model, torch.zeros((1, *shape), dtype=dtype, device=device))
 
 
 def estimate_training_memory_mb(
