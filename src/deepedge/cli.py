@@ -1159,6 +1159,43 @@ def report(
     console.print(render_tables(read_report(path)))
 
 
+@app.command()
+def forecast(
+    trace: Annotated[
+        Path | None, typer.Argument(help="CSV trace (t,rate or timestamps); default: bikeshare")
+    ] = None,
+    horizon: Annotated[int, typer.Option(help="steps ahead (trace intervals)")] = 3,
+    holdout_weeks: Annotated[int, typer.Option(help="held-out weeks at the end")] = 4,
+    png: Annotated[Path, typer.Option(help="plot of the best model")] = Path("forecast.png"),
+) -> None:
+    """Compare forecasters on the trace's last weeks (MAPE, MASE, fit time); plot the best."""
+    from deepedge.serving import (
+        default_forecasters,
+        evaluate,
+        forecast_png,
+        load_bikeshare,
+        load_trace,
+    )
+
+    if horizon < 1 or holdout_weeks < 1:
+        raise UsageError("--horizon and --holdout-weeks must be at least 1")
+    rate_trace = load_bikeshare() if trace is None else load_trace(trace)
+    results = [
+        evaluate(f, rate_trace, holdout_weeks, horizon) for f in default_forecasters().values()
+    ]
+    table = Table(title=f"{rate_trace.name}: {holdout_weeks} held-out weeks, horizon {horizon}")
+    for col in ("forecaster", "MAPE %", "MASE", "coverage of upper", "fit s"):
+        table.add_column(col, justify="left" if col == "forecaster" else "right")
+    for r in results:
+        table.add_row(
+            r.name, f"{r.mape:.1f}", f"{r.mase:.3f}", f"{r.coverage:.1%}", f"{r.fit_s:.3f}"
+        )
+    console.print(table)
+    best = min(results, key=lambda r: r.mase)
+    console.print(f"MAPE over actuals >= {best.mape_floor:.3g}; best: {best.name}")
+    console.print(f"plot: {forecast_png(rate_trace, best, png)}")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
