@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,18 @@ def machine(emulation: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "emulation": emulation,
     }
+
+
+def median_case(runs: list[dict[str, Any]], also: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The run of median makespan, with every run's makespan (``makespans_s``) and, for
+    each key of ``also`` the median run has, the median over the runs that measured it."""
+    median = sorted(runs, key=lambda x: x["makespan_s"])[len(runs) // 2]
+    row = median | {"makespans_s": [x["makespan_s"] for x in runs]}
+    for key in also:
+        if key in median:
+            values = [x[key] for x in runs if x.get(key) is not None]
+            row[key] = statistics.median(values) if values else None
+    return row
 
 
 def git_commit() -> str:

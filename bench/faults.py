@@ -46,7 +46,6 @@ import argparse
 import collections
 import contextlib
 import signal
-import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -55,7 +54,7 @@ from typing import Any
 
 from rich.console import Console
 
-from _common import machine, write_results
+from _common import machine, median_case, write_results
 from deepedge.apps import summarize_apps
 from deepedge.control import GuardSettings, RunController, RunOptions
 from deepedge.data import build_dataset
@@ -413,11 +412,7 @@ def main() -> int:
             )
     cases = {}
     for case, runs in per_case.items():
-        median = sorted(runs, key=lambda x: x["makespan_s"])[len(runs) // 2]
-        cases[case] = median | {"makespans_s": [x["makespan_s"] for x in runs]}
-        if "detection_s" in median:
-            dets = [x["detection_s"] for x in runs if x["detection_s"] is not None]
-            cases[case]["detection_s"] = statistics.median(dets) if dets else None
+        cases[case] = median_case(runs, ("detection_s",))
     result = {
         "machine": machine(cluster_emulation(cluster)),
         "job": job.model_dump(mode="json"),

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from _common import machine, write_results
+from _common import machine, median_case, write_results
 from deepedge.apps import summarize_apps
 from deepedge.control import RunController, RunOptions, RunState
 from deepedge.data import build_dataset
@@ -194,12 +193,7 @@ def main() -> int:
     summary: dict[str, dict] = {}
     for case, rows in runs.items():
         if rows:
-            median = sorted(rows, key=lambda x: x["makespan_s"])[len(rows) // 2]
-            summary[case] = median | {"makespans_s": [x["makespan_s"] for x in rows]}
-            for key in ("detection_s", "kill_to_training_s"):
-                values = [x[key] for x in rows if x.get(key) is not None]
-                if key in median:
-                    summary[case][key] = statistics.median(values) if values else None
+            summary[case] = median_case(rows, ("detection_s", "kill_to_training_s"))
     if "launch" in cases:
         from launch_overhead import run_launch_overhead
 

@@ -511,7 +511,8 @@ class RayBackend:
             else:
                 address = self.spec.address
             self._connect(address)
-            missing = [d.name for d in self.spec.devices if d.name not in present_devices()]
+            present = present_devices()
+            missing = [d.name for d in self.spec.devices if d.name not in present]
             if missing:
                 raise ClusterError(
                     f"no Ray node for device(s) {', '.join(missing)} in the cluster at {address}",
@@ -528,11 +529,10 @@ class RayBackend:
     def _connect(self, address: str) -> None:
         import ray
 
-        if ray.is_initialized():  # the caller's own connection (a test, a notebook)
-            return
-        connect(address)
-        self._connected = True
-        if not self.emulated:
+        if not ray.is_initialized():  # else the caller's own connection (a test, a notebook)
+            connect(address)
+            self._connected = True
+        if not self.emulated:  # where this driver is on the Ray network
             self._coordinator = ray.util.get_node_ip_address()
 
     def _boot(
@@ -583,8 +583,6 @@ class RayBackend:
                 self._fence_reason = info["fence_reason"]
             self._devices._add(device)
             booted.append(device)
-        if any(not d.on_this_host for d in booted):
-            self._coordinator = ray.util.get_node_ip_address()
         return booted
 
     def _placement(

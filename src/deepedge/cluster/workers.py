@@ -45,6 +45,7 @@ __all__ = [
     "TimedOutError",
     "Worker",
     "WorkerListener",
+    "log_lines",
     "log_tail",
     "stop_workers",
 ]
@@ -65,14 +66,19 @@ _POLL_S = 0.2  # how often waiting for workers looks at their processes and the 
 _KILL_WAIT_S = 5.0  # how long to wait for a killed worker's exit status
 
 
+def log_lines(path: Path | None, lines: int = 5) -> list[str]:
+    """The last ``lines`` lines of a process's log (``["(no log)"]`` without one)."""
+    if path is None:
+        return ["(no log)"]
+    try:
+        return path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ["(no log)"]
+
+
 def log_tail(path: Path | None, lines: int = 5) -> str:
     """The last ``lines`` lines of a worker's log, joined into one line for an error."""
-    if path is None:
-        return "(no log)"
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    return " | ".join(log_lines(path, lines))
 
 
 @dataclass(eq=False)

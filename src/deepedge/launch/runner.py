@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepedge.cluster.api import DeviceHandle, DeviceProcess, signal_group
+from deepedge.cluster.workers import log_lines
 from deepedge.errors import SpecError, TrainingError, UsageError
 from deepedge.launch.plan import (
     RankPlan,
@@ -105,13 +106,6 @@ class LaunchResult:
     ranks: list[RankPlan]
     wall_s: float
     log_dir: Path
-
-
-def _log_tail(path: Path, lines: int) -> list[str]:
-    try:
-        return path.read_text(errors="replace").rstrip("\n").splitlines()[-lines:]
-    except OSError:
-        return ["(no log)"]
 
 
 class _Tee(threading.Thread):
@@ -357,7 +351,7 @@ def summary(
         ]
         if tail:
             lines.append("  log tail  :")
-            lines += [f"    {line}" for line in _log_tail(f.log_path, tail_lines)]
+            lines += [f"    {line}" for line in log_lines(f.log_path, tail_lines)]
         return lines
 
     out = [bar, f"{script} FAILED", rule, "Failures:"]
