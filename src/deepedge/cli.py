@@ -1196,6 +1196,111 @@ def forecast(
     console.print(f"plot: {forecast_png(rate_trace, best, png)}")
 
 
+def _serve_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or the re-trained model in a demo's output folder."""
+    if path.is_dir():
+        for name in ("retrained-model.ckpt", "base-model.ckpt"):
+            if (path / name).is_file():
+                return path / name
+        raise UsageError(
+            f"{path} is a folder without retrained-model.ckpt or base-model.ckpt",
+            hint="pass a checkpoint file, e.g. demo-out/retrained-model.ckpt",
+        )
+    return path
+
+
+@app.command()
+def serve(
+    cluster: Annotated[Path, typer.Argument(help="cluster spec whose devices host replicas")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="checkpoint to serve, or a demo output folder")
+    ],
+    trace: Annotated[
+        str, typer.Option(help="'bikeshare' or a CSV trace (t,rate or timestamps)")
+    ] = "bikeshare",
+    slo_ms: Annotated[float, typer.Option(help="p95 latency SLO, ms")] = 100.0,
+    policy: Annotated[
+        str, typer.Option(help="barista, reactive, static-peak, or a comma list")
+    ] = "barista",
+    hours: Annotated[int, typer.Option(help="trace hours to replay")] = 24,
+    hour_s: Annotated[float, typer.Option(help="seconds one trace hour lasts")] = 3.0,
+    peak_rps: Annotated[
+        float, typer.Option(help="the replayed hours are scaled to peak here")
+    ] = 150.0,
+    start_hour: Annotated[
+        int | None, typer.Option(help="first trace hour replayed (default: the last HOURS)")
+    ] = None,
+    interval_s: Annotated[float, typer.Option(help="decision interval, seconds")] = 1.0,
+    flavours: Annotated[
+        str | None, typer.Option(help="replica flavours, e.g. 's=0.08:512,m=0.16:768'")
+    ] = None,
+    catalog_file: Annotated[
+        Path | None, typer.Option("--catalog", help="prices (JSON/YAML); default AWS Fargate")
+    ] = None,
+    devices: Annotated[
+        str | None, typer.Option(help="devices that host replicas (comma list; default all)")
+    ] = None,
+    kb: KbOption = None,
+    refresh: Annotated[
+        bool, typer.Option(help="measure the latency model again even if the KB has it")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="report, timelines and plots")] = Path("serve-out"),
+    seed: Annotated[int, typer.Option(help="seed of the arrival process")] = 0,
+) -> None:
+    """Serve CHECKPOINT on CLUSTER's devices under a p95 SLO, replaying a request trace.
+
+    Replicas run in device partitions with a flavour (CPU quota, memory); the policy
+    scales them vertically and horizontally each decision interval. Shows a live view,
+    then writes OUT/serve_report.json and OUT/serving.png.
+    """
+    from rich.live import Live
+
+    from deepedge.serving import (
+        DEFAULT_CATALOG,
+        DEFAULT_FLAVOURS,
+        ReplayTrace,
+        ServeOptions,
+        load_bikeshare,
+        load_catalog,
+        load_trace,
+        parse_flavours,
+    )
+    from deepedge.serving import (
+        serve as run_serve,
+    )
+    from deepedge.serving.live import ServeView
+
+    spec = _load_cluster(cluster)
+    checkpoint = _serve_checkpoint(checkpoint)
+    rate_trace = load_bikeshare() if trace == "bikeshare" else load_trace(Path(trace))
+    replay = ReplayTrace.from_trace(
+        rate_trace, hours=hours, peak_rps=peak_rps, hour_s=hour_s, start_hour=start_hour
+    )
+    options = ServeOptions(
+        slo_ms=slo_ms,
+        flavours=parse_flavours(flavours) if flavours else DEFAULT_FLAVOURS,
+        catalog=load_catalog(catalog_file) if catalog_file else DEFAULT_CATALOG,
+        policies=[p.strip() for p in policy.split(",") if p.strip()],
+        interval_s=interval_s,
+        devices=[d.strip() for d in devices.split(",")] if devices else None,
+        kb_path=kb,
+        refresh=refresh,
+        seed=seed,
+    )
+    view = ServeView(replay, slo_ms)
+    with Live(console=console, refresh_per_second=2, transient=True) as live:
+
+        def status(message: str) -> None:
+            live.console.print(message)
+
+        def on_tick(name: str, row: dict) -> None:
+            live.update(view.render(name, row))
+
+        report = run_serve(spec, checkpoint, replay, options, out, status=status, on_tick=on_tick)
+    console.print(view.summary(report.summary_rows()))
+    console.print(f"report {report.files['report']}; plot {report.files['plot']}")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 

@@ -227,6 +227,12 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
                 runs[policy] = ctl.train(plan, on_step=advance).run
         learned = ctl.learn(ctl.runs)
         console.print(f"    {learned.describe()}")
+    # what `deepedge serve CLUSTER demo-out` serves: the headline policy's re-trained model
+    retrained = {
+        "model": runs[DEADLINE_POLICY].final_state()["model"],
+        "job": job.model_dump(mode="json"),
+    }
+    save_checkpoint(opts.out / "retrained-model.ckpt", retrained)
     session = ctl.session
     assert session is not None
     interference = ctl.events.of_kind("interference")

@@ -8,6 +8,7 @@ starts, so every latency and training number is taken on fenced devices.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -26,10 +27,10 @@ from deepedge.monitor import (
     default_samplers,
     serve_metrics,
 )
-from deepedge.spec import ClusterSpec, DeviceSpec
+from deepedge.spec import AppSpec, ClusterSpec, DeviceSpec
 from deepedge.train.pool import AgentPool
 
-__all__ = ["EdgeSession", "Phase"]
+__all__ = ["EdgeSession", "Phase", "lc_target"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,17 @@ class Phase:
     label: str
     start: float
     end: float
+
+
+def lc_target(app: AppSpec, port: int, host: str) -> LoadTarget:
+    """The load generator's target for ``app``: Poisson at its rate, or replaying its
+    ``rate_trace`` (a schedule of hourly rates from the generator's start)."""
+    target = LoadTarget.from_app(app, port, host=host)
+    if app.rate_trace is None:
+        return target
+    from deepedge.serving.lc_rates import replay_schedule
+
+    return dataclasses.replace(target, schedule=replay_schedule(app.rate_trace))
 
 
 @dataclass
@@ -124,9 +136,7 @@ class EdgeSession:
             if self.spec.apps:
                 self._loadgen = LoadGenerator(
                     [
-                        LoadTarget.from_app(
-                            a, ports[a.name], host=self.cluster.devices[a.device].address
-                        )
+                        lc_target(a, ports[a.name], self.cluster.devices[a.device].address)
                         for a in self.spec.apps
                     ],
                     seed=self.seed,
@@ -224,6 +234,12 @@ class EdgeSession:
         records = self.live_records[self._monitored : end]
         self._monitored = end
         return records
+
+    def lc_elapsed_s(self) -> float:
+        """Seconds since the LC load started (0 before): how far into their traces the
+        replays of traced apps are, which is where a forecast of their rates starts."""
+        started = self._loadgen.started_at if self._loadgen is not None else None
+        return max(0.0, time.time() - started) if started is not None else 0.0
 
     def set_lc_rate(self, app: str, rate_rps: float) -> None:
         """Change an LC app's request rate while the session runs (a load spike)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -23,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from deepedge.errors import SpecError, UsageError
+from deepedge.errors import DeepEdgeError, SpecError, UsageError
 
 __all__ = [
     "AppSpec",
@@ -38,6 +39,7 @@ __all__ = [
     "ModelSpec",
     "OptimizerSpec",
     "Plan",
+    "RateTraceSpec",
     "load_spec",
     "parse_spec",
     "read_spec_file",
@@ -58,6 +60,7 @@ Float = Annotated[float, BeforeValidator(_not_bool)]
 PositiveFloat = Annotated[Float, Field(gt=0)]
 Seed = Annotated[Int, Field(ge=0, lt=2**63)]  # torch and numpy take 64-bit seeds
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+T = TypeVar("T")
 MAX_SAMPLES = 10_000_000  # beyond any edge data set; stops 1e12 samples reaching numpy
 
 
@@ -103,15 +106,79 @@ class DeviceSpec(_Spec):
         return self
 
 
+class RateTraceSpec(_Spec):
+    """An LC app's request rate over time: a trace replayed hour by hour, compressed and
+    scaled to the emulated cluster, which the planner can plan against at its forecast peak.
+
+    ``path`` is ``bikeshare`` (the bundled Capital Bikeshare 2011 hourly trace) or a CSV
+    as :func:`deepedge.serving.load_trace` reads it (columns ``t,rate``, or one column of
+    request timestamps in seconds; relative paths start at the current directory), taken
+    as mean rates per hour. The rates are scaled so
+    that the trace's busiest hour asks ``peak_rps``; one trace hour lasts ``hour_s``
+    seconds of wall time; the replay starts at hour ``start_hour`` of the trace (default:
+    the start of its last week, so the weeks before are the forecaster's history) and
+    stays at its last rate past the trace's end. ``level`` is the forecast quantile the
+    planner plans at (``lc_rates: forecast-peak``).
+
+    The file is read (once per file, cached) when the spec is validated: that is where
+    an unknown path or a start beyond the trace is reported.
+    """
+
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    peak_rps: Annotated[Float, Field(gt=0, le=100_000)]
+    hour_s: Annotated[Float, Field(gt=0, le=3600)] = 3600.0  # real time unless compressed
+    start_hour: Annotated[Int, Field(ge=0, le=10_000_000)] | None = None
+    level: Annotated[Float, Field(gt=0, lt=1)] = 0.95
+
+    @model_validator(mode="after")
+    def _readable(self) -> RateTraceSpec:
+        # serving sits above spec in the layers: imported here, when a trace is given
+        from deepedge.serving.lc_rates import check_rate_trace
+
+        _as_value_error(check_rate_trace, self)
+        return self
+
+
 class AppSpec(_Spec):
-    """A latency-critical app pinned to a device, with an SLO on its p95 latency."""
+    """A latency-critical app pinned to a device, with an SLO on its p95 latency.
+
+    Its load is ``rate_rps`` requests/s (Poisson), or with ``rate_trace`` a replayed trace.
+    With a trace ``rate_rps`` may be left out: it is then the trace's rate at the replay
+    start (at least :data:`~deepedge.serving.lc_rates.MIN_RATE_SHARE` of ``peak_rps``, as a
+    rate must be positive), which is what the app is profiled at and what the planner
+    calls its *current* rate. Given, it overrides that (so a spec written out with the
+    rate filled in loads again unchanged); the load still follows the trace. After
+    validation ``rate_rps`` is always set.
+    """
 
     name: Name
     device: Name
     kind: Literal["cnn_inference", "kv_lookup", "log_ingest", "frame_relay"] = "cnn_inference"
-    rate_rps: Annotated[Float, Field(gt=0, le=100_000)]
+    rate_rps: Annotated[Float, Field(gt=0, le=100_000)] | None = None
     deadline_ms: Annotated[Float, Field(gt=0, le=3_600_000)]
     memory_mb: Annotated[Int, Field(gt=0, le=2**24)] = 300  # the torch server measures ~240 MB
+    rate_trace: RateTraceSpec | None = None
+
+    @model_validator(mode="after")
+    def _rate_given(self) -> AppSpec:
+        if self.rate_rps is not None:
+            return self
+        if self.rate_trace is None:
+            raise ValueError("rate_rps is required (or a rate_trace to replay)")
+        from deepedge.serving.lc_rates import start_rate
+
+        # frozen: set in place once, as validation of the field itself would have
+        object.__setattr__(self, "rate_rps", _as_value_error(start_rate, self.rate_trace))
+        self.__pydantic_fields_set__.add("rate_rps")
+        return self
+
+
+def _as_value_error(check: Callable[[Any], T], value: Any) -> T:
+    """``check(value)``, its DeepEdgeError as the ValueError pydantic reports per field."""
+    try:
+        return check(value)
+    except DeepEdgeError as err:
+        raise ValueError(err.one_line()) from None
 
 
 class ClusterSpec(_Spec):

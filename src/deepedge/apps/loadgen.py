@@ -13,6 +13,12 @@ takes rate changes on its stdin while it runs (:meth:`LoadGenerator.set_rate`: a
 spike), and stops when told to, when its stdin hits EOF, when its parent process changes
 (the parent died), or on SIGTERM; it then writes all records to a compact ``.npz`` file that
 :meth:`LoadGenerator.stop` loads.
+
+A target speaks either the LC apps' binary protocol or HTTP/1.1 (``protocol="http"``: a
+``POST`` of the raw payload to ``path`` over keep-alive connections, as to the serving
+front end, :mod:`deepedge.serving.frontend`). Instead of one rate a target can replay a
+piecewise-constant rate *schedule* (a request-rate trace): :func:`schedule_arrivals`
+draws its arrivals as an exact non-homogeneous Poisson process.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -34,9 +41,10 @@ import time
 import weakref
 from array import array
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -48,13 +56,69 @@ from deepedge.errors import ClusterError
 if TYPE_CHECKING:
     from deepedge.spec import AppSpec
 
-__all__ = ["LoadGenerator", "LoadTarget", "RequestRecord", "main"]
+__all__ = ["LoadGenerator", "LoadTarget", "RequestRecord", "main", "schedule_arrivals"]
 
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 _TMP_PREFIX = "deepedge-loadgen-"
 STREAM_S = 0.25
 """How often the child sends completed requests to the parent (the live stream that the
 monitor and the run controller's SLO guard read)."""
+_GAP_BATCH = 256  # exponential gaps drawn per numpy call: the schedule costs ~nothing
+
+Schedule = tuple[tuple[float, float], ...]
+"""A piecewise-constant rate: ``(start offset in s from the generator's start, rate rps)``
+pairs, offsets strictly increasing from 0; each rate holds until the next offset."""
+
+
+def _check_schedule(schedule: Sequence[Sequence[float]]) -> Schedule:
+    """``schedule`` as a tuple of float pairs; ValueError unless it is a valid schedule."""
+    try:
+        steps = tuple((float(start), float(rate)) for start, rate in schedule)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"schedule must be (start_s, rate_rps) pairs, got {schedule!r:.80}"
+        ) from None
+    if not steps or steps[0][0] != 0.0:
+        raise ValueError("schedule must start at offset 0")
+    for (a, _), (b, _) in itertools.pairwise(steps):
+        if not b > a:
+            raise ValueError(f"schedule offsets must increase strictly, got {a:g} then {b:g}")
+    for start, rate in steps:
+        if not (math.isfinite(start) and math.isfinite(rate) and rate >= 0):
+            raise ValueError(f"schedule step ({start:g}, {rate:g}): need finite rate >= 0")
+    return steps
+
+
+def _unit_gaps(rng: np.random.Generator) -> Iterator[float]:
+    while True:
+        yield from rng.exponential(1.0, _GAP_BATCH).tolist()
+
+
+def schedule_arrivals(
+    schedule: Sequence[Sequence[float]], rng: np.random.Generator, *, end_s: float = math.inf
+) -> Iterator[float]:
+    """Arrival times (s from the start, increasing) of a Poisson process whose rate follows
+    ``schedule``, up to ``end_s``.
+
+    Exact, not thinned or rounded: within a step of rate ``λ`` the gaps are exponential
+    with mean ``1/λ``; a gap that would cross into the next step is dropped and the process
+    restarts at the boundary with the next step's rate, which memorylessness makes
+    equivalent to the continuous process. A zero-rate step has no arrivals; the last step
+    lasts until ``end_s`` (for ever by default), so a schedule ending in a zero-rate step
+    ends its arrivals there. Deterministic for a given ``rng`` state.
+    """
+    steps = _check_schedule(schedule)
+    gaps = _unit_gaps(rng)
+    bounds = [start for start, _ in steps[1:]] + [math.inf]
+    for (start, rate), bound in zip(steps, bounds, strict=True):
+        if start >= end_s:
+            return
+        boundary = min(bound, end_s)
+        if rate <= 0:
+            continue
+        t = start
+        while (t := t + next(gaps) / rate) < boundary:
+            yield t
 
 
 @dataclass(frozen=True)
@@ -65,6 +129,15 @@ class LoadTarget:
     ``payload_bytes`` must be what the server expects (it closes the connection on any
     other length); left out, it is a ``cnn_inference`` image of ``image_size``, and it is
     always an ``int`` after construction. :meth:`from_app` sets it from the app's kind.
+
+    ``protocol="http"`` sends each request as ``POST path`` with the payload as body over
+    keep-alive HTTP/1.1 connections; a reply other than 200 is a failed request named
+    ``HTTP<status>``, and the service time comes from the JSON reply's ``service_ms``.
+
+    ``schedule`` (see :data:`Schedule`) replaces the constant ``rate_rps`` by a rate that
+    changes over time (a replayed trace, :func:`schedule_arrivals`); ``rate_rps`` must
+    still be positive (pass the schedule's peak, say) but no longer sets the pace, and
+    :meth:`LoadGenerator.set_rate` refuses the target.
     """
 
     app: str
@@ -73,6 +146,9 @@ class LoadTarget:
     rate_rps: float
     image_size: int = 32
     payload_bytes: int | None = None
+    protocol: Literal["binary", "http"] = "binary"
+    path: str = "/predict"
+    schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         if not (self.rate_rps > 0 and math.isfinite(self.rate_rps)):
@@ -85,6 +161,16 @@ class LoadTarget:
             object.__setattr__(self, "payload_bytes", request_bytes(self.image_size))
         elif not 0 < self.payload_bytes < 2**32:
             raise ValueError(f"payload_bytes must be in 1..2**32-1, got {self.payload_bytes}")
+        if self.protocol not in ("binary", "http"):
+            raise ValueError(f"protocol must be 'binary' or 'http', got {self.protocol!r}")
+        if not (
+            self.path.startswith("/")
+            and self.path.isascii()
+            and not any(map(str.isspace, self.path))
+        ):
+            raise ValueError(f"path must be an absolute URL path, got {self.path!r}")
+        if self.schedule is not None:  # also turns the lists of a JSON round trip into tuples
+            object.__setattr__(self, "schedule", _check_schedule(self.schedule))
 
     @classmethod
     def from_app(
@@ -141,6 +227,13 @@ class LoadGenerator:
     def pid(self) -> int | None:
         """The child's pid while started (for checks that it is gone after :meth:`stop`)."""
         return self._proc.pid if self._proc is not None else None
+
+    def running(self) -> bool:
+        """Whether the child is still at work: started, not stopped, not exited. With
+        ``duration_s`` (or schedules ending in a zero rate) it exits by itself once every
+        request is sent and answered; :meth:`stop` then returns the records at once."""
+        proc = self._proc
+        return proc is not None and self._records is None and proc.poll() is None
 
     def start(self, *, timeout_s: float = 30.0) -> None:
         """Launch the child and return once its schedule has started."""
@@ -209,6 +302,8 @@ class LoadGenerator:
                 f"the load generator drives no app {app!r}",
                 hint=f"use one of {sorted(t.app for t in self.targets)}",
             )
+        if next(t for t in self.targets if t.app == app).schedule is not None:
+            raise ValueError(f"app {app!r} follows a rate schedule; its rate cannot be set")
         if not (rate_rps > 0 and math.isfinite(rate_rps)):
             raise ValueError(f"rate_rps must be positive and finite, got {rate_rps}")
         proc = self._proc
@@ -307,8 +402,11 @@ class _Pool:
 
     async def acquire(self) -> _Conn:
         await self.busy.acquire()
-        if self.idle:
-            return self.idle.pop()
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn[0].at_eof():
+                return conn
+            conn[1].close()  # the server closed it while idle (e.g. a keep-alive timeout)
         try:
             return await asyncio.open_connection(self.host, self.port)
         except BaseException:
@@ -328,6 +426,57 @@ class _Pool:
             self.idle.pop()[1].close()
 
 
+class _HttpStatus(Exception):
+    """A complete HTTP reply other than 200: a failed request, on a reusable connection."""
+
+    def __init__(self, status: int, reusable: bool) -> None:
+        super().__init__(f"HTTP{status}")
+        self.status = status
+        self.reusable = reusable
+
+
+def _http_request(target: LoadTarget, payload: bytes) -> bytes:
+    """The whole HTTP/1.1 request for ``payload``: built once, sent as one write."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    head = (
+        f"POST {target.path} HTTP/1.1\r\nHost: {host}:{target.port}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode("ascii") + payload
+
+
+async def _http_exchange(conn: _Conn, message: bytes) -> tuple[float, bool]:
+    """Send one request and read its reply: (service ms from the JSON body or NaN,
+    whether the connection may be reused). Raises :class:`_HttpStatus` for a non-200."""
+    reader, writer = conn
+    writer.write(message)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *lines = head[:-4].split(b"\r\n")
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ConnectionError(f"not an HTTP reply: {status_line[:60]!r}")
+    status, length, reusable = int(parts[1]), None, parts[0] != b"HTTP/1.0"
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"connection":
+            reusable = value.strip().lower() != b"close"
+    if length is None:  # no chunked replies expected: read to EOF, then the conn is done
+        body, reusable = await reader.read(), False
+    else:
+        body = await reader.readexactly(length)
+    if status != 200:
+        raise _HttpStatus(status, reusable)
+    try:
+        service_ms = float(json.loads(body)["service_ms"])
+    except (ValueError, KeyError, TypeError):
+        service_ms = math.nan
+    return service_ms, reusable
+
+
 class _Run:
     """The child's state: schedules, in-flight requests and the records collected so far."""
 
@@ -339,10 +488,17 @@ class _Run:
         self.pools = [_Pool(t.host, t.port, int(cfg["max_connections"])) for t in self.targets]
         self.rates = [t.rate_rps for t in self.targets]  # changed by the parent while running
         rng = np.random.default_rng([self.seed, 1 << 20])
-        self.messages = [
-            HEADER.pack(t.payload_bytes) + rng.integers(0, 256, t.payload_bytes, np.uint8).tobytes()
-            for t in self.targets
-        ]
+        self.messages: list[bytes] = []
+        for t in self.targets:
+            payload = rng.integers(0, 256, t.payload_bytes, np.uint8).tobytes()
+            http = t.protocol == "http"
+            self.messages.append(
+                _http_request(t, payload) if http else HEADER.pack(len(payload)) + payload
+            )
+        # Stops by itself: every target's sending ends (a duration, or a schedule ending at 0).
+        self.finite = bool(self.duration_s) or all(
+            t.schedule is not None and t.schedule[-1][1] == 0 for t in self.targets
+        )
         self.inflight: set[asyncio.Task[None]] = set()
         # Flat rows of (app, scheduled, sent, done, service_ms, error index or -1): 48 bytes
         # a request, so hours of load stay small.
@@ -356,8 +512,23 @@ class _Run:
         # One clock pair for the whole run: immune to wall-clock steps mid-run.
         return self.t0_wall + (mono - self.t0_mono)
 
+    def launch(self, i: int, scheduled: float) -> None:
+        task = asyncio.create_task(self.request(i, scheduled))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
     async def schedule(self, i: int) -> None:
         rng = np.random.default_rng([self.seed, i])
+        steps = self.targets[i].schedule
+        if steps is not None:
+            end_s = self.duration_s if self.duration_s else math.inf
+            for offset in schedule_arrivals(steps, rng, end_s=end_s):
+                t = self.t0_mono + offset
+                delay = t - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self.launch(i, t)
+            return
         end = self.t0_mono + self.duration_s if self.duration_s else math.inf
         t = self.t0_mono
         while True:
@@ -368,22 +539,30 @@ class _Run:
                 delay = t - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                task = asyncio.create_task(self.request(i, t))
-                self.inflight.add(task)
-                task.add_done_callback(self.inflight.discard)
+                self.launch(i, t)
 
     async def request(self, i: int, scheduled: float) -> None:
         pool, sent, svc, err, conn = self.pools[i], math.nan, math.nan, None, None
+        http = self.targets[i].protocol == "http"
         try:
             async with asyncio.timeout(self.timeout_s):
                 conn = await pool.acquire()
                 sent = time.monotonic()
-                conn[1].write(self.messages[i])
-                await conn[1].drain()
-                reply = await conn[0].readexactly(REPLY.size)
-            svc = REPLY.unpack(reply)[1] / 1000.0
-            pool.release(conn)
-            conn = None
+                if http:
+                    svc, reusable = await _http_exchange(conn, self.messages[i])
+                else:
+                    conn[1].write(self.messages[i])
+                    await conn[1].drain()
+                    reply = await conn[0].readexactly(REPLY.size)
+                    svc, reusable = REPLY.unpack(reply)[1] / 1000.0, True
+            if reusable:
+                pool.release(conn)
+                conn = None
+        except _HttpStatus as e:  # answered, but not served: a failure named by its status
+            err = str(e)
+            if e.reusable and conn is not None:
+                pool.release(conn)
+                conn = None
         except asyncio.CancelledError:
             err = "stopped before reply"
             raise
@@ -447,7 +626,7 @@ class _Run:
                     orphaned.set()
                     break
                 self.stream()
-                if self.duration_s and all(s.done() for s in schedulers) and not self.inflight:
+                if self.finite and all(s.done() for s in schedulers) and not self.inflight:
                     break
         finally:
             for s in schedulers:

@@ -364,7 +364,15 @@ def _write_ready(path: Path, info: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-async def _serve(args: argparse.Namespace, handler: _Handler) -> None:
+async def _serve(
+    args: argparse.Namespace, handler: _Handler, ready: dict[str, Any] | None = None
+) -> None:
+    """Serve ``handler`` on ``args.host:args.port`` until SIGTERM/SIGINT or the parent dies.
+
+    The ready file gets ``port`` and ``pid`` plus ``ready``; left out, the LC app's facts
+    (name, kind, image size, payload size, :meth:`_Handler.info`). Other servers of the
+    same wire protocol (``deepedge.serving.replica``) pass their own.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -372,18 +380,15 @@ async def _serve(args: argparse.Namespace, handler: _Handler) -> None:
     app = _Server(handler)
     server = await asyncio.start_server(app.handle, args.host, args.port)
     port = server.sockets[0].getsockname()[1]
-    _write_ready(
-        Path(args.ready_file),
-        {
-            "port": port,
-            "pid": os.getpid(),
+    if ready is None:
+        ready = {
             "app": args.name,
             "kind": args.kind,
             "image_size": args.image_size,
             "payload_bytes": handler.nbytes,
             **handler.info(),
-        },
-    )
+        }
+    _write_ready(Path(args.ready_file), {"port": port, "pid": os.getpid(), **ready})
     watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
     await stop.wait()
     server.close()

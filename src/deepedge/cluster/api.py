@@ -99,8 +99,10 @@ class DeviceHandle(Protocol):
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         self_paced: bool = False,
+        partition: str | None = None,
     ) -> DeviceProcess:
-        """Start a process that belongs to this device from its first instruction."""
+        """Start a process that belongs to this device from its first instruction (to the
+        device's ``partition``, if given and made)."""
         ...
 
     def pids(self) -> set[int]: ...
@@ -110,6 +112,20 @@ class DeviceHandle(Protocol):
     def set_cpu_limit(self, cores: float | None) -> None:
         """Change the CPU capacity (None = unlimited, used only while devices boot)."""
         ...
+
+    @property
+    def partitions(self) -> bool:
+        """Whether :meth:`set_partition` fences processes apart inside the device."""
+        ...
+
+    def set_partition(self, name: str, *, cores: float | None, memory_mb: int | None) -> None:
+        """Create or resize a share of the device with its own CPU and memory limits
+        (a model-server replica's flavour); processes join it with ``spawn(partition=)``."""
+        ...
+
+    def remove_partition(self, name: str) -> None: ...
+
+    def partition_usage(self, name: str) -> DeviceUsage: ...
 
 
 class ClusterBackend(Protocol):

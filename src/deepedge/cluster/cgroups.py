@@ -131,10 +131,13 @@ class CgroupDriver(ABC):
         return [d / "cgroup.procs" for d in self.dirs(group)]
 
     def pids(self, group: str) -> set[int]:
+        """Every process in ``group`` and in the groups nested in it (a device's partitions)."""
         out: set[int] = set()
         for f in self.procs_files(group):
             with contextlib.suppress(OSError):
                 out.update(int(x) for x in f.read_text().split())
+        for child in self.children(group):
+            out |= self.pids(f"{group}/{child}")
         return out
 
     def kill_all(self, group: str, *, timeout_s: float = 5.0) -> None:

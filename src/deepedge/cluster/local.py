@@ -138,6 +138,50 @@ class LocalDevice:
                 memory_bytes=self._memory_bytes(),
             )
 
+    @property
+    def partitions(self) -> bool:
+        """Whether processes can be fenced apart inside the device (:meth:`set_partition`).
+
+        Only cgroup v1 nests them: v2 forbids processes in a group whose children have
+        controllers ("no internal processes"), and the device's own processes (LC apps,
+        training workers) sit in its group. Elsewhere a partition is the whole device.
+        """
+        return self._driver is not None and self._driver.version == 1
+
+    def _partition_group(self, name: str) -> str:
+        return f"{self._group}/{name}"
+
+    def set_partition(self, name: str, *, cores: float | None, memory_mb: int | None) -> None:
+        """Create, or change the limits of, the partition ``name``: a share of the device
+        (a child cgroup) with its own CPU quota and memory limit, still inside the
+        device's. Takes effect at once for the processes already in it (vertical scaling).
+        A no-op where :attr:`partitions` is False."""
+        if not self.partitions:
+            return
+        assert self._driver is not None
+        group = self._partition_group(name)
+        memory = memory_mb * 2**20 if memory_mb else None
+        if any(d.is_dir() for d in self._driver.dirs(group)):
+            self._driver.set_limits(
+                group, cpu_cores=cores, period_us=self._period_for(cores), memory_bytes=memory
+            )
+        else:
+            self._driver.create(
+                group, cpu_cores=cores, period_us=self._period_for(cores), memory_bytes=memory
+            )
+
+    def remove_partition(self, name: str) -> None:
+        """Kill the partition's processes and remove it (nothing if it does not exist)."""
+        if self.partitions:
+            assert self._driver is not None
+            self._driver.remove(self._partition_group(name))
+
+    def partition_usage(self, name: str) -> DeviceUsage:
+        """CPU, memory and throttling of one partition (of the device without partitions)."""
+        if not self.partitions:
+            return self.usage()
+        return self._group_usage(self._partition_group(name))
+
     def spawn(
         self,
         argv: Sequence[str],
@@ -145,11 +189,13 @@ class LocalDevice:
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         self_paced: bool = False,
+        partition: str | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` inside this device; ``self_paced`` exempts it from duty cycles."""
-        procs_files = (
-            [str(f) for f in self._driver.procs_files(self._group)] if self._driver else []
-        )
+        """Start ``argv`` inside this device (inside its ``partition``, made beforehand by
+        :meth:`set_partition`, where the device has them); ``self_paced`` exempts it from
+        duty cycles."""
+        group = self._partition_group(partition) if partition and self.partitions else self._group
+        procs_files = [str(f) for f in self._driver.procs_files(group)] if self._driver else []
 
         netns_fd: int | None = None
         # Without a cpuset fence, pinning falls to the process's own CPU affinity.
@@ -209,15 +255,19 @@ class LocalDevice:
         """The processes the fallback's duty cycle may stop: all but the self-paced ones."""
         return self.pids() - self._self_paced
 
+    def _group_usage(self, group: str) -> DeviceUsage:
+        assert self._driver is not None
+        periods, throttled_ns = self._driver.cpu_throttled(group)
+        return DeviceUsage(
+            cpu_seconds=self._driver.cpu_usage_ns(group) / 1e9,
+            memory_bytes=self._driver.memory_usage_bytes(group),
+            throttled_periods=periods,
+            throttled_s=throttled_ns / 1e9,
+        )
+
     def usage(self) -> DeviceUsage:
         if self._driver:
-            periods, throttled_ns = self._driver.cpu_throttled(self._group)
-            return DeviceUsage(
-                cpu_seconds=self._driver.cpu_usage_ns(self._group) / 1e9,
-                memory_bytes=self._driver.memory_usage_bytes(self._group),
-                throttled_periods=periods,
-                throttled_s=throttled_ns / 1e9,
-            )
+            return self._group_usage(self._group)
         cpu, rss = 0.0, 0
         for pid in self.pids():
             with contextlib.suppress(psutil.Error):

@@ -311,13 +311,29 @@ class RayDevice:
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         self_paced: bool = False,
+        partition: str | None = None,
     ) -> RemoteProcess:
         """Start ``argv`` inside the device on its node (this machine's Python stands for
         the node's)."""
         argv = [PYTHON if a == sys.executable else a for a in argv]
         path = str(log_path.resolve()) if log_path else None
-        pid = self._call("spawn", argv, dict(env or {}), path, self_paced, timeout_s=_SPAWN_S)
+        pid = self._call(
+            "spawn", argv, dict(env or {}), path, self_paced, partition, timeout_s=_SPAWN_S
+        )
         return RemoteProcess(self._host, pid, argv)
+
+    @property
+    def partitions(self) -> bool:
+        return bool(self.info.get("partitions"))
+
+    def set_partition(self, name: str, *, cores: float | None, memory_mb: int | None) -> None:
+        self._call("set_partition", name, cores, memory_mb)
+
+    def remove_partition(self, name: str) -> None:
+        self._call("remove_partition", name)
+
+    def partition_usage(self, name: str) -> DeviceUsage:
+        return self._call("partition_usage", name)
 
     def pids(self) -> set[int]:
         return set(self._call("pids"))

@@ -84,6 +84,7 @@ class DeviceHost:
             "cpus": sorted(os.sched_getaffinity(0)),
             "mode": mode.value,
             "fence_reason": self._fence_reason,
+            "partitions": self._device.partitions,
             "pid": os.getpid(),
         }
 
@@ -103,6 +104,7 @@ class DeviceHost:
         env: Mapping[str, str] | None,
         log_path: str | None,
         self_paced: bool,
+        partition: str | None = None,
     ) -> int:
         """Start ``argv`` in the device; its pid. The log's folder must exist on this node."""
         argv = [sys.executable if a == PYTHON else a for a in argv]
@@ -119,6 +121,7 @@ class DeviceHost:
             env=env,
             log_path=Path(log_path) if log_path else None,
             self_paced=self_paced,
+            partition=partition,
         ).result()
         self._procs[proc.pid] = proc
         return proc.pid
@@ -149,6 +152,15 @@ class DeviceHost:
 
     def set_cpu_limit(self, cores: float | None) -> None:
         self._device.set_cpu_limit(cores)
+
+    def set_partition(self, name: str, cores: float | None, memory_mb: int | None) -> None:
+        self._device.set_partition(name, cores=cores, memory_mb=memory_mb)
+
+    def remove_partition(self, name: str) -> None:
+        self._device.remove_partition(name)
+
+    def partition_usage(self, name: str) -> DeviceUsage:
+        return self._device.partition_usage(name)
 
     def stop(self) -> None:
         """Kill every process of the device and remove its fence."""

@@ -33,12 +33,22 @@ from deepedge.control.retraining import Planning, Profiling, Retraining
 from deepedge.control.slo_guard import GuardAction, GuardSettings, SloGuard
 from deepedge.control.stragglers import StragglerWatch
 from deepedge.data import ArrayDataset, build_dataset
-from deepedge.errors import DeepEdgeError
+from deepedge.errors import DeepEdgeError, UsageError
 from deepedge.profile import (
     DeviceProfile,
     KnowledgeBase,
     ProfileSettings,
     default_kb_path,
+)
+from deepedge.serving.lc_rates import (
+    LC_RATES,
+    LcRates,
+    PlannedRate,
+    check_forecastable,
+    describe_rates,
+    planning_rates,
+    spec_at_planning_rates,
+    trace_peaks,
 )
 from deepedge.session import EdgeSession, Phase
 from deepedge.spec import ClusterSpec, DeviceSpec, ExcludedDevice, JobSpec, Plan
@@ -84,6 +94,11 @@ class RunOptions:
     monitor_interval_s: float | None = 1.0
     metrics_port: int | None = None
     profile_settings: ProfileSettings = field(default_factory=ProfileSettings)
+    lc_rates: LcRates = "forecast-peak"
+    """What policies that protect LC deadlines (deep-edge) plan apps with a ``rate_trace``
+    at: ``forecast-peak``, the peak of the forecast's upper quantile over the job's
+    predicted duration (:meth:`RunController.plan`); ``current``, the spec's rate (the
+    rate at the replay start). Apps without a trace are planned at their rate either way."""
 
 
 REBALANCE_GAIN = 0.1
@@ -156,6 +171,12 @@ class RunController:
         self.status = status
         for name in options.policies:
             get_policy(name)  # an unknown policy fails before anything boots
+        if options.lc_rates not in LC_RATES:
+            raise UsageError(
+                f"unknown lc_rates {options.lc_rates!r}", hint=f"use one of {list(LC_RATES)}"
+            )
+        if self._forecasts(options.policies):
+            check_forecastable(cluster)  # a trace too short fails before anything boots
         self.train_set = (
             train_set
             if train_set is not None
@@ -203,6 +224,9 @@ class RunController:
         self._steps_done = 0  # global steps the running plan completed (rank 0's view)
         self.kb: KnowledgeBase | None = None
         self._owns_kb = False
+        self.lc_rates: dict[str, PlannedRate] = {}
+        """The rates the last plan put the LC apps at, where a forecast changed them
+        (empty: every app at its spec's rate)."""
 
     # --- states
 
@@ -212,6 +236,14 @@ class RunController:
 
     def _event(self, kind: str, message: str, **data: Any) -> Event:
         return self.events.add(self.state, kind, message, **data)
+
+    def _forecasts(self, policies: Sequence[str]) -> bool:
+        """Whether planning ``policies`` plans traced LC apps at their forecast peak."""
+        return (
+            self.options.lc_rates == "forecast-peak"
+            and any(a.rate_trace is not None for a in self.cluster.apps)
+            and any(get_policy(p).needs_interference for p in policies)
+        )
 
     @property
     def needs_interference(self) -> bool:
@@ -234,8 +266,13 @@ class RunController:
             from deepedge.interference import ensure_model
 
             started = time.monotonic()
+            # planning at the forecast peak asks the latency bound near each traced app's
+            # peak, not at the night's rate it starts at: the plan's runs are measured there
+            lab_spec = self.cluster
+            if self._forecasts(opts.policies):
+                lab_spec = spec_at_planning_rates(lab_spec, trace_peaks(lab_spec))
             ensure_model(
-                self.cluster,
+                lab_spec,
                 self.job,
                 self.kb,
                 opts.out / "interference",
@@ -324,7 +361,7 @@ class RunController:
         self._take_joiners()
         names = tuple(policies) if policies is not None else self.options.policies
         self._enter(RunState.PLAN, f"planning {', '.join(names)}")
-        planning = retraining.plan_from(self._surviving(), names)
+        planning = self._plan_at_lc_rates(retraining, names)
         for name, plan in planning.plans.items():
             self._event(
                 "plan",
@@ -342,6 +379,61 @@ class RunController:
         else:  # a re-plan replaces only the policies it planned
             self.planning = replace(planning, plans={**self.planning.plans, **planning.plans})
         return planning
+
+    def _plan_at_lc_rates(self, retraining: Retraining, names: Sequence[str]) -> Planning:
+        """``names`` planned from the session's profiles, traced LC apps at their forecast
+        peak over the job when the options ask for it (``lc_rates``).
+
+        The job's horizon is the planner's own estimate of its duration, which depends on
+        the rates planned at; one iteration settles it: plan at the current rates, take
+        the longest predicted duration of the policies that read the rates (step time x
+        steps), forecast each traced app over that from where its replay is now, and plan
+        again at the forecast peaks. A higher rate can only slow a plan down, so the
+        forecast may end a little before the re-planned job; the upper quantile's margin
+        covers that. The forecast covers the whole job, so re-plans during the run
+        (stragglers, SLO guard, joins, recovery) keep these rates. Where no plan meets the
+        deadlines at the peak, the plan at the current rates is kept, with an event: the
+        SLO guard then cuts training when the rise comes.
+        """
+        profiling = self._surviving()
+        retraining.lc_rates = {}
+        self.lc_rates = {}
+        planning = retraining.plan_from(profiling, names)
+        if not self._forecasts(names):
+            return planning
+        assert self.session is not None
+        horizon = self._duration_s(planning, names)
+        rates = planning_rates(self.session.spec, horizon, at_s=self.session.lc_elapsed_s())
+        self._event(
+            "lc-rates",
+            f"planning traced LC apps at their forecast peak over the job's predicted "
+            f"{horizon:.0f} s: {describe_rates(rates)}",
+            horizon_s=horizon,
+            rates={n: r.to_dict() for n, r in rates.items() if r.forecast},
+        )
+        retraining.lc_rates = rates
+        try:
+            at_peak = retraining.plan_from(profiling, names)
+        except DeepEdgeError as err:
+            retraining.lc_rates = {}
+            self._event(
+                "lc-rates",
+                f"no plan meets the deadlines at the forecast peak ({err.one_line()}); "
+                "planning at the current rates, the SLO guard covers the rise",
+            )
+            return planning
+        self.lc_rates = dict(rates)
+        return at_peak
+
+    def _duration_s(self, planning: Planning, names: Sequence[str]) -> float:
+        """The longest predicted job duration among the policies that read LC rates."""
+        steps = self.job.epochs * self._steps_per_epoch
+        spans = [
+            p.predicted_step_s * steps
+            for n, p in planning.plans.items()
+            if n in names and get_policy(n).needs_interference and p.predicted_step_s
+        ]
+        return max(spans, default=planning.feasible_lower_bound_s or planning.lower_bound_s)
 
     def train(
         self,

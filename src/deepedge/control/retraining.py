@@ -42,6 +42,7 @@ from deepedge.profile import (
     measure_profiles,
     profile_key,
 )
+from deepedge.serving.lc_rates import PlannedRate, spec_at_planning_rates
 from deepedge.session import EdgeSession
 from deepedge.spec import ExcludedDevice, JobSpec, Plan
 from deepedge.train.local import job_model
@@ -105,6 +106,10 @@ class Retraining:
     profile_settings: ProfileSettings = field(default_factory=ProfileSettings)
     exact: bool = False
     """Solve the deep-edge policy with the exact MILP instead of the heuristic."""
+    lc_rates: Mapping[str, PlannedRate] = field(default_factory=dict)
+    """The rates to plan LC apps at (app -> planned rate) instead of their spec's: the
+    forecast peak over the job for traced apps (set by the run controller). Only the
+    Deep-Edge problem reads them; profiles are measured, and keyed, under the live load."""
 
     def __post_init__(self) -> None:
         # A fresh name per job: agents cache data sets by path for the session's lifetime.
@@ -371,7 +376,7 @@ class Retraining:
         from deepedge.plan.deadline import cluster_problem
 
         assert self.kb is not None
-        spec = self.session.spec
+        spec = spec_at_planning_rates(self.session.spec, self.lc_rates)
         emulation = self.session.cluster.emulation
         keys = {d.name: device_key(d, spec, emulation) for d in spec.devices}
         apps = [a for a in spec.apps if a.device in profiles]

@@ -9,6 +9,7 @@ Poisson arrivals, so the load generator never waits for replies (no coordinated 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -18,7 +19,17 @@ import numpy as np
 
 from deepedge.errors import DataError
 
-__all__ = ["BIKESHARE_SOURCE", "RateTrace", "load_bikeshare", "load_trace"]
+__all__ = [
+    "BIKESHARE",
+    "BIKESHARE_SOURCE",
+    "RateTrace",
+    "load_bikeshare",
+    "load_hourly",
+    "load_trace",
+]
+
+BIKESHARE = "bikeshare"
+"""The name that stands for the bundled trace where a trace path is asked for."""
 
 BIKESHARE_SOURCE = (
     "Capital Bikeshare 2011 hourly rentals, UCI Bike Sharing Dataset (Fanaee-T & Gama 2013), "
@@ -84,6 +95,68 @@ class RateTrace:
             raise DataError(f"trace {self.name} has no requests at all; it cannot be scaled")
         return replace(self, rates=self.rates * (peak_rps / peak))
 
+    @functools.cached_property
+    def peak_rps(self) -> float:
+        """The busiest interval's rate (cached: spec validation asks it once per app)."""
+        return float(self.rates.max())
+
+    def hourly(self) -> RateTrace:
+        """The trace on a grid of whole hours: each hour's mean rate, the requests of its
+        intervals (or parts of them) divided by 3600 s; a trailing part-hour is dropped.
+
+        Forecasters model hours (daily and weekly seasons), and an LC app's trace is
+        replayed and planned hour by hour, so a user's trace of any interval comes here
+        first. Exact for a piecewise-constant rate: the cumulative count is linear within
+        an interval, so interpolating it at the hour edges integrates the rate.
+        """
+        if self.interval_s == _HOUR_S:
+            return self
+        n_hours = int(self.duration_s // _HOUR_S)
+        if n_hours < 1:
+            raise DataError(
+                f"trace {self.name} lasts {self.duration_s:g} s, less than an hour",
+                hint="an LC app's trace is replayed and forecast by the hour",
+            )
+        edges = np.arange(len(self) + 1) * self.interval_s
+        cumulative = np.concatenate([[0.0], np.cumsum(self.counts)])
+        at_hours = np.interp(np.arange(n_hours + 1) * _HOUR_S, edges, cumulative)
+        rates = np.maximum(np.diff(at_hours), 0.0) / _HOUR_S  # rounding: never below 0
+        return replace(self, rates=rates, interval_s=_HOUR_S)
+
+    def schedule(
+        self, start_hour: int, hours: int, hour_s: float
+    ) -> tuple[tuple[float, float], ...]:
+        """The trace's ``hours`` hours from ``start_hour`` as a load generator's
+        piecewise-constant schedule: ``(offset s from the replay's start, rate rps)`` pairs,
+        the first at offset 0, one trace hour lasting ``hour_s`` seconds of wall time.
+
+        The rates are the trace's own: scale them first (:meth:`scaled`) to what the
+        emulated cluster can take. Unlike :meth:`compressed`, compressing time here keeps
+        the rates rather than the request counts: an LC app's replay is sized by its
+        ``peak_rps``, not by the trace's totals. Consecutive equal rates are merged (night
+        hours without requests), so the schedule stays short; a run past its end keeps its
+        last rate. Rates are rounded to 6 significant digits (the schedule is sent as text).
+        """
+        if not (math.isfinite(hour_s) and hour_s > 0):
+            raise DataError(f"hour_s must be positive, got {hour_s}")
+        start_s = float(start_hour) * _HOUR_S
+        end_s = min(start_s + hours * _HOUR_S, self.duration_s)
+        if start_hour < 0 or hours < 1 or start_s >= self.duration_s:
+            raise DataError(
+                f"trace {self.name}: no hours to replay from hour {start_hour} "
+                f"({hours} asked, the trace has {self.duration_s / _HOUR_S:g})"
+            )
+        first = int(start_s // self.interval_s)
+        last = math.ceil(end_s / self.interval_s)
+        factor = hour_s / _HOUR_S
+        out: list[tuple[float, float]] = []
+        for i in range(first, last):
+            offset = max(0.0, i * self.interval_s - start_s) * factor
+            rate = float(f"{self.rates[i]:.6g}")
+            if not out or rate != out[-1][1]:
+                out.append((offset, rate))
+        return tuple(out)
+
     def poisson_arrivals(
         self, seed: int, start: float | None = None, end: float | None = None
     ) -> np.ndarray:
@@ -120,6 +193,35 @@ def load_bikeshare() -> RateTrace:
     ref = resources.files("deepedge.serving").joinpath("data/bikeshare.csv")
     with resources.as_file(ref) as path:
         return _read_bikeshare(Path(path))
+
+
+def load_hourly(source: str | Path) -> RateTrace:
+    """The trace ``source`` names on an hourly grid (:meth:`RateTrace.hourly`):
+    :data:`BIKESHARE` for the bundled one, else a CSV as :func:`load_trace` reads it (a
+    column of timestamps is counted per hour).
+
+    Cached per file and its modification time, so that validating a cluster spec whose
+    100,000 apps replay one trace reads it once, and an edited file is read again.
+    """
+    if str(source) == BIKESHARE:
+        return _cached_hourly(BIKESHARE, None)
+    path = Path(source).expanduser()
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise DataError(
+            f"cannot read trace {path}: {err.strerror or err}",
+            hint=f"give a CSV with columns t,rate or one column of timestamps, or {BIKESHARE!r}",
+        ) from None
+    return _cached_hourly(str(path.resolve()), (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_hourly(source: str, stamp: tuple[int, int] | None) -> RateTrace:
+    """``stamp`` (mtime, size) is only part of the cache key: a changed file misses."""
+    if source == BIKESHARE:
+        return load_bikeshare()
+    return load_trace(source, bin_s=_HOUR_S).hourly()
 
 
 def _read_bikeshare(path: Path) -> RateTrace:
