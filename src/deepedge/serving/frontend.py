@@ -708,7 +708,9 @@ class FrontendProcess:
             rc = self._proc.poll()
             if rc is not None or time.monotonic() >= deadline:
                 why = f"exited with code {rc}" if rc is not None else f"not up in {timeout_s:g}s"
-                tail = _tail(self._log())
+                from deepedge.cluster.workers import log_tail  # client side only, on failure
+
+                tail = log_tail(self._log(), 5)
                 self.stop()
                 raise ClusterError(
                     f"serving front end {why}: {tail}",
@@ -798,14 +800,6 @@ class FrontendProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _tail(path: Path, n: int = 600) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return "(no log)"
-    return text[-n:].replace("\n", " | ") or "(empty log)"
 
 
 def _cleanup(proc: subprocess.Popen[bytes], directory: Path) -> None:

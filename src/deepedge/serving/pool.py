@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from deepedge.cluster.api import ClusterBackend, DeviceProcess, signal_group
+from deepedge.cluster.workers import log_tail
 from deepedge.errors import ClusterError, DeepEdgeError
 from deepedge.serving.costs import CostCatalog, Flavour
 from deepedge.serving.frontend import FrontendProcess, ReplicaAddress
@@ -422,7 +423,7 @@ class ReplicaPool:
             self.poll()
             if time.monotonic() > deadline:
                 r = self.starting()[0]
-                tail = _log_tail(self.workdir / f"{r.name}.log")
+                tail = log_tail(self.workdir / f"{r.name}.log", 3)
                 raise ClusterError(
                     f"replica {r.name} on {r.device} not ready within {timeout_s:g} s: {tail}",
                     hint="check its log; a small device may need a longer boot timeout",
@@ -435,11 +436,3 @@ class ReplicaPool:
             self.frontend.set_replicas(self.payload_bytes, [])
         for r in list(self.replicas.values()):
             self._remove(r)
-
-
-def _log_tail(path: Path, chars: int = 300) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return "(no log)"
-    return text[-chars:].replace("\n", " | ") or "(empty log)"

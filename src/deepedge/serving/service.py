@@ -121,6 +121,11 @@ def serve(
     cluster = make_backend(cluster_spec, force_fallback=options.force_fallback)
     with cluster:
         status(f"booting {len(cluster_spec.devices)} devices ({cluster.network})")
+        if cluster_spec.apps:
+            status(
+                f"the spec's {len(cluster_spec.apps)} LC apps are not started: replicas may "
+                "use each device's whole CPU (use --devices to keep some boards out)"
+            )
         cluster.start()
         for w in cluster.warnings:
             status(f"[yellow]warning[/]: {w}")
