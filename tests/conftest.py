@@ -130,3 +130,25 @@ def assert_one_line(err: DeepEdgeError, path: Path) -> str:
     line = err.one_line()
     assert "\n" not in line and str(path) in line and err.hint, line
     return line
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of a tiny CNN (8 classes, 16×16 images) for the serving tests: its
+    replicas boot fast and serve a request in well under a millisecond."""
+    from deepedge.models import build_model
+    from deepedge.spec import JobSpec
+    from deepedge.train.checkpoint import save_checkpoint
+
+    job = JobSpec.model_validate(
+        {
+            "name": "tiny",
+            "model": {"arch": "small_cnn", "width": 8},
+            "dataset": {"kind": "synthetic", "num_classes": 8, "image_size": 16},
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(job.model, in_channels=3, num_classes=8, image_size=16)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    save_checkpoint(path, {"model": model.state_dict(), "job": job.model_dump(mode="json")})
+    return path

@@ -24,13 +24,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch
 
 import deepedge
 from deepedge.apps.loadgen import LoadGenerator, LoadTarget, schedule_arrivals
 from deepedge.apps.server import HEADER, REPLY
 from deepedge.errors import ClusterError
-from deepedge.models import build_model
 from deepedge.serving.frontend import (
     FrontendProcess,
     ReplicaAddress,
@@ -38,8 +36,6 @@ from deepedge.serving.frontend import (
     predict,
 )
 from deepedge.serving.model import ServedModel, load_served_model
-from deepedge.spec import JobSpec
-from deepedge.train.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,19 +144,8 @@ class StubReplica:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    job = JobSpec.model_validate(
-        {
-            "name": "tiny",
-            "model": {"arch": "small_cnn", "width": 8},
-            "dataset": {"kind": "synthetic", "num_classes": 8, "image_size": 16},
-        }
-    )
-    torch.manual_seed(0)
-    model = build_model(job.model, in_channels=3, num_classes=8, image_size=16)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    save_checkpoint(path, {"model": model.state_dict(), "job": job.model_dump(mode="json")})
-    return path
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

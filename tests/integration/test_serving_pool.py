@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch
 
 from deepedge.cluster import make_backend
-from deepedge.models import build_model
 from deepedge.serving import DEFAULT_CATALOG, Flavour, LatencyModel, RateTrace
 from deepedge.serving.frontend import FrontendProcess, predict
 from deepedge.serving.model import load_served_model
@@ -26,8 +24,7 @@ from deepedge.serving.policies import ServingProblem
 from deepedge.serving.pool import ReplicaPool
 from deepedge.serving.run import ReplayTrace, ServingSession
 from deepedge.serving.service import make_policy
-from deepedge.spec import ClusterSpec, JobSpec
-from deepedge.train.checkpoint import save_checkpoint
+from deepedge.spec import ClusterSpec
 from tests.conftest import needs_cgroups
 
 pytestmark = [needs_cgroups, pytest.mark.root, pytest.mark.timeout(300)]
@@ -52,19 +49,8 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str, tick=None) 
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    job = JobSpec.model_validate(
-        {
-            "name": "tiny",
-            "model": {"arch": "small_cnn", "width": 8},
-            "dataset": {"kind": "synthetic", "num_classes": 8, "image_size": 16},
-        }
-    )
-    torch.manual_seed(1)
-    model = build_model(job.model, in_channels=3, num_classes=8, image_size=16)
-    path = tmp_path_factory.mktemp("serve") / "tiny.ckpt"
-    save_checkpoint(path, {"model": model.state_dict(), "job": job.model_dump(mode="json")})
-    return path
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -157,11 +157,12 @@ class ReplicaPool:
         ]
 
     # -- what is running ---------------------------------------------------------------
-    def placement(self) -> dict[str, dict[str, int]]:
-        """Replicas that are serving or starting (not draining), per device and flavour."""
+    def placement(self, *, ready_only: bool = False) -> dict[str, dict[str, int]]:
+        """Replicas that are serving or starting (only serving with ``ready_only``; never
+        draining), per device and flavour."""
         out: dict[str, dict[str, int]] = {}
         for r in self.replicas.values():
-            if r.draining_since is None:
+            if r.state == "ready" or (r.state == "starting" and not ready_only):
                 per = out.setdefault(r.device, {})
                 per[r.flavour.name] = per.get(r.flavour.name, 0) + 1
         return out

@@ -20,6 +20,7 @@ import contextlib
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -335,7 +336,8 @@ class ServingSession:
         gen.start()
         t0 = time.monotonic()
         timeline: list[dict[str, Any]] = []
-        arrivals: list[float] = []  # scheduled times (s from start) of requests so far
+        per_hour = np.zeros(len(trace.window) + 1)  # requests scheduled in each trace hour
+        recent: deque[float] = deque()  # scheduled times (s from start) of the last interval
         interval_records: list[RequestRecord] = []
         cost = 0.0  # in currency: price per trace hour × trace hours
         last_tick = t0
@@ -350,21 +352,23 @@ class ServingSession:
                 last_tick = now
                 self.pool.poll()
                 for rec in gen.drain():
-                    arrivals.append(rec.scheduled_s - wall0)
+                    at = rec.scheduled_s - wall0
+                    per_hour[min(max(int(at // trace.hour_s), 0), len(trace.window))] += 1
+                    recent.append(at)
                     interval_records.append(rec)
                 elapsed = now - t0
                 while hours_done < len(trace.window) and elapsed >= (hours_done + 1) * trace.hour_s:
-                    lo, hi = hours_done * trace.hour_s, (hours_done + 1) * trace.hour_s
-                    history.append(sum(1 for a in arrivals if lo <= a < hi) / trace.hour_s)
+                    history.append(per_hour[hours_done] / trace.hour_s)
                     hours_done += 1
                 if now < next_decision:
                     continue
                 next_decision += interval_s
-                recent = [a for a in arrivals if a >= elapsed - interval_s]
+                while recent and recent[0] < elapsed - interval_s:
+                    recent.popleft()  # (records complete a little out of order: counted below)
                 obs = Observation(
                     t_s=elapsed,
                     hour=trace.start_hour + elapsed / trace.hour_s,
-                    rate_rps=len(recent) / interval_s,
+                    rate_rps=sum(a >= elapsed - interval_s for a in recent) / interval_s,
                     utilisation=self.pool.utilisation(),
                     placement=self.pool.placement(),
                     ready=len(self.pool.ready()),
@@ -407,10 +411,7 @@ class ServingSession:
         hour_index = min(
             int(max(obs.t_s - 0.5 * interval_s, 0.0) / trace.hour_s), len(trace.window) - 1
         )
-        ready = {}
-        for r in self.pool.ready():
-            ready.setdefault(r.device, {}).setdefault(r.flavour.name, 0)
-            ready[r.device][r.flavour.name] += 1
+        ready = self.pool.placement(ready_only=True)
         lat = [r.latency_ms for r in records if r.ok and math.isfinite(r.latency_ms)]
         failed = sum(1 for r in records if not r.ok)
         return {
