@@ -106,24 +106,52 @@ def test_reactive_scales_up_on_utilisation_and_down_only_after_the_cooldown() ->
     assert sum(count(booting.placement).values()) == 3  # waits for the booting replica
 
 
-def test_barista_plans_on_the_forecast_upper_quantile_over_the_lead_time() -> None:
+def slots(placement: dict) -> dict[str, int]:
+    return {d: sum(per.values()) for d, per in placement.items() if sum(per.values())}
+
+
+def test_barista_starts_replicas_for_the_lead_time_and_sizes_them_for_now() -> None:
     day = np.array([5.0] * 8 + [100.0] * 4 + [20.0] * 12)  # a morning peak at 8-11
     history = np.tile(day, 30)  # 30 days, the next hour is 0 (midnight)
-    policy = Barista(problem(), lambda: SeasonalNaive(season=24, calib_hours=48))
+    p = problem()
+    policy = Barista(p, lambda: SeasonalNaive(season=24, calib_hours=48))
     at_night = obs(hour=len(history) + 2.5, history=history, lead_s=2.0, rate_rps=5.0)
     before_rise = obs(hour=len(history) + 6.5, history=history, lead_s=2.0, rate_rps=5.0)
     # the lead window of the first ends at 4.5 h (night); of the second at 8.5 h (the peak)
     assert policy.forecast_upper(at_night) == pytest.approx(5.0)
     assert policy.forecast_upper(before_rise) == pytest.approx(100.0)
+    assert policy.forecast_upper(before_rise, horizon_s=1.0) == pytest.approx(5.0)
     decision = policy.decide(before_rise)
-    assert decision.planned_rps == pytest.approx(100.0)
-    assert problem().capacity_rps(decision.placement) >= 100.0
+    assert decision.forecast_rps == pytest.approx(100.0)
+    assert decision.planned_rps == pytest.approx(5.5)  # the next hour is night: 5 × 1.1
+    # enough replicas run for the peak once resized, but they cost what the night needs
+    peak = p.resize(100.0, slots(decision.placement))
+    assert peak is not None and peak.capacity_rps >= 100.0
+    night = p.solve(5.5)
+    assert p.cost_per_hour(decision.placement) < peak.cost_per_hour
+    assert p.cost_per_hour(decision.placement) <= night.cost_per_hour * len(peak.placement)
+    assert not decision.make_before_break
     # what arrives now counts when the forecast ran low
     surprised = policy.decide(obs(hour=len(history) + 2.5, history=history, rate_rps=150.0))
     assert surprised.planned_rps == pytest.approx(165.0)
+    assert p.capacity_rps(surprised.placement) >= 165.0
 
 
-def test_barista_keeps_a_running_placement_that_still_meets_the_plan() -> None:
+def test_barista_sizes_only_the_serving_replicas_for_now() -> None:
+    p = problem({"a": 0.4, "b": 0.4})
+    history = np.full(24 * 14, 150.0)  # needs l + s
+    policy = Barista(p, lambda: SeasonalNaive(season=24, calib_hours=48))
+    running = {"a": {"s": 1}, "b": {"s": 1}}
+    serving = {"a": {"s": 1}}  # b's replica still boots
+    decision = policy.decide(
+        obs(hour=len(history), history=history, placement=running, ready_placement=serving)
+    )
+    assert slots(decision.placement) == {"a": 1, "b": 1}  # nothing restarts
+    assert decision.placement["b"] == {"s": 1}  # the booting one: the cheapest flavour
+    assert decision.placement["a"] == {"l": 1}  # the serving one: as much as it can give
+
+
+def test_barista_keeps_running_replicas_that_resized_meet_the_plan() -> None:
     p = problem()
     history = np.full(24 * 14, 50.0)
     policy = Barista(p, lambda: SeasonalNaive(season=24, calib_hours=48))
@@ -133,9 +161,10 @@ def test_barista_keeps_a_running_placement_that_still_meets_the_plan() -> None:
     moved = {"c": {"s": 2}}  # the same replicas on another device
     kept = policy.decide(obs(hour=len(history), history=history, placement=moved))
     assert kept.placement == moved  # as good, elsewhere: nothing moves
-    assert kept.note.startswith("kept")
-    dear = {"a": {"l": 1}, "b": {"l": 1}}  # meets the plan at twice the cost: replaced
+    assert "(kept)" in kept.note
+    dear = {"a": {"l": 1}, "b": {"l": 1}}  # twice what the plan needs: resized in place
     cheaper = policy.decide(obs(hour=len(history), history=history, placement=dear))
+    assert slots(cheaper.placement) == {"a": 1, "b": 1}
     assert p.cost_per_hour(cheaper.placement) < p.cost_per_hour(dear)
     assert p.capacity_rps(cheaper.placement) >= cheaper.planned_rps
 
@@ -146,9 +175,10 @@ def test_barista_moves_no_replica_that_the_new_configuration_keeps() -> None:
     policy = Barista(p, lambda: SeasonalNaive(season=24, calib_hours=48), keep_within=0.0)
     running = {"c": {"s": 1}}  # too small for 150 rps: must grow
     grown = policy.decide(obs(hour=len(history), history=history, placement=running))
-    assert p.capacity_rps(grown.placement) >= grown.planned_rps
-    if count(grown.placement).get("s"):
-        assert grown.placement.get("c", {}).get("s") == 1  # the running s stays where it is
+    assert slots(grown.placement)["c"] == 1  # the running replica stays where it is
+    assert grown.placement["c"] == {"s": 1}  # the most c can give now (l does not fit)
+    full = p.resize(150.0, slots(grown.placement))  # what they serve once all are up
+    assert full is not None and full.capacity_rps >= 150.0
 
 
 def test_make_policy_builds_each_policy_and_refuses_others() -> None:

@@ -3,11 +3,14 @@
 All three size the same thing, replicas per device and flavour, from the same latency
 model and cost catalog (:class:`ServingProblem`); they differ in what they look at:
 
-* ``barista`` (predictive, after Barista): forecasts the arrival rate over the
-  provisioning lead time (slowest cold start seen + one decision interval), takes the
-  forecast's upper quantile, and solves for the cheapest configuration whose predicted
-  p95 stays under the SLO at that rate; it scales vertically and horizontally *before*
-  the rise. What it sees now corrects a forecast that ran low.
+* ``barista`` (predictive, after Barista): plans on two time scales. *How many* replicas
+  run, and where, is sized for the forecast's upper quantile over the provisioning lead
+  time (a typical cold start + one decision interval), so new replicas are warm *before*
+  the rise: the cheapest configuration whose predicted p95 stays under the SLO at that
+  rate. *How big* each one is (its flavour, rewritten live) is sized for the next decision
+  interval only: the cheapest flavours whose ready replicas cover the upper quantile of the
+  coming hour (:func:`~deepedge.serving.resize.solve_resize`). What it sees now corrects a
+  forecast that ran low.
 * ``reactive``: a threshold autoscaler like Kubernetes' HPA on one flavour: desired
   replicas = ceil(ready × utilisation / target), ignored within a 10 % tolerance, scaling
   down only to the highest recommendation of the last cooldown window.
@@ -30,6 +33,7 @@ from deepedge.serving.costs import CostCatalog, Flavour
 from deepedge.serving.forecast import Forecaster
 from deepedge.serving.latency import LatencyModel
 from deepedge.serving.optimize import Config, solve_exact, solve_greedy
+from deepedge.serving.resize import solve_resize
 
 __all__ = [
     "POLICIES",
@@ -108,6 +112,10 @@ class ServingProblem:
             object.__setattr__(self, "_largest", cached)  # frozen: cache by hand
         return cached
 
+    @staticmethod
+    def covers(capacity_rps: float, rate_rps: float) -> bool:
+        return capacity_rps >= rate_rps * (1 - 1e-9)
+
     def capacity_rps(self, placement: Mapping[str, Mapping[str, int]]) -> float:
         """Total rate ``placement`` serves within the SLO (sum over replicas)."""
         return sum(
@@ -121,6 +129,26 @@ class ServingProblem:
             n * self.catalog.cost_per_hour(self.flavours[f])
             for per in placement.values()
             for f, n in per.items()
+        )
+
+    def resize(
+        self,
+        rate_rps: float,
+        slots: Mapping[str, int],
+        ready: Mapping[str, int] | None = None,
+    ) -> Config | None:
+        """The cheapest flavours for ``slots`` whose ``ready`` replicas serve ``rate_rps``
+        (see :func:`~deepedge.serving.resize.solve_resize`)."""
+        args = self._args()
+        return solve_resize(
+            max(rate_rps, 0.0),
+            self.slo_ms,
+            args["models"],
+            args["flavours"],
+            self.catalog,
+            args["devices"],
+            slots=slots,
+            ready=ready,
         )
 
     def place(self, flavour: str, replicas: int) -> Placement:
@@ -146,7 +174,10 @@ def spread(devices: Mapping[str, float], flavour: Flavour, replicas: int) -> Pla
 @dataclass(frozen=True)
 class Observation:
     """What an agent sees at a decision: time, the trace position, the arrival rate of
-    the last interval, the replicas' CPU use, and the hourly rates observed so far."""
+    the last interval, the replicas' CPU use, and the hourly rates observed so far.
+
+    ``placement`` holds serving and booting replicas, ``ready_placement`` the serving ones
+    (None: every replica of ``placement`` serves)."""
 
     t_s: float
     hour: float  # position in the trace, in (fractional) trace hours from its start
@@ -156,8 +187,14 @@ class Observation:
     ready: int
     starting: int
     history: np.ndarray  # mean rate of every completed trace hour up to now
-    lead_s: float  # provisioning lead time: slowest cold start + decision interval
+    lead_s: float  # provisioning lead time: a typical cold start + decision interval
     hour_s: float  # wall seconds per trace hour
+    interval_s: float = 1.0  # until the next decision
+    ready_placement: Placement | None = None
+
+    def ready_per_device(self) -> dict[str, int]:
+        """Serving replicas per device."""
+        return _slots(self.placement if self.ready_placement is None else self.ready_placement)
 
 
 @dataclass(frozen=True)
@@ -166,6 +203,9 @@ class Decision:
     planned_rps: float  # the rate the configuration was sized for
     forecast_rps: float | None = None  # the forecast's upper quantile over the lead time
     note: str = ""
+    make_before_break: bool = True
+    """Hold shrinking changes while replicas boot (see :meth:`ReplicaPool.apply`); a
+    placement sized on the serving replicas alone needs no holding."""
 
 
 class Policy(Protocol):
@@ -175,30 +215,33 @@ class Policy(Protocol):
 
 
 def _placement(config: Config, problem: ServingProblem, current: Placement) -> Placement:
-    """The solved flavour counts, placed where replicas of those flavours already run as
-    far as they fit (then on the devices with most room): the solver's own placement is
-    one of many equivalent ones, and following it would move replicas for nothing."""
-    counts = dict(config.replicas)
+    """The solved replicas, largest first, each on a device that already runs a replica
+    it may take over (then on the device with most room): the pool turns a running
+    replica into any flavour by a live resize, whereas moving one costs a cold start. The
+    solver's own placement is one of many equivalent ones; it is the fallback."""
+    wanted = sorted(
+        (problem.flavours[f] for f, n in config.replicas.items() for _ in range(n)),
+        key=lambda f: -f.cores,
+    )
     room = dict(problem.devices)
+    running = _slots(current)
     out: Placement = {}
-    for device, per in current.items():
-        for f, n in per.items():
-            for _ in range(n):
-                need = problem.flavours[f].cores if f in problem.flavours else math.inf
-                if counts.get(f, 0) > 0 and room.get(device, 0.0) + 1e-9 >= need:
-                    counts[f] -= 1
-                    room[device] -= need
-                    out.setdefault(device, {})
-                    out[device][f] = out[device].get(f, 0) + 1
-    for f in sorted(counts, key=lambda f: -problem.flavours[f].cores):
-        for _ in range(counts[f]):
-            device = max(room, key=lambda d: room[d], default=None)
-            if device is None or room[device] + 1e-9 < problem.flavours[f].cores:
-                return {d: dict(per) for d, per in config.placement.items() if any(per.values())}
-            room[device] -= problem.flavours[f].cores
-            out.setdefault(device, {})
-            out[device][f] = out[device].get(f, 0) + 1
+    for flavour in wanted:
+        fits = [d for d in room if room[d] + 1e-9 >= flavour.cores]
+        if not fits:
+            return {d: dict(per) for d, per in config.placement.items() if any(per.values())}
+        device = max(fits, key=lambda d: (running.get(d, 0) > 0, room[d]))
+        running[device] = running.get(device, 0) - 1
+        room[device] -= flavour.cores
+        out.setdefault(device, {})
+        out[device][flavour.name] = out[device].get(flavour.name, 0) + 1
     return out
+
+
+def _slots(placement: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """Replicas per device, whatever their flavour."""
+    out = {d: sum(per.values()) for d, per in placement.items()}
+    return {d: n for d, n in out.items() if n > 0}
 
 
 def _count(placement: Mapping[str, Mapping[str, int]]) -> int:
@@ -266,12 +309,13 @@ class Reactive:
 
 @dataclass
 class Barista:
-    """Forecast-driven: plan on the upper quantile over the lead time, ahead of the rise.
+    """Forecast-driven, on two time scales (see the module doc): replicas for the upper
+    quantile over the lead time, flavours for the upper quantile over the next interval.
 
     ``forecaster_factory`` makes the forecaster, refitted every ``refit_hours`` trace
     hours on everything seen and conditioned on each newly completed hour in between.
-    ``keep_within`` avoids churn: the running placement is kept while it still meets the
-    planned rate and costs at most that much more than the new optimum.
+    ``keep_within`` avoids churn: the running replicas stay while, resized, they meet the
+    lead time's rate at most that much dearer than the new optimum.
     """
 
     problem: ServingProblem
@@ -284,31 +328,47 @@ class Barista:
     _model: Forecaster | None = None
     _fitted_at: int = -(10**9)
 
-    def forecast_upper(self, obs: Observation) -> float:
-        """The highest upper-quantile rate from now until now + lead time."""
+    def forecast_upper(self, obs: Observation, horizon_s: float | None = None) -> float:
+        """The highest upper-quantile rate from now until now + ``horizon_s`` (the lead
+        time by default)."""
         n = len(obs.history)
         if self._model is None or n - self._fitted_at >= self.refit_hours:
             self._model = self.forecaster_factory().fit(obs.history)
             self._fitted_at = n
         else:
             self._model.update(obs.history)
+        horizon_s = obs.lead_s if horizon_s is None else horizon_s
         first = max(math.floor(obs.hour), n)  # the current hour is not complete yet
-        last = math.floor(obs.hour + obs.lead_s / obs.hour_s)
+        last = math.floor(obs.hour + horizon_s / obs.hour_s)
         result = self._model.predict(max(last, first) - n + 1)
         return float(np.max(result.upper[first - n :]))
 
     def decide(self, obs: Observation) -> Decision:
         upper = self.forecast_upper(obs)
-        demand = max(upper, obs.rate_rps * self.correction)
+        now = max(self.forecast_upper(obs, obs.interval_s), obs.rate_rps * self.correction)
+        demand = max(upper, now)
+        # horizontal: enough replicas, warm, for the lead time's peak
         config = self.problem.solve(demand, exact=self.exact)
-        current = obs.placement
-        placement = _placement(config, self.problem, current)
+        running = _slots(obs.placement)
+        resized = self.problem.resize(demand, running) if running else None
         if (
-            current
-            and self.problem.capacity_rps(current) >= demand
-            and self.problem.cost_per_hour(current) <= config.cost_per_hour * (1 + self.keep_within)
+            resized is not None
+            and self.problem.covers(resized.capacity_rps, demand)
+            and resized.cost_per_hour <= config.cost_per_hour * (1 + self.keep_within)
         ):
-            placement, note = current, "kept (meets the plan, within 10 % of the optimum)"
+            slots, why = running, "kept"
         else:
-            note = config.describe()
-        return Decision(placement, demand, forecast_rps=upper, note=note)
+            slots, why = _slots(_placement(config, self.problem, obs.placement)), config.describe()
+        # vertical: the serving ones just big enough for the next interval
+        ready = obs.ready_per_device()
+        sized = self.problem.resize(now, slots, ready if any(ready.values()) else None)
+        if sized is None:  # the slots come from placements that fit: not expected
+            return Decision(_placement(config, self.problem, obs.placement), demand, upper, why)
+        return Decision(
+            sized.placement,
+            now,
+            forecast_rps=upper,
+            note=f"{sum(slots.values())} replicas for {demand:.0f} rps ({why}); now "
+            + sized.describe(),
+            make_before_break=False,
+        )

@@ -201,20 +201,30 @@ class ReplicaPool:
         return sum(shares) / len(shares) if shares else None
 
     # -- changing it --------------------------------------------------------------------
-    def apply(self, target: Placement, flavours: Mapping[str, Flavour]) -> list[str]:
-        """Move towards ``target``: per device keep replicas of the right flavour, resize
-        others in place, start what is missing, drain what is left over. Returns the
-        actions taken, in words.
+    def apply(
+        self,
+        target: Placement,
+        flavours: Mapping[str, Flavour],
+        *,
+        make_before_break: bool = True,
+    ) -> list[str]:
+        """Move towards ``target``: per device the serving replicas take its largest
+        flavours (resized in place where needed), booting ones the rest; what is missing
+        starts, what is left over drains. Returns the actions taken, in words.
 
         Make before break: while replicas boot, nothing shrinks; the shrinking resizes and
         the drains wait in :attr:`pending` until every new replica serves (:meth:`poll`
-        applies them), so a change of configuration never dips below either one.
+        applies them), so a change of configuration never dips below either one. A
+        target sized on the serving replicas alone does not need it
+        (``make_before_break=False``).
         """
         unknown = {f for per in target.values() for f in per} - set(flavours)
         if unknown:
             raise ClusterError(f"placement names unknown flavours: {', '.join(sorted(unknown))}")
         plan = self._diff(target, flavours)
-        booting = bool(self.starting()) or any(kind == "start" for kind, *_ in plan)
+        booting = make_before_break and (
+            bool(self.starting()) or any(kind == "start" for kind, *_ in plan)
+        )
         actions: list[str] = []
         self.pending = None
         for kind, device, r, flavour in plan:
@@ -237,24 +247,39 @@ class ReplicaPool:
         """What :meth:`apply` would do: (kind, device, replica, flavour) per change."""
         plan: list[tuple[str, str, Any, Any]] = []
         for device in sorted(set(target) | {r.device for r in self.replicas.values()}):
-            want = {f: n for f, n in target.get(device, {}).items() if n > 0}
+            want = sorted(
+                (flavours[f] for f, n in target.get(device, {}).items() for _ in range(n)),
+                key=lambda f: -f.cores,
+            )
             have = [
                 r for r in self.replicas.values() if r.device == device and r.draining_since is None
             ]
-            keep: list[Replica] = []
-            for r in sorted(have, key=lambda r: r.state != "ready"):
-                if want.get(r.flavour.name, 0) > 0:
-                    want[r.flavour.name] -= 1
-                    keep.append(r)
-            spare = [r for r in have if r not in keep]
-            missing = sorted(
-                (flavours[f] for f, n in want.items() for _ in range(n)),
-                key=lambda f: -f.cores,
-            )
-            spare.sort(key=lambda r: r.state != "ready")  # resize serving replicas first
-            plan += [("resize", device, r, f) for r, f in zip(spare, missing, strict=False)]
-            plan += [("start", device, None, f) for f in missing[len(spare) :]]
-            plan += [("drain", device, r, None) for r in spare[len(missing) :]]
+            ready = [r for r in have if r.state == "ready"]
+            starting = [r for r in have if r.state != "ready"]
+            # a resize is instant and a boot is not: serving replicas take the largest
+            plan += self._assign(device, ready, want[: len(ready)])
+            plan += self._assign(device, starting, want[len(ready) :])
+        return plan
+
+    @staticmethod
+    def _assign(
+        device: str, group: list[Replica], want: list[Flavour]
+    ) -> list[tuple[str, str, Any, Any]]:
+        """Give ``group``'s replicas the flavours ``want``: keep those that have one, resize
+        the others, start what is still missing, drain what is left over."""
+        left = list(want)
+        spare: list[Replica] = []
+        for r in group:
+            match = next((f for f in left if f.name == r.flavour.name), None)
+            if match is None:
+                spare.append(r)
+            else:
+                left.remove(match)
+        plan: list[tuple[str, str, Any, Any]] = [
+            ("resize", device, r, f) for r, f in zip(spare, left, strict=False)
+        ]
+        plan += [("start", device, None, f) for f in left[len(spare) :]]
+        plan += [("drain", device, r, None) for r in spare[len(left) :]]
         return plan
 
     def _start(self, device: str, flavour: Flavour, *, scaling: bool = True) -> str:

@@ -318,6 +318,8 @@ class ServingSession:
             history=np.asarray(history),
             lead_s=self.pool.cold_start_s(_DEFAULT_COLD_START_S) + interval_s,
             hour_s=trace.hour_s,
+            interval_s=interval_s,
+            ready_placement={},
         )
         decision = policy.decide(first)
         self.pool.apply(decision.placement, self.flavours)
@@ -376,9 +378,15 @@ class ServingSession:
                     history=np.asarray(history),
                     lead_s=self.pool.cold_start_s(_DEFAULT_COLD_START_S) + interval_s,
                     hour_s=trace.hour_s,
+                    interval_s=interval_s,
+                    ready_placement=self.pool.placement(ready_only=True),
                 )
                 decision = policy.decide(obs)
-                actions = self.pool.apply(decision.placement, self.flavours)
+                actions = self.pool.apply(
+                    decision.placement,
+                    self.flavours,
+                    make_before_break=decision.make_before_break,
+                )
                 row = self._row(
                     obs, decision, problem, trace, interval_records, actions, cost, interval_s
                 )
