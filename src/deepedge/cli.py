@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deepedge.errors import EXIT_FAILURE, EXIT_USAGE, CheckpointError, DeepEdgeError, UsageError
+from deepedge.meanet.cli import meanet_app
 
 if TYPE_CHECKING:
     from deepedge.spec import DeviceSpec
@@ -50,6 +51,7 @@ interference_app = typer.Typer(
     help="Interference profiling and prediction (FECBench method): profile, fit, predict.",
 )
 app.add_typer(interference_app, name="interference")
+app.add_typer(meanet_app, name="meanet")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped

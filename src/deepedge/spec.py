@@ -257,9 +257,18 @@ class DatasetSpec(_Spec):
 
 class ModelSpec(_Spec):
     # custom: the job's ``custom`` section names the model factory (``deepedge.fit``)
-    arch: Literal["small_cnn", "resnet", "custom"] = "small_cnn"
+    arch: Literal["small_cnn", "resnet", "meanet", "custom"] = "small_cnn"
     width: Annotated[Int, Field(ge=4, le=256)] = 16
-    depth: Annotated[Int, Field(ge=1, le=8)] = 2  # blocks per stage for resnet
+    depth: Annotated[Int, Field(ge=1, le=8)] = 2  # blocks per stage for resnet and meanet
+    # meanet only: "extension" trains the adaptive and extension blocks with the main block
+    # frozen (the edge-side re-training; the hard classes come with the --init weights)
+    blocks: Literal["all", "extension"] = "all"
+
+    @model_validator(mode="after")
+    def _check_blocks(self) -> ModelSpec:
+        if self.blocks == "extension" and self.arch != "meanet":
+            raise ValueError(f"model.blocks 'extension' is for arch 'meanet', not {self.arch!r}")
+        return self
 
 
 class OptimizerSpec(_Spec):

@@ -168,6 +168,11 @@ def test_latency_error_needs_a_model_per_flavour() -> None:
     assert latency_error(models, pts).max < 1e-12
     with pytest.raises(SpecError, match="no latency model for flavour 'xs'"):
         latency_error(models, _points("xs", noise=0.0, seed=0))
+    mu = TRUE["m"][0]
+    beyond = LatencyPoint("m", 1, 1.2 * mu, 500.0)  # past the model's capacity: saturated
+    err = latency_error(models, [*pts, beyond])
+    assert err.saturated == 1 and err.max < 1e-12 and err.n == len(pts) + 1
+    assert "1 predicted saturated" in str(err)
 
 
 def test_model_dict_round_trip() -> None:

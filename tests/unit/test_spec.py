@@ -16,7 +16,7 @@ def test_example_files_load(tmp_path):
     for name in ("demo-cluster.yaml", "small-cluster.yaml", "netns-cluster.yaml"):
         spec = load_spec(ClusterSpec, examples / name)
         assert all(resolve_device(d).cpu_cores for d in spec.devices if d.kind in CATALOG)
-    for name in ("demo-job.yaml", "caltech-job.yaml"):
+    for name in ("demo-job.yaml", "caltech-job.yaml", "meanet-job.yaml"):
         assert load_spec(JobSpec, examples / name).global_batch > 0
 
 

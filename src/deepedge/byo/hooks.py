@@ -77,8 +77,13 @@ def job_optimizer(job: JobSpec, params: Any) -> torch.optim.Optimizer:
 
 
 def job_loss(job: JobSpec) -> LossFn | None:
-    """The user's loss, or None for the built-in cross-entropy."""
+    """The user's loss, MEANet's extension loss for a job that trains only the extension,
+    or None for the built-in cross-entropy."""
     custom = job.custom
+    if custom is None and job.model.blocks == "extension":
+        from deepedge.meanet.training import extension_output_loss
+
+        return extension_output_loss
     if custom is None or custom.loss is None:
         return None
     return resolve(custom.loss, what="loss", sys_path=custom.sys_path)

@@ -122,14 +122,16 @@ class Retraining:
         if self.kb is None:
             self.kb = KnowledgeBase()  # default_kb_path() as of now
         self._model = model = job_model(self.job, self.train_set)  # architecture, for sizes
-        self.grad_bytes = sum(p.numel() * 4 for p in model.parameters())
+        # what DDP all-reduces each step: the trained parameters' gradients
+        self.grad_bytes = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
         # the optimiser is part of the step's cost, so part of what a profile is valid for;
         # "/idle": trainers yield the CPU to LC apps (profiles from before did not)
         if self.job.custom is not None:  # a user's model (deepedge.fit): its own signature
             self.workload = custom_workload(self.job)
         else:
             sig = model_signature(model, self.train_set.images.shape[1:])
-            self.workload = f"{sig}/{self.job.optimizer.name}/idle"
+            blocks = "" if self.job.model.blocks == "all" else f"/{self.job.model.blocks}"
+            self.workload = f"{sig}{blocks}/{self.job.optimizer.name}/idle"
 
     def required_memory_mb(self) -> dict[str, float]:
         """Worker runtime (measured) + data + model, optimiser, activations at the whole batch.

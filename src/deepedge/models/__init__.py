@@ -11,9 +11,11 @@ from torch import nn
 
 from deepedge.errors import SpecError
 from deepedge.models.cnn import ResNetSmall, SmallCNN, group_norm
+from deepedge.models.meanet import MEANet
 from deepedge.spec import ModelSpec
 
 __all__ = [
+    "MEANet",
     "ResNetSmall",
     "SmallCNN",
     "build_model",
@@ -50,7 +52,16 @@ def build_model(
         return SmallCNN(in_channels, num_classes, width=spec.width)
     if spec.arch == "resnet":
         return ResNetSmall(in_channels, num_classes, width=spec.width, depth=spec.depth)
-    raise SpecError(f"unknown model arch {spec.arch!r}", hint="use 'small_cnn' or 'resnet'")
+    if spec.arch == "meanet":
+        if num_classes < 4:
+            raise SpecError(
+                f"model arch 'meanet' needs at least 4 classes, the data set has {num_classes}",
+                hint="MEANet splits the classes into an easy and a hard half",
+            )
+        return MEANet(in_channels, num_classes, width=spec.width, depth=spec.depth)
+    raise SpecError(
+        f"unknown model arch {spec.arch!r}", hint="use 'small_cnn', 'resnet' or 'meanet'"
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -372,14 +372,20 @@ def fit_latency_models(
 
 @dataclass(frozen=True)
 class LatencyError:
-    """Relative error |predicted - measured| / measured of p95 over ``n`` points."""
+    """Relative error |predicted - measured| / measured of p95 over ``n`` points; ``max``
+    is over the points the model does not predict saturated (``saturated`` of them: a
+    rate at or past the fitted capacity, where it predicts no finite p95)."""
 
     median: float
     max: float
     n: int
+    saturated: int = 0
 
     def __str__(self) -> str:
-        return f"median {self.median:.1%}, max {self.max:.1%} over {self.n} points"
+        text = f"median {self.median:.1%}, max {self.max:.1%} over {self.n} points"
+        if self.saturated:
+            text += f" ({self.saturated} predicted saturated, left out of the max)"
+        return text
 
 
 def latency_error(
@@ -398,7 +404,13 @@ def latency_error(
         errors.append(abs(model.p95_ms(p.rate_rps, p.replicas) - p.p95_ms) / p.p95_ms)
     if not errors:
         raise SpecError("no latency points to compare with", hint="measure p95 first")
-    return LatencyError(float(np.median(errors)), float(max(errors)), len(errors))
+    finite = [e for e in errors if math.isfinite(e)]
+    return LatencyError(
+        float(np.median(errors)),
+        max(finite, default=math.inf),
+        len(errors),
+        len(errors) - len(finite),
+    )
 
 
 def latency_png(

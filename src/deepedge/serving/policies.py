@@ -8,9 +8,9 @@ model and cost catalog (:class:`ServingProblem`); they differ in what they look 
   time (a typical cold start + one decision interval), so new replicas are warm *before*
   the rise: the cheapest configuration whose predicted p95 stays under the SLO at that
   rate. *How big* each one is (its flavour, rewritten live) is sized for the next decision
-  interval only: the cheapest flavours whose ready replicas cover the upper quantile of the
-  coming hour (:func:`~deepedge.serving.resize.solve_resize`). What it sees now corrects a
-  forecast that ran low.
+  interval only: the cheapest flavours whose ready replicas cover the upper quantile over
+  that interval (:func:`~deepedge.serving.resize.solve_resize`). What it sees now corrects
+  a forecast that ran low.
 * ``reactive``: a threshold autoscaler like Kubernetes' HPA on one flavour: desired
   replicas = ceil(ready × utilisation / target), ignored within a 10 % tolerance, scaling
   down only to the highest recommendation of the last cooldown window.

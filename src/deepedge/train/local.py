@@ -29,9 +29,12 @@ def job_model(job: JobSpec, data: ArrayDataset | TensorData) -> nn.Module:
         return build_custom_model(job)
     torch.manual_seed(job.seed)
     channels, size, _ = data.image_shape
-    return build_model(
+    model = build_model(
         job.model, in_channels=channels, num_classes=data.num_classes, image_size=size
     )
+    if job.model.blocks == "extension":  # MEANet's edge-side re-training
+        model.train_extension_only()  # type: ignore[operator]
+    return model
 
 
 def train_local(
@@ -68,9 +71,10 @@ def train_local(
 def evaluate(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 512
 ) -> float:
-    """Top-1 accuracy."""
+    """Top-1 accuracy (of the model's own ``predict`` where it has one, e.g. MEANet's)."""
     model.eval()
+    predict = getattr(model, "predict", None) or (lambda x: model(x).argmax(1))
     correct = 0
     for lo in range(0, len(images), batch):
-        correct += int((model(images[lo : lo + batch]).argmax(1) == labels[lo : lo + batch]).sum())
+        correct += int((predict(images[lo : lo + batch]) == labels[lo : lo + batch]).sum())
     return correct / len(images)
