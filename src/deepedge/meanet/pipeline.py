@@ -35,6 +35,7 @@ from deepedge.models.meanet import MEANet, cloud_model
 from deepedge.train import load_checkpoint, save_checkpoint
 
 __all__ = [
+    "Evaluation",
     "MeanetConfig",
     "MeanetModels",
     "evaluate",

@@ -8,6 +8,7 @@ hang.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import sys
@@ -670,8 +671,20 @@ class AgentPool:
             nonlocal lost_at
             lost_at = min(lost_at, time.time() - live.silence_s(name))
             lost[name] = why
-            pending.pop(conns[name], None)
+            if pending.pop(conns[name], None) is not None:
+                drain(name)
             live.last_seen.pop(name, None)
+
+        def drain(name: str) -> None:
+            """Forward what a lost worker sent before it went: its death can be noticed
+            (its node gone, its process dead) while its last events wait unread, and a
+            step's sample ids must not vanish with it."""
+            conn = conns[name]
+            with contextlib.suppress(EOFError, OSError):
+                while conn.poll(0):
+                    reply = conn.recv()
+                    if reply.get("event") not in (None, "done", "heartbeat"):
+                        on_event(name, reply)
 
         while pending:
             if time.monotonic() > deadline:
