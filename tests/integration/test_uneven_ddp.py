@@ -21,37 +21,6 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    store = join_store(port)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=len(SPLIT))
-    x, y = _data()
-    lo = sum(SPLIT[:rank])
-    wrapped = wrap_ddp(tiny_groupnorm_cnn())
-    loss = global_batch_loss(
-        wrapped.module, x[lo : lo + SPLIT[rank]], y[lo : lo + SPLIT[rank]], sum(SPLIT)
-    )
-    loss.backward()
-    if rank == 0:
-        torch.save([p.grad.clone() for p in wrapped.module.parameters()], out)
-    leave_group(store, rank, len(SPLIT))
-
-
-@pytest.mark.timeout(120)
-def test_uneven_three_process_gradient_equals_full_batch(tmp_path):
-    out = str(tmp_path / "grads.pt")
-    store = host_store()
-    mp.spawn(_worker, args=(store.port, out), nprocs=len(SPLIT), join=True)
-    ddp_grads = torch.load(out)
-
-    model = tiny_groupnorm_cnn()
-    x, y = _data()
-    nn.functional.cross_entropy(model(x), y).backward()
-    for got, want in zip(ddp_grads, (p.grad for p in model.parameters()), strict=True):
-        rel = (got - want).norm() / want.norm()
-        assert rel < 1e-5, f"relative gradient error {rel:.2e}"
-
-
 def _meanet_extension() -> nn.Module:
     from deepedge.models.meanet import MEANet
 
@@ -61,52 +30,61 @@ def _meanet_extension() -> nn.Module:
     return model.train_extension_only()
 
 
-def _meanet_worker(rank: int, port: int, out: str) -> None:
+def _model_and_loss(kind: str):
+    """The model and job loss of each case (None: the built-in cross-entropy)."""
+    if kind == "cnn":
+        return tiny_groupnorm_cnn(), None
     from deepedge.meanet import extension_output_loss
 
+    return _meanet_extension(), extension_output_loss
+
+
+def _worker(rank: int, port: int, out: str, kind: str) -> None:
     torch.set_num_threads(1)
     store = join_store(port)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=len(SPLIT))
     x, y = _data()
     lo = sum(SPLIT[:rank])
-    wrapped = wrap_ddp(_meanet_extension())
+    model, loss_fn = _model_and_loss(kind)
+    wrapped = wrap_ddp(model)
     loss = global_batch_loss(
-        wrapped.module,
-        x[lo : lo + SPLIT[rank]],
-        y[lo : lo + SPLIT[rank]],
-        sum(SPLIT),
-        extension_output_loss,
+        wrapped.module, x[lo : lo + SPLIT[rank]], y[lo : lo + SPLIT[rank]], sum(SPLIT), loss_fn
     )
     loss.backward()
     if rank == 0:
-        torch.save(
-            {
-                n: p.grad.clone()
-                for n, p in wrapped.module.module.named_parameters()
-                if p.grad is not None
-            },
-            out,
-        )
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        torch.save(grads, out)
     leave_group(store, rank, len(SPLIT))
+
+
+def _ddp_and_full_batch_grads(tmp_path, kind: str):
+    """Gradients of the uneven 3-process DDP step and of one process on the whole batch."""
+    out = str(tmp_path / "grads.pt")
+    store = host_store()
+    mp.spawn(_worker, args=(store.port, out, kind), nprocs=len(SPLIT), join=True)
+    model, loss_fn = _model_and_loss(kind)
+    x, y = _data()
+    (nn.functional.cross_entropy if loss_fn is None else loss_fn)(model(x), y).backward()
+    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return torch.load(out), want
+
+
+def _assert_close(got: dict, want: dict) -> None:
+    assert set(got) == set(want) and want
+    for name, grad in want.items():
+        rel = (got[name] - grad).norm() / max(grad.norm(), 1e-12)
+        assert rel < 1e-5, f"{name}: relative gradient error {rel:.2e}"
+
+
+@pytest.mark.timeout(120)
+def test_uneven_three_process_gradient_equals_full_batch(tmp_path):
+    _assert_close(*_ddp_and_full_batch_grads(tmp_path, "cnn"))
 
 
 @pytest.mark.timeout(120)
 def test_meanet_extension_training_splits_exactly_and_leaves_the_main_block_alone(tmp_path):
     """MEANet's edge-side re-training (main block frozen, the weighted extension loss)
     keeps the uneven-split identity, and DDP reduces only the blocks it trains."""
-    from deepedge.meanet import extension_output_loss
-
-    out = str(tmp_path / "grads.pt")
-    store = host_store()
-    mp.spawn(_meanet_worker, args=(store.port, out), nprocs=len(SPLIT), join=True)
-    ddp_grads = torch.load(out)
-
-    model = _meanet_extension()
-    x, y = _data()
-    extension_output_loss(model(x), y).backward()
-    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    assert set(ddp_grads) == set(want) and want
+    got, want = _ddp_and_full_batch_grads(tmp_path, "meanet")
     assert not any(n.startswith("main.") for n in want)  # the main block is frozen
-    for name, grad in want.items():
-        rel = (ddp_grads[name] - grad).norm() / max(grad.norm(), 1e-12)
-        assert rel < 1e-5, f"{name}: relative gradient error {rel:.2e}"
+    _assert_close(got, want)
