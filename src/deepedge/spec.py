@@ -260,14 +260,21 @@ class ModelSpec(_Spec):
     arch: Literal["small_cnn", "resnet", "meanet", "custom"] = "small_cnn"
     width: Annotated[Int, Field(ge=4, le=256)] = 16
     depth: Annotated[Int, Field(ge=1, le=8)] = 2  # blocks per stage for resnet and meanet
-    # meanet only: "extension" trains the adaptive and extension blocks with the main block
-    # frozen (the edge-side re-training; the hard classes come with the --init weights)
-    blocks: Literal["all", "extension"] = "all"
+    # meanet trains block-wise: "main" trains the main block on every class, "extension"
+    # the adaptive and extension blocks with the main block frozen (the edge-side
+    # re-training; the hard classes come with the --init weights); "all" is for the others
+    blocks: Literal["all", "main", "extension"] = "all"
 
     @model_validator(mode="after")
     def _check_blocks(self) -> ModelSpec:
-        if self.blocks == "extension" and self.arch != "meanet":
-            raise ValueError(f"model.blocks 'extension' is for arch 'meanet', not {self.arch!r}")
+        if self.arch == "meanet" and self.blocks == "all":
+            raise ValueError(
+                "model.arch 'meanet' trains block-wise: set model.blocks to 'main' or 'extension'"
+            )
+        if self.arch != "meanet" and self.blocks != "all":
+            raise ValueError(
+                f"model.blocks {self.blocks!r} is for arch 'meanet', not {self.arch!r}"
+            )
         return self
 
 

@@ -46,13 +46,18 @@ def test_blocks_give_both_exits_and_the_zoo_builds_signs_and_sizes_meanet() -> N
     assert main.shape == (5, 6) and ext.shape == (5, 3 + 1)  # 3 hard classes + "not hard"
     assert torch.allclose(model(x), main)  # forward is the main block
     built = build_model(
-        ModelSpec(arch="meanet", width=4, depth=1), in_channels=3, num_classes=20, image_size=16
+        ModelSpec(arch="meanet", width=4, depth=1, blocks="main"),
+        in_channels=3,
+        num_classes=20,
+        image_size=16,
     )
     assert isinstance(built, MEANet) and built.num_hard == 10
     assert len(model_signature(built, (3, 16, 16))) == 16
     assert estimate_training_memory_mb(built, (3, 16, 16), 8) > 0
     with pytest.raises(SpecError, match="at least 4 classes"):
-        build_model(ModelSpec(arch="meanet"), in_channels=3, num_classes=3, image_size=16)
+        build_model(
+            ModelSpec(arch="meanet", blocks="main"), in_channels=3, num_classes=3, image_size=16
+        )
     state = model.state_dict()
     assert "hard_classes" in state  # saved with the weights
     with pytest.raises(ValueError, match="distinct hard classes"):
@@ -246,3 +251,14 @@ def test_a_meanet_job_can_train_only_the_extension() -> None:
     assert job_loss(JobSpec()) is None  # the built-in cross-entropy elsewhere
     with pytest.raises(ValidationError, match="is for arch 'meanet'"):
         ModelSpec(arch="resnet", blocks="extension")
+    with pytest.raises(ValidationError, match="trains block-wise"):
+        ModelSpec(arch="meanet")  # every block at once would leave some unused by forward
+    # the first stage: the main block only, with the built-in cross-entropy
+    main_job = job.model_copy(update={"model": spec.model_copy(update={"blocks": "main"})})
+    first = job_model(main_job, data)
+    assert job_loss(main_job) is None and not first.extension_only
+    torch.nn.functional.cross_entropy(first(x), y).backward()
+    assert all(p.grad is not None for p in first.main.parameters())
+    assert not any(
+        p.requires_grad for p in [*first.adaptive.parameters(), *first.extension.parameters()]
+    )

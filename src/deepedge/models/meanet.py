@@ -139,6 +139,14 @@ class MEANet(nn.Module):
         self.extension_only = True
         return self
 
+    def train_main_only(self) -> MEANet:
+        """Freeze the adaptive and extension blocks: ``forward`` (the main block) is then
+        all a job trains, the first block-wise stage."""
+        for block in (self.adaptive, self.extension):
+            for p in block.parameters():
+                p.requires_grad_(False)
+        return self
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """The edge's class per input: the main block's top-1, or, once the extension is

@@ -34,6 +34,8 @@ def job_model(job: JobSpec, data: ArrayDataset | TensorData) -> nn.Module:
     )
     if job.model.blocks == "extension":  # MEANet's edge-side re-training
         model.train_extension_only()  # type: ignore[operator]
+    elif job.model.blocks == "main":  # MEANet's first block-wise stage
+        model.train_main_only()  # type: ignore[operator]
     return model
 
 
