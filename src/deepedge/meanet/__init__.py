@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from deepedge.meanet.sweep import SweepPoint, knee, pareto_front, sweep
     from deepedge.meanet.training import (
         BlockTraining,
+        class_accuracy,
         extension_loss,
         extension_output_loss,
         extension_targets,
@@ -83,6 +84,7 @@ _LAZY = {
     **dict.fromkeys(
         (
             "BlockTraining",
+            "class_accuracy",
             "extension_loss",
             "extension_output_loss",
             "extension_targets",
@@ -111,6 +113,7 @@ __all__ = [
     "Routing",
     "SweepPoint",
     "block_macs",
+    "class_accuracy",
     "cloud_model",
     "count_macs",
     "edge_distribution",

@@ -69,11 +69,6 @@ class BlockMacs:
     extension: int
     cloud: int
 
-    @property
-    def edge_full(self) -> int:
-        """Every edge block: what 'main + extension for every input' costs."""
-        return self.main + self.adaptive + self.extension
-
 
 def block_macs(model: MEANet, cloud: nn.Module | None, input_shape: Sequence[int]) -> BlockMacs:
     x = torch.zeros((1, *input_shape))

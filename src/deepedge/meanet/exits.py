@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -62,6 +63,36 @@ class ExitOutputs:
     cloud: torch.Tensor | None  # (N, K), None without a cloud model
     labels: torch.Tensor  # (N,)
     hard_classes: torch.Tensor  # (H,)
+
+    # What every rule reads, computed once: a threshold sweep applies hundreds of rules.
+    @cached_property
+    def main_probs(self) -> torch.Tensor:
+        return torch.softmax(self.main, 1)
+
+    @cached_property
+    def main_top(self) -> torch.Tensor:
+        return self.main_probs.argmax(1)
+
+    @cached_property
+    def main_settles(self) -> torch.Tensor:
+        """Whether the main block's top-1 is an easy class (it may exit there)."""
+        return ~torch.isin(self.main_top, self.hard_classes)
+
+    @cached_property
+    def main_entropy(self) -> torch.Tensor:
+        return normalised_entropy(self.main_probs)
+
+    @cached_property
+    def edge_probs(self) -> torch.Tensor:
+        return edge_distribution(self.main, self.extension, self.hard_classes)
+
+    @cached_property
+    def edge_top(self) -> torch.Tensor:
+        return self.edge_probs.argmax(1)
+
+    @cached_property
+    def edge_entropy(self) -> torch.Tensor:
+        return normalised_entropy(self.edge_probs)
 
 
 @dataclass(frozen=True)
@@ -108,13 +139,14 @@ def exit_outputs(
 ) -> ExitOutputs:
     """Run every block (and the cloud model) once over ``x``."""
     model.eval()
+    if cloud is not None:
+        cloud.eval()
     mains, exts, clouds = [], [], []
     for i in range(0, len(x), batch):
         m, e = model.exits(x[i : i + batch])
         mains.append(m)
         exts.append(e)
         if cloud is not None:
-            cloud.eval()
             clouds.append(cloud(x[i : i + batch]))
     return ExitOutputs(
         torch.cat(mains),
@@ -127,18 +159,11 @@ def exit_outputs(
 
 def route(outputs: ExitOutputs, rule: ExitRule) -> Routing:
     """Apply ``rule`` to stored outputs."""
-    p_main = torch.softmax(outputs.main, 1)
-    top = p_main.argmax(1)
-    is_hard = torch.isin(top, outputs.hard_classes)
-    at_main = ~is_hard & (normalised_entropy(p_main) < rule.main_threshold)
-    p_edge = edge_distribution(outputs.main, outputs.extension, outputs.hard_classes)
-    to_cloud = ~at_main & (normalised_entropy(p_edge) > rule.cloud_threshold)
-    if outputs.cloud is None:
-        to_cloud = torch.zeros_like(at_main)
-    prediction = torch.where(at_main, top, p_edge.argmax(1))
+    at_main = outputs.main_settles & (outputs.main_entropy < rule.main_threshold)
+    prediction = torch.where(at_main, outputs.main_top, outputs.edge_top)
+    exit_ = torch.where(at_main, 0, 1)
     if outputs.cloud is not None:
+        to_cloud = ~at_main & (outputs.edge_entropy > rule.cloud_threshold)
         prediction = torch.where(to_cloud, outputs.cloud.argmax(1), prediction)
-    exit_ = torch.ones_like(top)
-    exit_[at_main] = 0
-    exit_[to_cloud] = 2
+        exit_[to_cloud] = 2
     return Routing(exit_, prediction)

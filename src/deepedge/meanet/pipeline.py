@@ -27,7 +27,7 @@ from deepedge.meanet.exits import ExitOutputs, ExitRule, Routing, exit_outputs, 
 from deepedge.meanet.sweep import SweepPoint, knee, pareto_front, sweep
 from deepedge.meanet.training import (
     BlockTraining,
-    per_class_accuracy,
+    class_accuracy,
     train_blocks,
     train_classifier,
 )
@@ -107,15 +107,18 @@ class MeanetModels:
     edge: MEANet
     cloud: torch.nn.Module
     config: MeanetConfig
-    hard_classes: list[int]
     class_names: tuple[str, ...]
     train_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hard_classes(self) -> list[int]:
+        """The edge model's hard classes (its buffer, saved with its weights)."""
+        return self.edge.hard_classes.tolist()
 
     def save(self, out: Path) -> dict[str, Path]:
         out.mkdir(parents=True, exist_ok=True)
         meta = {
             "config": asdict(self.config),
-            "hard_classes": self.hard_classes,
             "class_names": list(self.class_names),
             "train_seconds": self.train_seconds,
         }
@@ -147,7 +150,7 @@ def train_models(
     schedule = BlockTraining(epochs=cfg.epochs, seed=cfg.seed)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    hard = train_blocks(edge, fit.to_tensors(), val.to_tensors(), schedule, on_epoch=on_epoch)
+    train_blocks(edge, fit.to_tensors(), val.to_tensors(), schedule, on_epoch=on_epoch)
     seconds["edge"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     x, y = train.to_tensors()
@@ -155,7 +158,7 @@ def train_models(
         cloud, x, y, schedule, (lambda e, v: on_epoch("cloud", e, v)) if on_epoch else None
     )
     seconds["cloud"] = time.perf_counter() - t0
-    return MeanetModels(edge, cloud, cfg, hard, train.class_names, seconds)
+    return MeanetModels(edge, cloud, cfg, train.class_names, seconds)
 
 
 def load_models(out: Path) -> MeanetModels:
@@ -182,9 +185,7 @@ def load_models(out: Path) -> MeanetModels:
     edge, cloud = _build(cfg, channels, len(names))
     edge.load_state_dict(edge_state["model"])
     cloud.load_state_dict(cloud_state["model"])
-    return MeanetModels(
-        edge, cloud, cfg, list(meta["hard_classes"]), names, dict(meta["train_seconds"])
-    )
+    return MeanetModels(edge, cloud, cfg, names, dict(meta["train_seconds"]))
 
 
 @dataclass
@@ -244,7 +245,7 @@ def evaluate(
             input_bytes,
             energy,
         ) | {"main_threshold": best.main_threshold, "cloud_threshold": best.cloud_threshold}
-    accuracy = per_class_accuracy(models.edge.main, x, y, test.num_classes)
+    accuracy = class_accuracy(outputs.main.argmax(1), y, test.num_classes)
     return Evaluation(
         rows, points, pareto_front(points), best, macs, accuracy.tolist(), energy.source
     )

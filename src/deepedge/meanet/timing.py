@@ -42,9 +42,7 @@ def time_exits(out: Path, seconds: float = 2.0, warmup: int = 3) -> dict[str, fl
         edge(x)
 
     def extension() -> None:
-        features = edge.main_features(x)
-        edge.main.head(edge.main.pool(features))
-        edge.extension_logits(x, features)
+        edge.exits(x)
 
     def cloud_only() -> None:
         cloud(x)

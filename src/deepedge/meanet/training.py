@@ -27,6 +27,7 @@ from deepedge.models.meanet import ExtensionOutput, MEANet
 
 __all__ = [
     "BlockTraining",
+    "class_accuracy",
     "extension_loss",
     "extension_output_loss",
     "extension_targets",
@@ -125,6 +126,11 @@ def per_class_accuracy(
     """Top-1 accuracy of ``model`` per class (NaN for a class with no sample)."""
     model.eval()
     preds = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    return class_accuracy(preds, y, num_classes)
+
+
+def class_accuracy(preds: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Accuracy of predictions ``preds`` per class (NaN for a class with no sample)."""
     correct = np.bincount(y[preds == y].numpy(), minlength=num_classes).astype(float)
     counts = np.bincount(y.numpy(), minlength=num_classes).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):

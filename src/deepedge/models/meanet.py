@@ -129,7 +129,7 @@ class MEANet(nn.Module):
             with torch.no_grad():
                 features = self.main_features(x)
             return ExtensionOutput(self.extension_logits(x, features), self.hard_classes)
-        return self.main.head(self.main.pool(self.main_features(x)))
+        return self.main(x)
 
     def train_extension_only(self) -> MEANet:
         """Freeze the main block; ``forward`` then runs the adaptive and extension blocks
@@ -176,10 +176,6 @@ class MEANet(nn.Module):
         if int(hard.min()) < 0 or int(hard.max()) >= self.num_classes:
             raise ValueError(f"hard classes {hard.tolist()} outside 0..{self.num_classes - 1}")
         self.hard_classes.copy_(hard)
-
-    def edge_modules(self) -> dict[str, nn.Module]:
-        """The blocks an edge device runs, by name (what MACs are counted per)."""
-        return {"main": self.main, "adaptive": self.adaptive, "extension": self.extension}
 
 
 def cloud_model(

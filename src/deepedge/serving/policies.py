@@ -331,21 +331,34 @@ class Barista:
     def forecast_upper(self, obs: Observation, horizon_s: float | None = None) -> float:
         """The highest upper-quantile rate from now until now + ``horizon_s`` (the lead
         time by default)."""
+        horizon_s = obs.lead_s if horizon_s is None else horizon_s
+        return float(np.max(self._hourly_upper(obs, horizon_s)))
+
+    def _hourly_upper(self, obs: Observation, horizon_s: float) -> np.ndarray:
+        """The upper quantile of each trace hour from the current one until now +
+        ``horizon_s``, from the forecaster refitted or conditioned on the history."""
         n = len(obs.history)
         if self._model is None or n - self._fitted_at >= self.refit_hours:
             self._model = self.forecaster_factory().fit(obs.history)
             self._fitted_at = n
         else:
             self._model.update(obs.history)
-        horizon_s = obs.lead_s if horizon_s is None else horizon_s
         first = max(math.floor(obs.hour), n)  # the current hour is not complete yet
         last = math.floor(obs.hour + horizon_s / obs.hour_s)
         result = self._model.predict(max(last, first) - n + 1)
-        return float(np.max(result.upper[first - n :]))
+        return result.upper[first - n :]
 
     def decide(self, obs: Observation) -> Decision:
-        upper = self.forecast_upper(obs)
-        now = max(self.forecast_upper(obs, obs.interval_s), obs.rate_rps * self.correction)
+        # one forecast for both time scales: the next interval's hours lead the lead time's
+        hourly = self._hourly_upper(obs, max(obs.lead_s, obs.interval_s))
+        first = max(math.floor(obs.hour), len(obs.history))
+
+        def until(horizon_s: float) -> float:  # the highest upper quantile up to now + horizon
+            last = max(math.floor(obs.hour + horizon_s / obs.hour_s), first)
+            return float(np.max(hourly[: last - first + 1]))
+
+        upper = until(obs.lead_s)
+        now = max(until(obs.interval_s), obs.rate_rps * self.correction)
         demand = max(upper, now)
         # horizontal: enough replicas, warm, for the lead time's peak
         config = self.problem.solve(demand, exact=self.exact)
