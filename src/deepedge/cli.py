@@ -1248,18 +1248,37 @@ def serve(
     ] = False,
     out: Annotated[Path, typer.Option(help="report, timelines and plots")] = Path("serve-out"),
     seed: Annotated[int, typer.Option(help="seed of the arrival process")] = 0,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="requests carry these images in turn (a data set .npz file)"),
+    ] = None,
+    cloud_device: Annotated[
+        str | None,
+        typer.Option(help="MEANet: run the cloud model on this device, behind the WAN"),
+    ] = None,
+    wan_rtt_ms: Annotated[float, typer.Option(help="MEANet: the WAN's round trip, ms")] = 40.0,
+    main_threshold: Annotated[
+        float, typer.Option(help="MEANet: exit at the main block below this entropy")
+    ] = 0.3,
+    cloud_threshold: Annotated[
+        float, typer.Option(help="MEANet: send to the cloud above this entropy")
+    ] = 0.6,
 ) -> None:
     """Serve CHECKPOINT on CLUSTER's devices under a p95 SLO, replaying a request trace.
 
     Replicas run in device partitions with a flavour (CPU quota, memory); the policy
     scales them vertically and horizontally each decision interval. Shows a live view,
     then writes OUT/serve_report.json and OUT/serving.png.
+
+    A MEANet edge checkpoint (meanet-edge.ckpt) is served with its exits, and its
+    requests carry the test images saved beside it; --cloud-device adds the cloud exit.
     """
     from rich.live import Live
 
     from deepedge.serving import (
         DEFAULT_CATALOG,
         DEFAULT_FLAVOURS,
+        CloudOffload,
         ReplayTrace,
         ServeOptions,
         load_bikeshare,
@@ -1288,6 +1307,10 @@ def serve(
         kb_path=kb,
         refresh=refresh,
         seed=seed,
+        images=images,
+        cloud=CloudOffload(cloud_device, wan_rtt_ms, main_threshold, cloud_threshold)
+        if cloud_device
+        else None,
     )
     view = ServeView(replay, slo_ms)
     with Live(console=console, refresh_per_second=2, transient=True) as live:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import deepedge
 from tests.cli import CliResult, run_cli
 
 
@@ -47,3 +48,31 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     one_line_error(run("eval", str(tmp_path / "nothing")), "no MEANet checkpoint")
     one_line_error(run("train", "--data", "folder"), "needs a path")
     one_line_error(run("eval", str(tmp_path), "--max-cloud-share", "2"), "max-cloud-share")
+
+
+def test_serve_refuses_a_bad_cloud_exit_in_one_line_before_booting(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    out = tmp_path / "m"
+    tiny = ["--classes", "4", "--image-size", "8", "--train-size", "80", "--test-size", "20"]
+    assert run("train", "--out", str(out), *tiny, "--width", "4", "--epochs", "1").code == 0
+    assert (out / "test.npz").is_file()  # what serve sends a MEANet edge
+    cluster = str(Path(deepedge.__file__).parent / "examples" / "meanet-cluster.yaml")
+    edge = str(out / "meanet-edge.ckpt")
+
+    def serve(*args: str) -> CliResult:
+        return run_cli("serve", cluster, *args, "--out", str(tmp_path / "s"))
+
+    one_line_error(serve(edge, "--cloud-device", "nowhere"), "'nowhere' is not in cluster")
+    one_line_error(
+        serve(edge, "--cloud-device", "cloud-1", "--devices", "cloud-1,orin-1"),
+        "runs the cloud model",
+    )
+    one_line_error(serve(str(tiny_checkpoint), "--cloud-device", "cloud-1"), "needs a MEANet edge")
+    one_line_error(
+        serve(edge, "--images", str(Path(deepedge.__file__).parent / "py.typed")),
+        "cannot read images",
+    )
+    (out / "meanet-cloud.ckpt").unlink()
+    one_line_error(serve(edge, "--cloud-device", "cloud-1"), "meanet-cloud.ckpt")
+    assert not (tmp_path / "s").exists()  # nothing booted, nothing written

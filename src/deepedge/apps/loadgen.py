@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import weakref
+import zipfile
 from array import array
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -56,7 +57,14 @@ from deepedge.errors import ClusterError
 if TYPE_CHECKING:
     from deepedge.spec import AppSpec
 
-__all__ = ["LoadGenerator", "LoadTarget", "RequestRecord", "main", "schedule_arrivals"]
+__all__ = [
+    "LoadGenerator",
+    "LoadTarget",
+    "RequestRecord",
+    "image_payloads",
+    "main",
+    "schedule_arrivals",
+]
 
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 _TMP_PREFIX = "deepedge-loadgen-"
@@ -138,6 +146,10 @@ class LoadTarget:
     changes over time (a replayed trace, :func:`schedule_arrivals`); ``rate_rps`` must
     still be positive (pass the schedule's peak, say) but no longer sets the pace, and
     :meth:`LoadGenerator.set_rate` refuses the target.
+
+    ``images`` (an :class:`~deepedge.data.ArrayDataset` file, see :func:`image_payloads`)
+    makes the requests carry its images in turn instead of one random payload: for a
+    model whose cost depends on the input, such as MEANet's exits.
     """
 
     app: str
@@ -149,6 +161,7 @@ class LoadTarget:
     protocol: Literal["binary", "http"] = "binary"
     path: str = "/predict"
     schedule: Schedule | None = None
+    images: str | None = None
 
     def __post_init__(self) -> None:
         if not (self.rate_rps > 0 and math.isfinite(self.rate_rps)):
@@ -477,6 +490,25 @@ async def _http_exchange(conn: _Conn, message: bytes) -> tuple[float, bool]:
     return service_ms, reusable
 
 
+def image_payloads(path: str | Path, payload_bytes: int) -> list[bytes]:
+    """Each image of an :class:`~deepedge.data.ArrayDataset` file as one request's bytes
+    (``C×S×S`` uint8, the layout servers expect); read with numpy alone, so the load
+    generator does not import torch. A file that cannot be read, or whose images are not
+    ``payload_bytes`` each, is a ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images = z["images"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read images from {path}: {exc}") from None
+    flat = images.reshape(len(images), -1)
+    if images.dtype != np.uint8 or flat.shape[1] != payload_bytes or len(flat) == 0:
+        raise ValueError(
+            f"{path} holds {len(flat)} {images.dtype} images of {flat.shape[1]} bytes; "
+            f"requests need uint8 images of {payload_bytes} bytes"
+        )
+    return [row.tobytes() for row in flat]
+
+
 class _Run:
     """The child's state: schedules, in-flight requests and the records collected so far."""
 
@@ -488,13 +520,19 @@ class _Run:
         self.pools = [_Pool(t.host, t.port, int(cfg["max_connections"])) for t in self.targets]
         self.rates = [t.rate_rps for t in self.targets]  # changed by the parent while running
         rng = np.random.default_rng([self.seed, 1 << 20])
-        self.messages: list[bytes] = []
+        self.messages: list[list[bytes]] = []
         for t in self.targets:
-            payload = rng.integers(0, 256, t.payload_bytes, np.uint8).tobytes()
+            assert t.payload_bytes is not None
+            payloads = (
+                image_payloads(t.images, t.payload_bytes)
+                if t.images
+                else [rng.integers(0, 256, t.payload_bytes, np.uint8).tobytes()]
+            )
             http = t.protocol == "http"
             self.messages.append(
-                _http_request(t, payload) if http else HEADER.pack(len(payload)) + payload
+                [_http_request(t, p) if http else HEADER.pack(len(p)) + p for p in payloads]
             )
+        self.sent = [0] * len(self.targets)  # requests sent per target: the next image
         # Stops by itself: every target's sending ends (a duration, or a schedule ending at 0).
         self.finite = bool(self.duration_s) or all(
             t.schedule is not None and t.schedule[-1][1] == 0 for t in self.targets
@@ -544,14 +582,16 @@ class _Run:
     async def request(self, i: int, scheduled: float) -> None:
         pool, sent, svc, err, conn = self.pools[i], math.nan, math.nan, None, None
         http = self.targets[i].protocol == "http"
+        message = self.messages[i][self.sent[i] % len(self.messages[i])]
+        self.sent[i] += 1
         try:
             async with asyncio.timeout(self.timeout_s):
                 conn = await pool.acquire()
                 sent = time.monotonic()
                 if http:
-                    svc, reusable = await _http_exchange(conn, self.messages[i])
+                    svc, reusable = await _http_exchange(conn, message)
                 else:
-                    conn[1].write(self.messages[i])
+                    conn[1].write(message)
                     await conn[1].drain()
                     reply = await conn[0].readexactly(REPLY.size)
                     svc, reusable = REPLY.unpack(reply)[1] / 1000.0, True

@@ -72,6 +72,7 @@ __all__ = [
     "main",
     "payload_bytes",
     "request_bytes",
+    "service_us_since",
 ]
 
 HEADER = struct.Struct(">I")
@@ -146,6 +147,12 @@ def build_model(image_size: int = 32, *, seed: int = 0, width: int = WIDTH) -> t
 # ---------------------------------------------------------------- one handler per kind
 
 
+def service_us_since(t0: float) -> int:
+    """Microseconds since ``perf_counter()`` was ``t0``, as :data:`REPLY` carries them
+    (at least 1, at most its uint32's maximum)."""
+    return min(max(int((time.perf_counter() - t0) * 1e6), 1), 2**32 - 1)
+
+
 class _Handler:
     """What one request of a kind costs: :meth:`process` does the work, :meth:`handle`
     times it. The constructor does the slow set-up (imports, allocation) before the
@@ -163,9 +170,13 @@ class _Handler:
     def handle(self, payload: bytes) -> tuple[int, int]:
         """Serve one request; return (class, service time in µs, at least 1)."""
         t0 = time.perf_counter()
-        cls = self.process(payload)
-        service_us = int((time.perf_counter() - t0) * 1e6)
-        return cls, min(max(service_us, 1), 2**32 - 1)
+        return self.process(payload), service_us_since(t0)
+
+    async def serve(self, payload: bytes) -> tuple[int, int]:
+        """What the server awaits per request: :meth:`handle`, on the event-loop thread. A
+        handler that waits on another server (MEANet's edge asking the cloud) overrides
+        it, so other connections' requests are served meanwhile."""
+        return self.handle(payload)
 
     def warm_up(self, n: int) -> None:
         """Serve ``n`` (at least 1) blank requests, so the first real one is not slow."""
@@ -348,7 +359,7 @@ class _Server:
                 if length != self.handler.nbytes:
                     return  # malformed: drop this connection only
                 payload = await reader.readexactly(length)
-                writer.write(REPLY.pack(*self.handler.handle(payload)))
+                writer.write(REPLY.pack(*await self.handler.serve(payload)))
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
             pass  # reset or closed mid-request: the client's problem, keep serving others

@@ -111,6 +111,7 @@ def evaluate(
 
 
 def _report(models: MeanetModels, test_ds: ArrayDataset, out: Path, max_cloud_share: float) -> None:
+    from deepedge.meanet.pipeline import TEST_FILE
     from deepedge.meanet.pipeline import evaluate as run_evaluation
     from deepedge.meanet.plots import sweep_png
 
@@ -127,5 +128,13 @@ def _report(models: MeanetModels, test_ds: ArrayDataset, out: Path, max_cloud_sh
             f"{row['energy_j'] * 1e3:.3f}",
         )
     console.print(table)
+    test_ds.save(out / TEST_FILE)  # what `deepedge serve` sends a MEANet edge checkpoint
+    knee = evaluation.rows.get("MEANet at the knee")
+    if knee is not None:
+        console.print(
+            f"the knee's exits: --main-threshold {knee['main_threshold']:g} "
+            f"--cloud-threshold {knee['cloud_threshold']:g} (for deepedge serve "
+            f"CLUSTER {out / 'meanet-edge.ckpt'} --cloud-device DEVICE)"
+        )
     (out / "meanet.json").write_text(json.dumps(evaluation.as_dict(), indent=1))
     console.print(f"sweep: {sweep_png(evaluation, out / 'meanet.png')}, {out / 'meanet.json'}")

@@ -35,16 +35,20 @@ from deepedge.models.meanet import MEANet, cloud_model
 from deepedge.train import load_checkpoint, save_checkpoint
 
 __all__ = [
+    "TEST_FILE",
     "Evaluation",
     "MeanetConfig",
     "MeanetModels",
     "evaluate",
     "load_data",
     "load_models",
+    "model_from_checkpoint",
     "train_models",
 ]
 
 DataKind = Literal["synthetic", "digits", "folder"]
+TEST_FILE = "test.npz"
+"""The test set saved beside the checkpoints, whose images a served MEANet is sent."""
 
 
 @dataclass(frozen=True)
@@ -170,22 +174,43 @@ def load_models(out: Path) -> MeanetModels:
             f"no MEANet checkpoint at {', '.join(missing)}",
             hint="train first: deepedge meanet train --out DIR",
         )
-    edge_state = load_checkpoint(paths["edge"])
-    cloud_state = load_checkpoint(paths["cloud"])
+    edge, cfg, names, meta = model_from_checkpoint(paths["edge"], load_checkpoint(paths["edge"]))
+    cloud, *_ = model_from_checkpoint(paths["cloud"], load_checkpoint(paths["cloud"]))
+    if not isinstance(edge, MEANet) or isinstance(cloud, MEANet):
+        raise DataError(
+            f"{out} does not hold an edge and a cloud model under their names",
+            hint="train it with deepedge meanet train",
+        )
+    return MeanetModels(edge, cloud, cfg, names, dict(meta.get("train_seconds", {})))
+
+
+def model_from_checkpoint(
+    path: Path, state: dict[str, Any]
+) -> tuple[torch.nn.Module, MeanetConfig, tuple[str, ...], dict[str, Any]]:
+    """The edge or cloud model one :meth:`MeanetModels.save` checkpoint holds (which one
+    its weights tell), with its config, class names and metadata."""
     try:
-        meta = edge_state["meanet"]
+        meta = state["meanet"]
         cfg = MeanetConfig(**meta["config"])
         names = tuple(meta["class_names"])
-    except (KeyError, TypeError) as exc:
+        weights = state["model"]
+        is_edge = "main.stem.0.weight" in weights
+        channels = int(weights["main.stem.0.weight" if is_edge else "stem.0.weight"].shape[1])
+    except (KeyError, TypeError, AttributeError) as exc:
         raise DataError(
-            f"{paths['edge']} is not a MEANet checkpoint ({exc})",
+            f"{path} is not a MEANet checkpoint (missing {exc})",
             hint="train it with deepedge meanet train",
         ) from exc
-    channels = int(edge_state["model"]["main.stem.0.weight"].shape[1])
     edge, cloud = _build(cfg, channels, len(names))
-    edge.load_state_dict(edge_state["model"])
-    cloud.load_state_dict(cloud_state["model"])
-    return MeanetModels(edge, cloud, cfg, names, dict(meta["train_seconds"]))
+    model = edge if is_edge else cloud
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, ValueError) as exc:
+        raise DataError(
+            f"{path}: the weights do not fit its MEANet config: {str(exc).splitlines()[0]}",
+            hint="use the checkpoint deepedge meanet train wrote, unchanged",
+        ) from exc
+    return model, cfg, names, meta
 
 
 @dataclass

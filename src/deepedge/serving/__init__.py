@@ -62,7 +62,13 @@ if TYPE_CHECKING:
     )
     from deepedge.serving.pool import ReplicaPool
     from deepedge.serving.run import ReplayTrace, ServeResult, ServingSession
-    from deepedge.serving.service import ServeOptions, ServeReport, make_policy, serve
+    from deepedge.serving.service import (
+        CloudOffload,
+        ServeOptions,
+        ServeReport,
+        make_policy,
+        serve,
+    )
 
 _LAZY = {
     **dict.fromkeys(("FrontendProcess", "ReplicaAddress"), "deepedge.serving.frontend"),
@@ -77,7 +83,8 @@ _LAZY = {
     "ReplicaPool": "deepedge.serving.pool",
     **dict.fromkeys(("ReplayTrace", "ServeResult", "ServingSession"), "deepedge.serving.run"),
     **dict.fromkeys(
-        ("ServeOptions", "ServeReport", "make_policy", "serve"), "deepedge.serving.service"
+        ("CloudOffload", "ServeOptions", "ServeReport", "make_policy", "serve"),
+        "deepedge.serving.service",
     ),
 }
 __getattr__, __dir__ = lazy_exports(globals(), _LAZY)
@@ -88,6 +95,7 @@ __all__ = [
     "DEFAULT_FLAVOURS",
     "POLICIES",
     "Barista",
+    "CloudOffload",
     "Config",
     "CostCatalog",
     "EvalResult",

@@ -77,9 +77,12 @@ class ServedModel:
         return x.float().mul_(1.0 / (255.0 * PIXEL_SCALE)).sub_(PIXEL_MEAN / PIXEL_SCALE)
 
     def predict(self, payload: bytes | bytearray | memoryview) -> int:
-        """The class the model assigns to one request's image."""
+        """The class the model assigns to one request's image (a model with its own
+        ``predict``, such as MEANet's edge, gives its answer; others their top-1)."""
+        x = self.to_input(payload)
         with torch.inference_mode():
-            return int(self.model(self.to_input(payload)).argmax(dim=1).item())
+            predict = getattr(self.model, "predict", None)
+            return int((predict(x) if predict else self.model(x).argmax(dim=1)).item())
 
 
 def _state_dict(path: Path, state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -123,6 +126,8 @@ def load_served_model(path: str | Path) -> ServedModel:
     """
     path = Path(path)
     state = load_checkpoint(path)
+    if "meanet" in state and "job" not in state:
+        return _served_meanet(path, state)
     job = _job(path, state)
     weights = _state_dict(path, state)
     channels, size, classes = input_shape(job.dataset)
@@ -139,4 +144,20 @@ def load_served_model(path: str | Path) -> ServedModel:
     model.eval()
     return ServedModel(
         model=model, input_shape=(channels, size, size), num_classes=classes, job_name=job.name
+    )
+
+
+def _served_meanet(path: Path, state: dict[str, Any]) -> ServedModel:
+    """The edge or cloud model of a ``deepedge meanet train`` checkpoint (which records its
+    data set's config instead of a job)."""
+    from deepedge.meanet.pipeline import model_from_checkpoint
+
+    model, cfg, names, _ = model_from_checkpoint(path, state)
+    channels = 1 if cfg.data == "digits" else 3
+    model.eval()
+    return ServedModel(
+        model=model,
+        input_shape=(channels, cfg.image_size, cfg.image_size),
+        num_classes=len(names),
+        job_name=f"meanet-{cfg.data}",
     )

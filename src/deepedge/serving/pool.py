@@ -119,9 +119,11 @@ class ReplicaPool:
         reserve: Mapping[str, float] | None = None,
         threads: int = 1,
         python: str = sys.executable,
+        replica_args: Sequence[str] = (),
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         self.cluster = cluster
+        self.replica_args = list(replica_args)  # e.g. a MEANet edge's cloud and thresholds
         self.checkpoint = Path(checkpoint).resolve()
         self.frontend = frontend
         self.workdir = Path(workdir)
@@ -311,6 +313,7 @@ class ReplicaPool:
             handle.address,
             "--threads",
             str(self.threads),
+            *self.replica_args,
         ]
         try:
             proc = handle.spawn(

@@ -28,12 +28,14 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
-from deepedge.apps.server import _Handler, _serve
-from deepedge.errors import DeepEdgeError
+from deepedge.apps.server import _Handler, _serve, service_us_since
+from deepedge.errors import DeepEdgeError, SpecError
 
 if TYPE_CHECKING:
+    from deepedge.meanet.offload import EdgeCloudClassifier
     from deepedge.serving.model import ServedModel
 
 __all__ = ["main"]
@@ -55,9 +57,49 @@ class _ModelReplica(_Handler):
             torch.set_num_interop_threads(1)
         self.served: ServedModel = load_served_model(args.checkpoint)
         self.nbytes = self.served.payload_bytes
+        self.meanet: EdgeCloudClassifier | None = None
+        from deepedge.models.meanet import MEANet
+
+        if isinstance(self.served.model, MEANet):
+            from deepedge.meanet.exits import ExitRule
+            from deepedge.meanet.offload import CloudClient, EdgeCloudClassifier, parse_address
+
+            try:
+                rule = ExitRule(args.main_threshold, args.cloud_threshold)
+            except ValueError as exc:
+                raise SpecError(str(exc), hint="thresholds are normalised entropies") from None
+            self._cloud = CloudClient(*parse_address(args.cloud)) if args.cloud else None
+            # the cloud is attached after the warm-up: blank images must not reach it
+            self.meanet = EdgeCloudClassifier(self.served.model, rule)
+        elif args.cloud:
+            raise SpecError(
+                f"--cloud needs a MEANet edge checkpoint; {args.checkpoint} holds "
+                f"{type(self.served.model).__name__}",
+                hint="serve the meanet-edge.ckpt deepedge meanet train wrote",
+            )
 
     def process(self, payload: bytes) -> int:
+        if self.meanet is not None:  # the edge's answer (the warm-up has no cloud)
+            return self.meanet.at_edge(self.served.to_input(payload)).label
         return self.served.predict(payload)  # eval mode, inference_mode, training's scaling
+
+    async def serve(self, payload: bytes) -> tuple[int, int]:
+        if self.meanet is None or self.meanet.cloud is None:
+            return self.handle(payload)
+        # exits at the main or extension block, or awaits the cloud without blocking
+        # the edge's other requests; the service time includes the wait
+        t0 = time.perf_counter()
+        decision = await self.meanet.classify(self.served.to_input(payload), payload)
+        return decision.label, service_us_since(t0)
+
+    def warm_up(self, n: int) -> None:
+        super().warm_up(n)
+        if self.meanet is not None:
+            self.meanet.cloud = self._cloud
+
+    def close(self) -> None:
+        if self.meanet is not None and self.meanet.cloud is not None:
+            self.meanet.cloud.close()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -81,10 +123,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--warmup", type=int, default=20, help="requests served before ready")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this pid is gone")
+    meanet = p.add_argument_group("MEANet edge checkpoints: exits by normalised entropy")
+    meanet.add_argument("--main-threshold", type=float, default=0.3, help="exit at the main block")
+    meanet.add_argument("--cloud-threshold", type=float, default=1.0, help="send to the cloud")
+    meanet.add_argument("--cloud", help="HOST:PORT of the cloud model's replica")
     args = p.parse_args(argv)
     if args.threads < 1 or not 0 <= args.port < 65536 or args.warmup < 0:
         p.error("need --threads >= 1, --warmup >= 0 and 0 <= --port < 65536")
     return args
+
+
+async def _serve_then_close(
+    args: argparse.Namespace, handler: _ModelReplica, ready: dict[str, Any]
+) -> None:
+    """Serve, then close the handler while its loop still runs (its cloud connections
+    belong to that loop)."""
+    try:
+        await _serve(args, handler, ready)
+    finally:
+        handler.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler.warm_up(args.warmup)
         ready = {"name": args.name, "kind": handler.kind, **handler.info()}
-        asyncio.run(_serve(args, handler, ready))
+        asyncio.run(_serve_then_close(args, handler, ready))
     finally:
         handler.close()
     return 0

@@ -142,6 +142,8 @@ class ServingSession:
         slo_ms: float,
         devices: Sequence[str] | None = None,
         python: str = sys.executable,
+        replica_args: Sequence[str] = (),
+        images: Path | None = None,
         status: Callable[[str], None] = lambda _m: None,
     ) -> None:
         if not slo_ms > 0:
@@ -153,6 +155,7 @@ class ServingSession:
         self.slo_ms = slo_ms
         self.status = status
         self.payload_bytes = payload_bytes
+        self.images = images  # requests carry these images in turn (else one random image)
         self.events: list[tuple[float, str, str]] = []
         self.frontend = FrontendProcess(python=python, log_path=self.workdir / "frontend.log")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +169,7 @@ class ServingSession:
                 payload_bytes=payload_bytes,
                 devices=devices,
                 python=python,
+                replica_args=replica_args,
                 on_event=lambda kind, msg: self.events.append((time.monotonic(), kind, msg)),
             )
         except BaseException:
@@ -280,6 +284,7 @@ class ServingSession:
             payload_bytes=self.payload_bytes,
             protocol="http",
             schedule=schedule,
+            images=str(self.images) if self.images else None,
         )
 
     def _settle_drains(self, timeout_s: float = 10.0) -> None:

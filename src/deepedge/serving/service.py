@@ -11,16 +11,19 @@ the plots go to ``out``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from deepedge.apps.loadgen import image_payloads
 from deepedge.cluster import make_backend
-from deepedge.errors import SpecError
+from deepedge.cluster.api import ClusterBackend
+from deepedge.errors import DataError, SpecError
 from deepedge.serving.costs import CostCatalog, Flavour
 from deepedge.serving.forecast import SeasonalAutoReg
 from deepedge.serving.kb import load_latency_models, save_latency_models
@@ -36,7 +39,36 @@ from deepedge.serving.policies import (
 from deepedge.serving.run import ReplayTrace, ServeResult, ServingSession
 from deepedge.spec import ClusterSpec
 
-__all__ = ["ServeOptions", "ServeReport", "make_policy", "serve"]
+if TYPE_CHECKING:
+    from deepedge.serving.model import ServedModel
+
+__all__ = ["CloudOffload", "ServeOptions", "ServeReport", "make_policy", "serve"]
+
+
+@dataclass(frozen=True)
+class CloudOffload:
+    """Serve a MEANet edge checkpoint with its cloud exit: the cloud model
+    (``meanet-cloud.ckpt`` beside the edge's) runs on ``device``, whose link is the WAN,
+    behind a relay adding ``rtt_ms``; edge replicas exit by these normalised-entropy
+    thresholds (:class:`deepedge.meanet.ExitRule`)."""
+
+    device: str
+    rtt_ms: float = 40.0
+    main_threshold: float = 0.3
+    cloud_threshold: float = 0.6
+
+    @property
+    def key(self) -> str:
+        """What of it the latency model depends on (for the knowledge base's key)."""
+        return f"cloud {self.main_threshold:g}/{self.cloud_threshold:g} rtt {self.rtt_ms:g}"
+
+    def replica_args(self, address: str) -> list[str]:
+        return [
+            "--cloud",
+            address,
+            f"--main-threshold={self.main_threshold}",
+            f"--cloud-threshold={self.cloud_threshold}",
+        ]
 
 
 @dataclass
@@ -54,6 +86,8 @@ class ServeOptions:
     profile_step_s: float = 4.0
     seed: int = 0
     force_fallback: bool = False
+    images: Path | None = None  # requests carry these images (ArrayDataset file) in turn
+    cloud: CloudOffload | None = None  # a MEANet edge checkpoint's cloud exit
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.policies if p not in POLICIES]
@@ -117,9 +151,18 @@ def serve(
 
     served = load_served_model(checkpoint)  # a bad checkpoint fails before any boot
     signature = model_signature(served.model, served.input_shape)
+    images = options.images or _meanet_test_set(served, checkpoint)
+    if images is not None:  # a bad image file fails before any boot too
+        try:
+            image_payloads(images, served.payload_bytes)
+        except ValueError as exc:
+            raise DataError(str(exc), hint="give a data set file of the model's images") from None
+    devices, cloud_checkpoint = _cloud_placement(cluster_spec, served, checkpoint, options)
+    if options.cloud is not None:  # the latency model holds for these exits and this WAN
+        signature += f"|{options.cloud.key}"
     out.mkdir(parents=True, exist_ok=True)
     cluster = make_backend(cluster_spec, force_fallback=options.force_fallback)
-    with cluster:
+    with cluster, contextlib.ExitStack() as stack:
         status(f"booting {len(cluster_spec.devices)} devices ({cluster.network})")
         if cluster_spec.apps:
             status(
@@ -129,6 +172,11 @@ def serve(
         cluster.start()
         for w in cluster.warnings:
             status(f"[yellow]warning[/]: {w}")
+        replica_args: list[str] = []
+        if options.cloud is not None and cloud_checkpoint is not None:
+            replica_args = options.cloud.replica_args(
+                stack.enter_context(_cloud(cluster, options.cloud, cloud_checkpoint, out, status))
+            )
         with ServingSession(
             cluster,
             checkpoint,
@@ -137,7 +185,9 @@ def serve(
             flavours=options.flavours,
             catalog=options.catalog,
             slo_ms=options.slo_ms,
-            devices=options.devices,
+            devices=devices,
+            replica_args=replica_args,
+            images=images,
             status=status,
         ) as session:
             for w in session.pool.warnings:
@@ -176,6 +226,72 @@ def serve(
     report = ServeReport(results, problem, latency, trace)
     _write(report, out)
     return report
+
+
+def _meanet_test_set(served: ServedModel, checkpoint: Path) -> Path | None:
+    """The test images ``deepedge meanet train`` saved beside a MEANet checkpoint: which
+    exit a request takes depends on its image, so one random image would not do."""
+    from deepedge.meanet.pipeline import TEST_FILE
+    from deepedge.models.meanet import MEANet
+
+    test = checkpoint.parent / TEST_FILE
+    return test if isinstance(served.model, MEANet) and test.is_file() else None
+
+
+def _cloud_placement(
+    spec: ClusterSpec, served: ServedModel, checkpoint: Path, options: ServeOptions
+) -> tuple[Sequence[str] | None, Path | None]:
+    """The devices replicas may use, and the cloud model's checkpoint, checked before boot:
+    the cloud device hosts the cloud model only."""
+    from deepedge.models.meanet import MEANet
+    from deepedge.serving.model import load_served_model
+
+    if options.cloud is None:
+        return options.devices, None
+    device = options.cloud.device
+    if not isinstance(served.model, MEANet):
+        raise SpecError(
+            f"a cloud exit needs a MEANet edge checkpoint; {checkpoint} holds "
+            f"{type(served.model).__name__}",
+            hint="serve the meanet-edge.ckpt that deepedge meanet train wrote",
+        )
+    cloud_checkpoint = checkpoint.parent / "meanet-cloud.ckpt"
+    load_served_model(cloud_checkpoint)  # missing or bad: one line, before any boot
+    names = [d.name for d in spec.devices]
+    if device not in names:
+        raise SpecError(
+            f"the cloud device {device!r} is not in cluster {spec.name!r}",
+            hint=f"add it (a cloud-sized device whose link_mbps is the WAN) or pick one of "
+            f"{', '.join(names)}",
+        )
+    devices = [d for d in (options.devices or names) if d != device]
+    if not devices or (options.devices and device in options.devices):
+        raise SpecError(
+            f"device {device!r} runs the cloud model; edge replicas need other devices",
+            hint="leave the cloud device out of --devices",
+        )
+    return devices, cloud_checkpoint
+
+
+@contextlib.contextmanager
+def _cloud(
+    cluster: ClusterBackend,
+    cloud: CloudOffload,
+    checkpoint: Path,
+    out: Path,
+    status: Callable[[str], None],
+) -> Iterator[str]:
+    from deepedge.meanet.deploy import Wan, cloud_behind_wan
+
+    handle = cluster.devices[cloud.device]
+    wan = Wan(handle.spec.link_mbps or 1000.0, cloud.rtt_ms)
+    shaped = cluster.spec.network == "netns"
+    status(
+        f"cloud model on {cloud.device}: {wan.rtt_ms:g} ms round trip"
+        + (f", {wan.mbps:g} Mbit/s link" if shaped else "; bandwidth not shaped (loopback)")
+    )
+    with cloud_behind_wan(cluster, cloud.device, checkpoint, wan, out / "cloud") as address:
+        yield address
 
 
 def _latency_models(
