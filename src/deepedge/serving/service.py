@@ -57,6 +57,16 @@ class CloudOffload:
     main_threshold: float = 0.3
     cloud_threshold: float = 0.6
 
+    def __post_init__(self) -> None:
+        for name in ("main_threshold", "cloud_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SpecError(
+                    f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}",
+                    hint="thresholds are normalised entropies: 0 certain, 1 uniform",
+                )
+        if not 0.0 <= self.rtt_ms <= 10_000:
+            raise SpecError(f"--wan-rtt-ms must be in [0, 10000], got {self.rtt_ms}")
+
     @property
     def key(self) -> str:
         """What of it the latency model depends on (for the knowledge base's key)."""
@@ -173,7 +183,7 @@ def serve(
         for w in cluster.warnings:
             status(f"[yellow]warning[/]: {w}")
         replica_args: list[str] = []
-        if options.cloud is not None and cloud_checkpoint is not None:
+        if options.cloud is not None and cloud_checkpoint is not None:  # both, or neither
             replica_args = options.cloud.replica_args(
                 stack.enter_context(_cloud(cluster, options.cloud, cloud_checkpoint, out, status))
             )
