@@ -1152,6 +1152,45 @@ def cluster_status(
 
 
 @app.command()
+def dashboard(
+    db: Annotated[
+        Path | None, typer.Option(help="a monitor store (a session's monitor.sqlite)")
+    ] = None,
+    kb: KbOption = None,
+    run: Annotated[
+        list[Path] | None, typer.Option(help="a run folder with report.json (repeatable)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to bind; not loopback needs a token")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="port (0: any free one)")] = 8050,
+    token: Annotated[
+        str | None, typer.Option(help="token requests need (generated off loopback)")
+    ] = None,
+    allow_control: Annotated[
+        bool, typer.Option(help="let the page act on the cluster (read-only without it)")
+    ] = False,
+) -> None:
+    """Serve the browser dashboard over recorded files, read-only: the cluster's devices,
+    LC apps' latency against their deadlines, the knowledge base and past runs."""
+    from deepedge.dashboard import DashboardServer, Sources
+
+    if not 0 <= port < 65536:
+        raise UsageError(f"--port must be in 0..65535, got {port}")
+    for path in [db, *(run or [])]:
+        if path is not None and not path.exists():
+            raise UsageError(f"{path} does not exist", hint="give a file a session wrote")
+    sources = Sources(db=db, kb=_kb_path(kb), runs=list(run or []))
+    server = DashboardServer(
+        sources, host=host, port=port, token=token, allow_control=allow_control
+    )
+    console.print(f"dashboard at {server.url} (Ctrl-C stops it)")
+    if server.token and token is None:
+        console.print(f"token (generated, needed off loopback): {server.token}")
+    server.run()
+
+
+@app.command()
 def report(
     path: Annotated[Path, typer.Argument(help="a report.json from `deepedge demo`")],
 ) -> None:

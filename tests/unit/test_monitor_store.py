@@ -106,6 +106,13 @@ def test_compact_rolls_up_old_points_and_drops_expired_rollups(tmp_path):
         assert store.query(start=100) == [
             Sample("deepedge_device_cpu_seconds_total", 197.0, 190.0, (("device", "a"),))
         ]
+        assert store.last_ts() == 190.0  # only a rollup left: its bucket's start
+
+
+def test_last_ts_is_the_newest_point_raw_or_rolled_up(store):
+    assert store.last_ts() is None
+    store.write([_cpu("a", 5.0, 1.0), _cpu("b", 7.5, 2.0), _cpu("a", 6.0, 3.0)])
+    assert store.last_ts() == 7.5
 
 
 def test_export_csv_and_json(store, tmp_path):

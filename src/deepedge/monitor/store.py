@@ -365,6 +365,16 @@ class TimeSeriesStore:
         except sqlite3.Error as err:
             raise _read_error(self.path, err) from None
 
+    def last_ts(self) -> float | None:
+        """The newest point's time, raw or rolled up (None when empty); both tables are
+        indexed on time, so this is cheap enough to ask every second."""
+        with self._lock, self._reading():
+            row = self._db.execute(
+                "SELECT MAX(x) FROM (SELECT MAX(ts) AS x FROM ts_samples "
+                "UNION ALL SELECT MAX(bucket_ts) FROM ts_rollups)"
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def holdings(self) -> dict[str, tuple[int, float, float]]:
         """``{metric: (points, first ts, last ts)}`` of everything stored, raw and rolled up.
 

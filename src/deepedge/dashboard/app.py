@@ -1,0 +1,169 @@
+"""The dashboard's web app: HTML pages that work without JavaScript, and the JSON they poll.
+
+Each page is rendered on the server with its numbers in tables, so it is readable with
+JavaScript off; with it on, ``dashboard.js`` polls the page's ``/api/...`` JSON every
+second (live within the 2 s the issue asks), fills the same cells and draws the series
+with plotly.js, which is served from the ``plotly`` package (no CDN at run time).
+
+Security (see :func:`check_bind`):
+
+* every request but ``/healthz`` needs the token when one is set: ``Authorization:
+  Bearer <token>``, or ``?token=`` once (it is then kept in an HttpOnly cookie); 401
+  otherwise;
+* the app is read-only: any method but GET and HEAD is refused with 403 unless it was
+  created with ``allow_control`` (nothing on the page can change the cluster without it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from deepedge.dashboard.sources import Sources
+from deepedge.errors import UsageError
+
+__all__ = ["PAGES", "check_bind", "create_app"]
+
+PAGES = {
+    "cluster": "Cluster",
+    "apps": "LC apps",
+    "kb": "Knowledge base",
+    "runs": "Past runs",
+}
+COOKIE = "deepedge_dashboard_token"
+
+
+def check_bind(host: str, token: str | None) -> str | None:
+    """The token a server bound to ``host`` needs: none on loopback unless given; on any
+    other address the one given, or a new random one (the caller prints it)."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if token is not None and len(token) < 16:
+        raise UsageError("a dashboard token needs at least 16 characters")
+    if loopback:
+        return token
+    return token or secrets.token_urlsafe(24)
+
+
+def _plotly_js() -> Path:
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def create_app(
+    sources: Sources, *, token: str | None = None, allow_control: bool = False
+) -> FastAPI:
+    """The dashboard over ``sources``; see the module doc for ``token`` and
+    ``allow_control``."""
+    app = FastAPI(title="deepedge dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    templates = Environment(
+        loader=PackageLoader("deepedge.dashboard", "templates"),
+        autoescape=select_autoescape(["html"]),
+    )
+    templates.filters["num"] = _num
+    templates.filters["clock"] = _clock
+    static = resources.files("deepedge.dashboard") / "static"
+    plotly_js = _plotly_js()
+
+    @app.get("/static/vendor/plotly.min.js")
+    def plotly() -> FileResponse:  # the one file of the plotly package the page needs
+        return FileResponse(plotly_js, headers={"Cache-Control": "max-age=86400"})
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
+        if request.url.path == "/healthz":
+            return await call_next(request)
+        if token is not None:
+            given = _token_of(request)
+            if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+                return PlainTextResponse(
+                    "401: this dashboard needs its token (the one printed at start): "
+                    "open it with ?token=... or send Authorization: Bearer ...",
+                    status_code=401,
+                )
+        if request.method not in ("GET", "HEAD") and not allow_control:
+            return PlainTextResponse(
+                "403: this dashboard is read-only; start it with --allow-control to act",
+                status_code=403,
+            )
+        response = await call_next(request)
+        if token is not None and request.query_params.get("token") == token:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    def healthz() -> str:
+        return "ok"
+
+    views: dict[str, Callable[[], Any]] = {
+        "cluster": sources.cluster,
+        "apps": sources.apps,
+        "kb": sources.knowledge,
+        "runs": lambda: {"runs": sources.past_runs()},
+    }
+
+    @app.get("/api/{page}")
+    def api(page: str) -> JSONResponse:
+        if page not in views:
+            return JSONResponse({"error": f"no page {page!r}"}, status_code=404)
+        return JSONResponse(views[page]())
+
+    def render(page: str) -> HTMLResponse:
+        html = templates.get_template(f"{page}.html").render(
+            page=page,
+            pages=PAGES,
+            data=views[page](),
+            control=allow_control,
+        )
+        return HTMLResponse(html)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return render("cluster")
+
+    @app.get("/{page}", response_class=HTMLResponse)
+    def page(page: str) -> HTMLResponse:
+        if page not in PAGES:
+            return HTMLResponse(f"no page {page}", status_code=404)
+        return render(page)
+
+    return app
+
+
+def _token_of(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.query_params.get("token") or request.cookies.get(COOKIE)
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    """A number for a table cell: ``–`` for nothing measured."""
+    if value is None:
+        return "–"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.{digits}f}"  # as dashboard.js formats it, so a poll changes nothing
+    return str(value)
+
+
+def _clock(ts: float | None) -> str:
+    """A sample time as dashboard.js shows it (UTC, to the second)."""
+    if ts is None:
+        return "–"
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S") + " UTC"

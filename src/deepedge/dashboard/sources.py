@@ -1,0 +1,234 @@
+"""What the dashboard shows, read from the files a session writes, never written to.
+
+* the monitor's time-series store (``monitor.sqlite``, :mod:`deepedge.monitor.store`),
+  opened with :meth:`~deepedge.monitor.store.TimeSeriesStore.open_readonly`: devices' CPU
+  and memory against their limits and their throttling, and each LC app's latency
+  quantiles against its deadline;
+* the knowledge base (read through a ``mode=ro`` SQLite URI): profiles and interference
+  models;
+* ``report.json`` of finished runs: accuracy and makespans by policy.
+
+Every view is a plain dict of numbers, so the HTML page, the JSON the page polls and the
+tests read the same values. A rate (CPU cores in use, throttled share) is the change of a
+counter between its two newest samples over the time between them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepedge.errors import DataError
+from deepedge.monitor.samples import Sample
+from deepedge.monitor.store import TimeSeriesStore
+
+__all__ = ["Sources"]
+
+QUANTILES = ("0.5", "0.95", "0.99")
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN or inf: nothing measured (NaN) and failures (inf) become null."""
+    return x if math.isfinite(x) else None
+
+
+def _by(samples: list[Sample], label: str) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        out[s.label_dict.get(label, "")].append(s)
+    return out
+
+
+def _rates(samples: list[Sample]) -> list[tuple[float, float]]:
+    """(time, per-second change) between consecutive samples of one counter."""
+    return [
+        (b.ts, (b.value - a.value) / (b.ts - a.ts))
+        for a, b in itertools.pairwise(samples)
+        if b.ts > a.ts and math.isfinite(a.value) and math.isfinite(b.value)
+    ]
+
+
+@dataclass
+class Sources:
+    """The files one dashboard reads. ``db``: a monitor store; ``kb``: a knowledge base;
+    ``runs``: run folders (each with a ``report.json``). Any may be absent."""
+
+    db: Path | None = None
+    kb: Path | None = None
+    runs: list[Path] = field(default_factory=list)
+    window_s: float = 600.0  # how much history the charts show
+    _store: TimeSeriesStore | None = field(default=None, init=False, repr=False)
+
+    def store(self) -> TimeSeriesStore | None:
+        """The monitor store, opened read-only on first use (it may appear after start)."""
+        if self._store is None and self.db is not None and self.db.is_file():
+            self._store = TimeSeriesStore.open_readonly(self.db)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _recent(self, metric: str, now: float | None) -> list[Sample]:
+        store = self.store()
+        if store is None:
+            return []
+        end = time.time() if now is None else now
+        samples = store.query(metric, start=end - self.window_s, end=end)
+        if samples or now is not None:
+            return samples
+        # a recorded session: show its last window instead of an empty "now"
+        last = store.last_ts()
+        return [] if last is None else store.query(metric, start=last - self.window_s, end=last)
+
+    # ------------------------------------------------------------------ cluster
+    def cluster(self, now: float | None = None) -> dict[str, Any]:
+        """Per device: CPU cores in use and its limit, memory and its limit (MB), share of
+        the last interval spent throttled; and the CPU series for the chart."""
+        cpu = _by(self._recent("deepedge_device_cpu_seconds_total", now), "device")
+        limit = _by(self._recent("deepedge_device_cpu_limit_cores", now), "device")
+        mem = _by(self._recent("deepedge_device_memory_used_bytes", now), "device")
+        mem_limit = _by(self._recent("deepedge_device_memory_limit_bytes", now), "device")
+        throttled = _by(self._recent("deepedge_device_cpu_throttled_seconds_total", now), "device")
+        devices = []
+        for name in sorted(set(cpu) | set(limit)):
+            used = _rates(cpu.get(name, []))
+            thr = _rates(throttled.get(name, []))
+            devices.append(
+                {
+                    "device": name,
+                    "cpu_used_cores": _finite(used[-1][1]) if used else None,
+                    "cpu_limit_cores": _last(limit.get(name)),
+                    "memory_used_mb": _mb(_last(mem.get(name))),
+                    "memory_limit_mb": _mb(_last(mem_limit.get(name))),
+                    "throttled_share": _finite(thr[-1][1]) if thr else None,
+                    "cpu_series": {
+                        "t": [t for t, _ in used],
+                        "cores": [_finite(v) for _, v in used],
+                    },
+                }
+            )
+        return {"devices": devices, "updated": self._updated()}
+
+    # ------------------------------------------------------------------ LC apps
+    def apps(self, now: float | None = None) -> dict[str, Any]:
+        """Per LC app: its deadline, p50/p95/p99 series (ms) and the times its p95 was over
+        the deadline (violated windows), with the latest values."""
+        latency = _by(self._recent("deepedge_app_latency_seconds", now), "app")
+        deadline = _by(self._recent("deepedge_app_deadline_seconds", now), "app")
+        requests = _by(self._recent("deepedge_app_requests_total", now), "app")
+        misses = _by(self._recent("deepedge_app_deadline_misses_total", now), "app")
+        apps = []
+        for name in sorted(set(latency) | set(deadline)):
+            by_q = _by(latency.get(name, []), "quantile")
+            dl = _last(deadline.get(name))
+            dl_ms = None if dl is None else 1e3 * dl
+            series = {
+                f"p{round(float(q) * 100)}": {
+                    "t": [s.ts for s in by_q.get(q, [])],
+                    "ms": [_finite(1e3 * s.value) for s in by_q.get(q, [])],
+                }
+                for q in QUANTILES
+            }
+            p95 = by_q.get("0.95", [])
+            violated = [s.ts for s in p95 if dl is not None and s.value > dl]
+            apps.append(
+                {
+                    "app": name,
+                    "deadline_ms": dl_ms,
+                    "latest_ms": {k: (v["ms"][-1] if v["ms"] else None) for k, v in series.items()},
+                    "series": series,
+                    "violated_t": violated,
+                    "violated_windows": len(violated),
+                    "requests": _last(requests.get(name)),
+                    "deadline_misses": _last(misses.get(name)),
+                }
+            )
+        return {"apps": apps, "updated": self._updated()}
+
+    def _updated(self) -> float | None:
+        store = self.store()
+        return None if store is None else store.last_ts()
+
+    # ------------------------------------------------------------------ knowledge base
+    def knowledge(self) -> dict[str, Any]:
+        """The knowledge base's step-time profiles and stored models (interference)."""
+        if self.kb is None or not self.kb.is_file():
+            return {"profiles": [], "models": [], "path": str(self.kb) if self.kb else None}
+        try:
+            db = sqlite3.connect(f"file:{self.kb}?mode=ro", uri=True)
+            try:
+                profiles = db.execute(
+                    """SELECT p.id, p.device_name, p.device_kind, p.load, p.stale_reason,
+                              COUNT(x.id)
+                       FROM kb_profiles AS p LEFT JOIN kb_points AS x ON x.profile_id = p.id
+                       GROUP BY p.id ORDER BY p.id"""
+                ).fetchall()
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+                models = (
+                    db.execute("SELECT name, meta FROM kb_models ORDER BY name").fetchall()
+                    if "kb_models" in tables  # a knowledge base from before interference
+                    else []
+                )
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise DataError(
+                f"{self.kb} is not a readable knowledge base ({exc})",
+                hint="pass the file deepedge writes with --kb (default ~/.deepedge/kb.sqlite)",
+            ) from None
+        return {
+            "path": str(self.kb),
+            "profiles": [
+                {"id": i, "device": d, "kind": k, "load": load, "stale": stale, "points": n}
+                for i, d, k, load, stale, n in profiles
+            ],
+            "models": [{"name": n, "meta": _json_or_text(m)} for n, m in models],
+        }
+
+    # ------------------------------------------------------------------ past runs
+    def past_runs(self) -> list[dict[str, Any]]:
+        """Each run folder's report: accuracy before and after, makespan by policy."""
+        out = []
+        for run in self.runs:
+            path = run / "report.json" if run.is_dir() else run
+            try:
+                report = json.loads(path.read_text())
+            except (OSError, ValueError):
+                out.append({"run": str(run), "error": f"no readable report at {path}"})
+                continue
+            out.append(
+                {
+                    "run": str(run),
+                    "job": report.get("job", {}).get("name"),
+                    "accuracy_before": report.get("accuracy_before"),
+                    "accuracy_after": report.get("accuracy_after"),
+                    "makespan_s": report.get("makespan_s", {}),
+                    "lower_bound_s": report.get("lower_bound_s"),
+                    "plots": report.get("plots", {}),
+                }
+            )
+        return out
+
+
+def _last(samples: list[Sample] | None) -> float | None:
+    return _finite(samples[-1].value) if samples else None
+
+
+def _mb(value: float | None) -> float | None:
+    return None if value is None else value / 2**20
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,166 @@
+"""The dashboard over a recorded session, served by its real server on loopback.
+
+``tests/data/dashboard-session`` is a recording: the monitor store and report.json of a
+``make demo`` run (2026-11-30; the monitor's last 100 s, 5 boards, 5 LC apps).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from html import unescape
+from pathlib import Path
+
+import pytest
+
+from deepedge.dashboard import DashboardServer, Sources, check_bind
+from deepedge.monitor.samples import Sample
+from deepedge.monitor.store import TimeSeriesStore
+from tests.cli import run_cli
+
+SESSION = Path(__file__).parent.parent / "data" / "dashboard-session"
+TOKEN = "a-token-of-24-characters"
+
+
+def fetch(url: str, *, method: str = "GET", headers: dict | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> Iterator[DashboardServer]:
+    db = tmp_path / "monitor.sqlite"
+    shutil.copy(SESSION / "monitor.sqlite", db)  # the copy proves nothing writes to it
+    sources = Sources(db=db, kb=tmp_path / "no-kb.sqlite", runs=[SESSION])
+    with DashboardServer(sources, port=0) as server:
+        yield server
+    assert db.read_bytes() == (SESSION / "monitor.sqlite").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.sqlite"]
+
+
+def cells(html: str, table: str) -> list[list[str]]:
+    """The text of each body row's cells of table ``id=table``."""
+    body = re.search(rf'<table id="{table}">.*?<tbody>(.*?)</tbody>', html, re.S)
+    assert body, f"no table {table}"
+    rows = re.findall(r"<tr>(.*?)</tr>", body.group(1), re.S)
+    return [
+        [unescape(c.strip()) for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)] for r in rows
+    ]
+
+
+def test_every_page_shows_the_recorded_numbers(recorded: DashboardServer) -> None:
+    base = f"http://127.0.0.1:{recorded.port}"
+    store = TimeSeriesStore.open_readonly(SESSION / "monitor.sqlite")
+    last = max(hi for _, _, hi in store.holdings().values())
+
+    def latest(metric: str, **labels: str) -> float:
+        return store.query(metric, labels=labels, start=last - 600, end=last)[-1].value
+
+    status, html = fetch(base + "/cluster")
+    assert status == 200
+    devices = {row[0]: row for row in cells(html, "devices")}
+    assert set(devices) == {"orin-1", "xavier-1", "rpi-1", "odroid-1", "nano-1"}
+    for name, row in devices.items():
+        cpu = store.query("deepedge_device_cpu_seconds_total", labels={"device": name}, end=last)[
+            -2:
+        ]
+        rate = (cpu[1].value - cpu[0].value) / (cpu[1].ts - cpu[0].ts)
+        assert row[1] == f"{rate:.3f}"
+        assert row[2] == f"{latest('deepedge_device_cpu_limit_cores', device=name):.3f}"
+        mem = latest("deepedge_device_memory_limit_bytes", device=name) / 2**20
+        assert row[4] == f"{mem:.0f}"
+
+    status, html = fetch(base + "/apps")
+    assert status == 200
+    apps = {row[0]: row for row in cells(html, "apps")}
+    assert len(apps) == 5
+    for name, row in apps.items():
+        assert row[1] == f"{1e3 * latest('deepedge_app_deadline_seconds', app=name):.0f}"
+        p95 = latest("deepedge_app_latency_seconds", app=name, quantile="0.95")
+        assert row[3] == f"{1e3 * p95:.1f}"
+        assert row[6] == f"{latest('deepedge_app_requests_total', app=name):.0f}"
+
+    report = json.loads((SESSION / "report.json").read_text())
+    status, html = fetch(base + "/runs")
+    assert status == 200
+    (run,) = cells(html, "runs")
+    assert run[3] == f"{report['accuracy_after']:.3f}"
+    for policy, seconds in report["makespan_s"].items():
+        assert f"{policy} {seconds:.1f}" in run[4]
+
+    status, html = fetch(base + "/kb")
+    assert status == 200 and "no profiles" in html
+    # the page's script and its chart library are served from the packages, no CDN
+    assert "cdn" not in html.lower()
+    assert fetch(base + "/static/dashboard.js")[0] == 200
+    status, js = fetch(base + "/static/vendor/plotly.min.js")
+    assert status == 200 and "plotly" in js[:2000].lower()
+
+
+def test_the_json_a_live_page_polls_follows_a_session_that_is_writing(tmp_path: Path) -> None:
+    db = tmp_path / "monitor.sqlite"
+    with TimeSeriesStore(db) as store, DashboardServer(Sources(db=db), port=0) as server:
+        now = time.time() - 10  # samples of the last seconds, as a monitor writes them
+        for i in range(3):
+            store.write(
+                [Sample.of("deepedge_device_cpu_seconds_total", 0.5 * i, now + i, device="d")]
+            )
+        store.write([Sample.of("deepedge_device_cpu_limit_cores", 0.25, now, device="d")])
+        url = f"http://127.0.0.1:{server.port}/api/cluster"
+        (device,) = json.loads(fetch(url)[1])["devices"]
+        assert device["cpu_used_cores"] == pytest.approx(0.5)
+        store.write([Sample.of("deepedge_device_cpu_seconds_total", 1.25, now + 3, device="d")])
+        (device,) = json.loads(fetch(url)[1])["devices"]
+        assert device["cpu_used_cores"] == pytest.approx(0.25)  # the newest interval's rate
+        assert device["cpu_limit_cores"] == 0.25
+
+
+def test_a_token_guards_every_page_and_the_dashboard_is_read_only(tmp_path: Path) -> None:
+    # off loopback a token is required: generated when none is given
+    assert check_bind("127.0.0.1", None) is None
+    generated = check_bind("0.0.0.0", None)
+    assert generated and len(generated) >= 16 and check_bind("0.0.0.0", None) != generated
+    assert check_bind("0.0.0.0", TOKEN) == TOKEN
+
+    sources = Sources(db=None, runs=[SESSION])
+    with DashboardServer(sources, port=0, token=TOKEN) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        assert fetch(base + "/healthz") == (200, "ok")
+        for path in ("/", "/cluster", "/runs", "/api/runs", "/static/dashboard.js"):
+            assert fetch(base + path)[0] == 401, path
+        assert fetch(base + "/runs", headers={"Authorization": "Bearer wrong-token-1234"})[0] == 401
+        assert fetch(base + "/runs", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        # ?token= once; the browser keeps it in an HttpOnly cookie
+        request = urllib.request.Request(base + f"/runs?token={TOKEN}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            cookie = response.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+        assert fetch(base + "/api/runs", headers={"Cookie": cookie.split(";")[0]})[0] == 200
+        # nothing can be changed without --allow-control
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for method in ("POST", "PUT", "DELETE"):
+            status, body = fetch(base + "/api/runs", method=method, headers=auth)
+            assert status == 403 and "--allow-control" in body
+    with DashboardServer(sources, port=0, allow_control=True) as server:
+        status, _ = fetch(f"http://127.0.0.1:{server.port}/api/runs", method="POST")
+        assert status != 403  # allowed through (no action lives at this path)
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    for args, says in (
+        (["--db", str(tmp_path / "missing.sqlite")], "does not exist"),
+        (["--port", "70000"], "--port"),
+        (["--host", "0.0.0.0", "--token", "short"], "16 characters"),
+    ):
+        result = run_cli("dashboard", *args)
+        lines = result.err.strip().splitlines()
+        assert result.code != 0 and len(lines) == 1 and says in lines[0], result.err
