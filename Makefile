@@ -24,10 +24,10 @@ browser:
 		|| echo "no Chromium (needs root and apt): the dashboard's browser tests will skip"
 
 demo: $(STAMP)
-	$(VENV)/bin/deepedge demo --out demo-out
+	$(VENV)/bin/deepedge demo --out demo-out --dashboard
 
 demo-quick: $(STAMP)
-	$(VENV)/bin/deepedge demo --quick --out demo-out
+	$(VENV)/bin/deepedge demo --quick --out demo-out --dashboard
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

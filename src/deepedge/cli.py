@@ -8,12 +8,14 @@ signal handling are configured here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -120,6 +122,40 @@ def _load_job(path: Path):  # -> JobSpec
     return spec
 
 
+DashboardOption = Annotated[
+    bool,
+    typer.Option("--dashboard", help="serve this session live in the browser dashboard"),
+]
+DashboardPortOption = Annotated[
+    int, typer.Option(help="the dashboard's port on 127.0.0.1 (0: any free one)")
+]
+
+
+@contextlib.contextmanager
+def _live_dashboard(
+    enabled: bool, port: int, *, db: Path, kb: Path | None, runs: list[Path]
+) -> Iterator[None]:
+    """The browser dashboard over this session's files while the block runs (on loopback;
+    `deepedge dashboard` binds elsewhere). One that cannot start is a warning: the
+    session itself goes on."""
+    if not enabled:
+        yield
+        return
+    from deepedge.dashboard import DashboardServer, Sources
+
+    try:
+        server = DashboardServer(Sources(db=db, kb=_kb_path(kb), runs=runs), port=port).start()
+    except DeepEdgeError as err:
+        console.print(f"[yellow]warning[/]: no dashboard: {err.one_line()}")
+        yield
+        return
+    console.print(f"dashboard: {server.url} (live while this runs)")
+    try:
+        yield
+    finally:
+        server.stop()
+
+
 DryRunOption = Annotated[
     bool,
     typer.Option("--dry-run", help="check the specs and inputs, say what would run; boot nothing"),
@@ -164,23 +200,27 @@ def demo(
             "--chaos", help="kill one training agent mid-run and show how the run survives it"
         ),
     ] = False,
+    dashboard: DashboardOption = False,
+    dashboard_port: DashboardPortOption = 8050,
 ) -> None:
     """Train, drift, re-train on a 5-device emulated cluster under LC load; report and plot."""
     from deepedge.demo import DemoOptions, run_demo
 
-    run_demo(
-        DemoOptions(
-            out=out,
-            quick=quick,
-            cluster_path=cluster,
-            job_path=job,
-            force_fallback=fallback,
-            kb_path=kb,
-            refresh_profiles=refresh_profiles,
-            chaos=chaos,
-        ),
-        console,
-    )
+    db = out / "run" / "monitor.sqlite"
+    with _live_dashboard(dashboard, dashboard_port, db=db, kb=kb, runs=[out]):
+        run_demo(
+            DemoOptions(
+                out=out,
+                quick=quick,
+                cluster_path=cluster,
+                job_path=job,
+                force_fallback=fallback,
+                kb_path=kb,
+                refresh_profiles=refresh_profiles,
+                chaos=chaos,
+            ),
+            console,
+        )
 
 
 @app.command()
@@ -281,6 +321,8 @@ def train(
             "(--no-slo-guard: run the plan as made)"
         ),
     ] = True,
+    dashboard: DashboardOption = False,
+    dashboard_port: DashboardPortOption = 8050,
 ) -> None:
     """Plan and run one re-training job on the emulated cluster, on the job's drifted data.
 
@@ -329,8 +371,9 @@ def train(
         status=console.print,
     )
     result: dict = {"policy": policy}
+    live = _live_dashboard(dashboard, dashboard_port, db=out / "monitor.sqlite", kb=kb, runs=[out])
     try:
-        with ctl:
+        with live, ctl:
             planning = ctl.plan()
             plan = planning.plans[policy]
             result["plan"] = plan.model_dump(mode="json")
@@ -861,6 +904,8 @@ def monitor(
         float | None, typer.Option(help="export until (same forms as --since)")
     ] = None,
     metric: Annotated[str | None, typer.Option(help="export only this metric")] = None,
+    dashboard: DashboardOption = False,
+    dashboard_port: DashboardPortOption = 8050,
 ) -> None:
     """Boot CLUSTER with its LC apps under load and watch devices and apps live.
 
@@ -908,7 +953,8 @@ def monitor(
         metrics_port=metrics_port,
         monitor_db=db,
     )
-    with session:
+    live_db = db if db is not None else out / "monitor.sqlite"
+    with session, _live_dashboard(dashboard, dashboard_port, db=live_db, kb=None, runs=[]):
         assert session.monitor is not None
         view = LiveView(session.spec)
         deadline = None if duration is None else time.monotonic() + duration

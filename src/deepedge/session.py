@@ -193,6 +193,11 @@ class EdgeSession:
         self.spec = self.cluster.spec
         self.status(f"device {name} joined the session")
 
+    @property
+    def store(self) -> TimeSeriesStore | None:
+        """The monitor's time-series store while the session runs (None without a monitor)."""
+        return self._store
+
     def _start_monitor(self) -> None:
         if self.monitor_interval_s is None:
             return

@@ -8,7 +8,9 @@ import pytest
 
 from deepedge.cluster import make_backend
 from deepedge.control import RunController, RunOptions, RunState
+from deepedge.control.feed import LIVE_PLAN
 from deepedge.errors import TrainingError
+from deepedge.monitor import TimeSeriesStore
 from deepedge.profile import ProfileSettings
 from deepedge.spec import ClusterSpec, JobSpec
 from tests.conftest import assert_nothing_left, needs_cgroups
@@ -69,6 +71,21 @@ def test_a_run_goes_through_its_states_and_logs_its_decisions(tmp_path, backend)
     report = ctl.report()
     assert report["state"] == "done" and len(report["events"]) == len(ctl.events)
     assert_nothing_left(built[0], pids)
+
+    # what a dashboard reading the session's store saw while the run went on: every event
+    # up to the last one before the store closed, the plan followed, the steps done
+    store = TimeSeriesStore.open_readonly(tmp_path / "run" / "monitor.sqlite")
+    stored = store.events()
+    logged = [(e.kind, e.message) for e in ctl.events if e.state is not RunState.DONE]
+    assert [(e.kind, e.message) for e in stored if e.kind != LIVE_PLAN] == logged
+    live, *rebalanced = [e for e in stored if e.kind == LIVE_PLAN]  # a straggler may rebalance
+    assert {e.data["policy"] for e in [live, *rebalanced]} == {"proportional"}
+    batches = planning.plans["proportional"].local_batches
+    assert live.data["local_batches"] == batches and set(live.data["compute_s"]) == set(batches)
+    assert {len(r) for r in done.run.steps.values()} == {live.data["steps_total"]}
+    assert store.query("deepedge_train_steps_done")[-1].value == live.data["steps_total"]
+    computed = store.query("deepedge_train_compute_seconds")
+    assert {s.label_dict["device"] for s in computed} == set(batches)
 
 
 def test_a_run_that_loses_every_worker_fails_and_leaves_nothing(tmp_path) -> None:

@@ -1,7 +1,8 @@
 """The dashboard over a recorded session, served by its real server on loopback.
 
 ``tests/data/dashboard-session`` is a recording: the monitor store and report.json of a
-``make demo`` run (2026-11-30; the monitor's last 100 s, 5 boards, 5 LC apps).
+``deepedge demo --quick`` run (2026-12-01; 42 s, 5 boards, 5 LC apps, three policies
+trained one after the other, with the run controller's events and progress).
 """
 
 from __future__ import annotations
@@ -96,6 +97,22 @@ def test_every_page_shows_the_recorded_numbers(recorded: DashboardServer) -> Non
     assert run[3] == f"{report['accuracy_after']:.3f}"
     for policy, seconds in report["makespan_s"].items():
         assert f"{policy} {seconds:.1f}" in run[4]
+
+    status, html = fetch(base + "/training")
+    assert status == 200
+    (progress,) = cells(html, "progress")
+    (live_plan, *_) = store.events(kinds=["live-plan"])[::-1]
+    assert progress[0] == live_plan.data["policy"] == "equal"  # the last plan followed
+    assert progress[1] == f"{latest('deepedge_train_steps_done'):.0f}" == progress[2]
+    trained = {row[0]: row for row in cells(html, "train-devices")}
+    assert {d: int(r[1]) for d, r in trained.items()} == live_plan.data["local_batches"]
+
+    status, html = fetch(base + "/events")
+    assert status == 200
+    shown = cells(html, "events")
+    stored = store.events()
+    assert len(shown) == len(stored) > 10
+    assert [row[3] for row in shown] == [e.message for e in reversed(stored)]  # newest first
 
     status, html = fetch(base + "/kb")
     assert status == 200 and "no profiles" in html

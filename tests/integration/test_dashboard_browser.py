@@ -85,9 +85,10 @@ def test_every_page_renders_its_numbers_and_charts(browser, recorded) -> None:
     try:
         for name in PAGES:
             page.goto(f"http://127.0.0.1:{recorded.port}/{name}")
-            if name in ("cluster", "apps"):
+            if name in ("cluster", "apps", "training", "events"):
                 # the page's own poll has run: its cells were refilled from the JSON
                 page.wait_for_function("document.body.dataset.polled !== undefined")
+            if name in ("cluster", "apps", "training"):
                 page.wait_for_selector(".chart .main-svg")  # plotly drew
             if shots:
                 Path(shots).mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,24 @@ def test_every_page_renders_its_numbers_and_charts(browser, recorded) -> None:
             assert cells[1] == f"{app['deadline_ms']:.0f}"
             assert cells[3] == f"{app['latest_ms']['p95']:.1f}"
         assert page.locator(".app-chart.js-plotly-plot").count() == 5  # plotly drew each
+
+        page.goto(f"http://127.0.0.1:{recorded.port}/training")
+        page.wait_for_function("document.body.dataset.polled !== undefined")
+        assert page.locator("#chart-gantt.js-plotly-plot").count() == 1  # the plan's Gantt
+        data = api(recorded, "training")
+        cells = page.locator("#progress tbody td").all_inner_texts()
+        assert cells[:3] == [
+            data["policy"],
+            f"{data['steps_done']:.0f}",
+            f"{data['steps_total']:.0f}",
+        ]
+
+        page.goto(f"http://127.0.0.1:{recorded.port}/events")
+        page.wait_for_function("document.body.dataset.polled !== undefined")
+        events = api(recorded, "events")["events"]
+        rows = page.locator("#events tbody tr")
+        assert rows.count() == len(events)
+        assert rows.first.locator("td").nth(3).inner_text() == events[0]["message"]
 
         page.goto(f"http://127.0.0.1:{recorded.port}/cluster")
         page.wait_for_function("document.body.dataset.polled !== undefined")

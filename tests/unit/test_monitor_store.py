@@ -189,3 +189,16 @@ def test_concurrent_writers_threads_and_a_second_connection(tmp_path):
         assert errors == []
         for device in ("t1", "t2", "p2"):
             assert len(store.query(labels={"device": device})) == 500
+
+
+def test_a_writer_closing_under_an_open_reader_leaves_every_row_in_the_file(tmp_path):
+    path = tmp_path / "ts.db"
+    writer = TimeSeriesStore(path, compact_every_s=None)
+    writer.write([_cpu("a", float(t), float(t)) for t in range(500)])
+    reader = TimeSeriesStore.open_readonly(path)  # a dashboard watching the run
+    assert len(reader.query()) == 500
+    writer.close()
+    reader.close()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(path.read_bytes())  # the file alone, without its -wal
+    assert len(TimeSeriesStore.open_readonly(copy).query()) == 500

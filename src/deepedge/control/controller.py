@@ -28,6 +28,7 @@ import torch
 from deepedge.byo.data import TensorData
 from deepedge.cluster import BackendFactory, SpecWatch, make_backend
 from deepedge.control.events import TERMINAL, Event, EventLog, RunState
+from deepedge.control.feed import RunFeed
 from deepedge.control.policies import DEADLINE_POLICY, get_policy
 from deepedge.control.retraining import Planning, Profiling, Retraining
 from deepedge.control.slo_guard import GuardAction, GuardSettings, SloGuard
@@ -222,6 +223,8 @@ class RunController:
         )
         self._join_tick = 0.0
         self._steps_done = 0  # global steps the running plan completed (rank 0's view)
+        self.feed: RunFeed | None = None
+        """The run's events and progress, written live into the session's monitor store."""
         self.kb: KnowledgeBase | None = None
         self._owns_kb = False
         self.lc_rates: dict[str, PlannedRate] = {}
@@ -296,6 +299,13 @@ class RunController:
             backend=self.backend,
         )
         self.session.start()
+        if self.session.store is not None:  # the run, live, for the dashboard
+            self.feed = RunFeed(
+                self.session.store, steps_total=self.job.epochs * self._steps_per_epoch
+            )
+            for event in self.events:
+                self.feed.event(event)
+            self.events.listeners.append(self.feed.event)
         self._event(
             "cluster",
             f"cluster up: {self.session.cluster.emulation}, {self.session.cluster.network}",
@@ -521,12 +531,24 @@ class RunController:
             if n not in self.lost
         }
 
+    def _predicted_compute(self, plan: Plan) -> dict[str, float]:
+        """Each device's predicted compute per step: the plan's own prediction where its
+        policy made one, else the device's profile at its share."""
+        if plan.predicted_compute_s:
+            return dict(plan.predicted_compute_s)
+        if self.profiling is None:
+            return {}
+        profiles = self.profiling.profiles
+        return {n: profiles[n].step_s(b) for n, b in plan.local_batches.items() if n in profiles}
+
     # --- stragglers: a device slower (or faster) than its plan beyond its noise
 
     def _follow(self, plan: Plan) -> None:
         """Watch the steps of ``plan`` (the running one) against what it predicted."""
         self._live_plan = plan
         self._segments.append((plan, time.time()))
+        if self.feed is not None:
+            self.feed.plan(plan, self._predicted_compute(plan), plan.predicted_comm_s)
         self._watch = None
         if plan.micro_batch is not None or self.profiling is None:
             return  # dynamic dispatch balances itself
@@ -546,6 +568,12 @@ class RunController:
             return switch
         if event.get("event") == "step" and event.get("rank") == 0:
             self._steps_done = int(event["epoch"]) * self._steps_per_epoch + event["step"] + 1
+        if event.get("event") == "step" and self.feed is not None:
+            self.feed.step(
+                device,
+                event.get("compute_s"),
+                self._steps_done if event.get("rank") == 0 else None,
+            )
         if (switch := self._check_joins()) is not None:
             return switch
         if self.benched and (switch := self._check_benched()) is not None:
@@ -913,6 +941,8 @@ class RunController:
             return
         self._stopping.set()
         try:
+            if self.feed is not None:
+                self.feed.close()
             if self.session is not None:
                 self.session.stop()
         finally:

@@ -38,6 +38,8 @@ __all__ = ["PAGES", "check_bind", "create_app"]
 PAGES = {
     "cluster": "Cluster",
     "apps": "LC apps",
+    "training": "Training",
+    "events": "Events",
     "kb": "Knowledge base",
     "runs": "Past runs",
 }
@@ -114,6 +116,8 @@ def create_app(
     views: dict[str, Callable[[], Any]] = {
         "cluster": sources.cluster,
         "apps": sources.apps,
+        "training": sources.training,
+        "events": sources.events,
         "kb": sources.knowledge,
         "runs": lambda: {"runs": sources.past_runs()},
     }

@@ -6,7 +6,9 @@
   quantiles against its deadline;
 * the knowledge base (read through a ``mode=ro`` SQLite URI): profiles and interference
   models;
-* ``report.json`` of finished runs: accuracy and makespans by policy.
+* ``report.json`` of finished runs: accuracy and makespans by policy;
+* the events and progress a running controller writes into the same store
+  (:mod:`deepedge.control.feed`): the plan it follows, steps done, compute per step.
 
 Every view is a plain dict of numbers, so the HTML page, the JSON the page polls and the
 tests read the same values. A rate (CPU cores in use, throttled share) is the change of a
@@ -19,6 +21,7 @@ import itertools
 import json
 import math
 import sqlite3
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -65,12 +68,24 @@ class Sources:
     runs: list[Path] = field(default_factory=list)
     window_s: float = 600.0  # how much history the charts show
     _store: TimeSeriesStore | None = field(default=None, init=False, repr=False)
+    _wal_at_open: bool = field(default=False, init=False, repr=False)
+    _opening: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def store(self) -> TimeSeriesStore | None:
-        """The monitor store, opened read-only on first use (it may appear after start)."""
-        if self._store is None and self.db is not None and self.db.is_file():
-            self._store = TimeSeriesStore.open_readonly(self.db)
-        return self._store
+        """The monitor store, opened read-only on first use (a session creates it after
+        it starts). A file opened while no writer had it open is read as immutable; once
+        a writer appears (its ``-wal`` file), it is opened again to see the new rows."""
+        if self.db is None:
+            return None
+        with self._opening:
+            wal = Path(f"{self.db}-wal").exists()
+            if self._store is not None and wal and not self._wal_at_open:
+                # not closed here: a request on another thread may still be reading it
+                self._store = None
+            if self._store is None and self.db.is_file():
+                self._store = TimeSeriesStore.open_readonly(self.db)
+                self._wal_at_open = wal
+            return self._store
 
     def close(self) -> None:
         if self._store is not None:
@@ -153,6 +168,70 @@ class Sources:
                 }
             )
         return {"apps": apps, "updated": self._updated()}
+
+    # ------------------------------------------------------------------ training
+    def training(self, now: float | None = None) -> dict[str, Any]:
+        """The running (or last) plan and its progress: steps done of the total, the ETA
+        at the recent step rate, each device's share, predicted and last compute time per
+        step, and the compute series."""
+        from deepedge.control.feed import LIVE_PLAN
+
+        store = self.store()
+        done = self._recent("deepedge_train_steps_done", now)
+        total = _last(self._recent("deepedge_train_steps_total", now))
+        compute = _by(self._recent("deepedge_train_compute_seconds", now), "device")
+        plans = [] if store is None else store.events(kinds=[LIVE_PLAN])
+        plan = plans[-1].data if plans else None
+        if total is None and plan is not None:
+            total = plan.get("steps_total")
+        steps = _last(done)
+        eta = None
+        recent = [s for s in done if s.ts >= done[-1].ts - 30] if done else []
+        if len(recent) >= 2 and steps is not None and total is not None:
+            rate = (recent[-1].value - recent[0].value) / (recent[-1].ts - recent[0].ts or 1)
+            eta = (total - steps) / rate if rate > 0 else None
+        devices = []
+        predicted = (plan or {}).get("compute_s") or {}
+        batches = (plan or {}).get("local_batches") or {}
+        slowest = max(predicted.values(), default=0.0)
+        for name in sorted(set(batches) | set(compute)):
+            series = compute.get(name, [])
+            devices.append(
+                {
+                    "device": name,
+                    "local_batch": batches.get(name),
+                    "predicted_compute_s": predicted.get(name),
+                    "wait_s": slowest - predicted[name] if name in predicted else None,
+                    "last_compute_s": _last(series),
+                    "series": {
+                        "t": [x.ts for x in series],
+                        "s": [_finite(x.value) for x in series],
+                    },
+                }
+            )
+        return {
+            "policy": (plan or {}).get("policy"),
+            "steps_done": steps,
+            "steps_total": total,
+            "progress": steps / total if steps is not None and total else None,
+            "eta_s": eta,
+            "comm_s": (plan or {}).get("comm_s"),
+            "predicted_step_s": (plan or {}).get("step_s"),
+            "devices": devices,
+            "updated": self._updated(),
+        }
+
+    def events(self, limit: int = 500) -> dict[str, Any]:
+        """The run's events, newest first (the last ``limit``)."""
+        store = self.store()
+        events = [] if store is None else store.events()[-limit:]
+        return {
+            "events": [
+                {"t": e.ts, "state": e.state, "kind": e.kind, "message": e.message}
+                for e in reversed(events)
+            ],
+            "updated": self._updated(),
+        }
 
     def _updated(self) -> float | None:
         store = self.store()

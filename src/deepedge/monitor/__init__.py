@@ -33,7 +33,7 @@ from deepedge.monitor.samplers import (
     process_role,
 )
 from deepedge.monitor.samples import METRICS, MetricInfo, Sample
-from deepedge.monitor.store import TimeSeriesStore, export_monitor_window
+from deepedge.monitor.store import StoredEvent, TimeSeriesStore, export_monitor_window
 
 __all__ = [
     "METRICS",
@@ -49,6 +49,7 @@ __all__ = [
     "SampleCollector",
     "Sampler",
     "SamplerUnavailable",
+    "StoredEvent",
     "TegrastatsSampler",
     "TimeSeriesStore",
     "build_samplers",

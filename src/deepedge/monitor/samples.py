@@ -135,6 +135,15 @@ _ALL = [
         "watts",
         "Instantaneous power of one rail, label rail (tegrastats).",
     ),
+    # a re-training run (written by the run controller's feed, not sampled)
+    _m("deepedge_train_steps_done", "gauge", "", "Global steps the running plan has completed."),
+    _m("deepedge_train_steps_total", "gauge", "", "Global steps the job takes in all."),
+    _m(
+        "deepedge_train_compute_seconds",
+        "gauge",
+        "seconds",
+        "Compute time of a device's last training step, label device.",
+    ),
     # latency-critical apps, label app
     _m("deepedge_app_requests_total", "counter", "", "Completed LC requests (ok or failed)."),
     _m(

@@ -38,14 +38,15 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 from deepedge.errors import MonitorError
 from deepedge.monitor.samples import Labels, Sample
 
-__all__ = ["TimeSeriesStore", "export_monitor_window"]
+__all__ = ["StoredEvent", "TimeSeriesStore", "export_monitor_window"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ts_series (
@@ -71,6 +72,14 @@ CREATE TABLE IF NOT EXISTS ts_rollups (
     PRIMARY KEY (series_id, bucket_ts)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ts_rollups_bucket ON ts_rollups (bucket_ts);
+CREATE TABLE IF NOT EXISTS ts_events (
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT,
+    message TEXT NOT NULL,
+    data_json TEXT
+);
+CREATE INDEX IF NOT EXISTS ts_events_ts ON ts_events (ts);
 """
 
 # Points of one bucket may be rolled up by two compactions (a late write with an old
@@ -119,6 +128,17 @@ def _to_db(value: float) -> float | None:
 
 def _from_db(value: float | None) -> float:
     return math.nan if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event of a run as the store keeps it (see :meth:`TimeSeriesStore.write_events`)."""
+
+    ts: float
+    kind: str
+    state: str | None
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 class TimeSeriesStore:
@@ -238,6 +258,46 @@ class TimeSeriesStore:
         if due:
             self.compact()
         return len(samples)
+
+    def write_events(self, events: Iterable[StoredEvent]) -> int:
+        """Append a run's events (what happened, not a measurement: a plan, a failure, a
+        rebalance) in one transaction, so that a reader of this file sees them live."""
+        self._refuse_write()
+        rows = [
+            (e.ts, e.kind, e.state, e.message, json.dumps(e.data, default=str) if e.data else None)
+            for e in events
+        ]
+        if rows:
+            with self._lock, self._transaction():
+                self._db.executemany(
+                    "INSERT INTO ts_events (ts, kind, state, message, data_json) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+        return len(rows)
+
+    def events(
+        self, *, start: float | None = None, kinds: Iterable[str] | None = None
+    ) -> list[StoredEvent]:
+        """Events at or after ``start`` (of ``kinds``), oldest first; none in a file from
+        before events were stored."""
+        lo = -math.inf if start is None else start
+        with self._lock, self._reading():
+            if not self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'ts_events'"
+            ).fetchone():
+                return []
+            rows = self._db.execute(
+                "SELECT ts, kind, state, message, data_json FROM ts_events "
+                "WHERE ts >= ? ORDER BY ts, rowid",
+                (lo,),
+            ).fetchall()
+        wanted = None if kinds is None else set(kinds)
+        return [
+            StoredEvent(ts, kind, state, message, json.loads(data) if data else {})
+            for ts, kind, state, message, data in rows
+            if wanted is None or kind in wanted
+        ]
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -465,8 +525,14 @@ class TimeSeriesStore:
     # ---------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
+        """Close the file (idempotent). A writer first moves its write-ahead log into the
+        file: the last connection to close does that by itself, but a reader that is still
+        open (a dashboard watching) would otherwise leave every row in ``-wal`` beside a
+        near-empty file, and a copy of the file alone would hold nothing."""
         with self._lock:
+            if not self.readonly:
+                with contextlib.suppress(sqlite3.Error):  # closed already, or busy: best effort
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
 
     def __enter__(self) -> TimeSeriesStore:

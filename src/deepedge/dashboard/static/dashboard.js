@@ -35,6 +35,32 @@ const charts = {
     }));
     Plotly.react(div, traces, { ...LAYOUT, title: { text: "CPU in use (host cores)" } });
   },
+  training(data) {
+    const gantt = document.getElementById("chart-gantt");
+    const planned = data.devices.filter((d) => d.predicted_compute_s !== null);
+    if (gantt && planned.length) {
+      const names = planned.map((d) => d.device);
+      const bar = (name, x, color) => ({
+        name, type: "bar", orientation: "h", y: names, x, marker: { color },
+      });
+      const comm = planned.map(() => data.comm_s || 0);
+      Plotly.react(gantt, [
+        bar("compute", planned.map((d) => d.predicted_compute_s), "#60a5fa"),
+        bar("waits for the slowest", planned.map((d) => d.wait_s), "#e5e7eb"),
+        bar("all-reduce", comm, "#f59e0b"),
+      ], {
+        ...LAYOUT, barmode: "stack",
+        title: { text: `one step of ${data.policy} as planned (s)` },
+      });
+    }
+    const div = document.getElementById("chart-compute");
+    if (div) {
+      const traces = data.devices.map((d) => ({
+        name: d.device, x: times(d.series.t), y: d.series.s, mode: "lines",
+      }));
+      Plotly.react(div, traces, { ...LAYOUT, title: { text: "compute per step (s)" } });
+    }
+  },
   apps(data) {
     data.apps.forEach((a, i) => {
       const div = document.getElementById(`chart-app-${i}`);
@@ -59,12 +85,34 @@ const charts = {
   },
 };
 
+function clock(t) {
+  return fmt(t, 0, "time");
+}
+
+const lists = {
+  // the events table grows: rebuilt from the JSON (text only, never HTML)
+  events(data) {
+    const body = document.querySelector("#events tbody");
+    const rows = data.events.map((e) => {
+      const tr = document.createElement("tr");
+      for (const text of [clock(e.t), e.state || "", e.kind, e.message]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      return tr;
+    });
+    if (rows.length) body.replaceChildren(...rows);
+  },
+};
+
 async function poll() {
   try {
     const response = await fetch(`/api/${page}`, { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const data = await response.json();
     fillCells(data);
+    if (lists[page]) lists[page](data);
     if (charts[page] && window.Plotly) charts[page](data);
     document.body.dataset.polled = String(Date.now());
   } catch (err) {
@@ -72,7 +120,7 @@ async function poll() {
   }
 }
 
-if (document.querySelector("[data-k]") || charts[page]) {
+if (document.querySelector("[data-k]") || charts[page] || lists[page]) {
   poll();
   setInterval(poll, POLL_MS);
 }

@@ -1,0 +1,61 @@
+"""The dashboard's training and events views, from what a run's feed writes to a store."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from deepedge.control.events import EventLog, RunState
+from deepedge.control.feed import RunFeed
+from deepedge.dashboard import Sources
+from deepedge.monitor import Sample, TimeSeriesStore
+from deepedge.spec import Plan
+
+
+def test_training_progress_eta_and_plan_come_from_the_feed(tmp_path) -> None:
+    db = tmp_path / "monitor.sqlite"
+    plan = Plan(
+        policy="deep-edge",
+        global_batch=96,
+        local_batches={"fast": 64, "slow": 32},
+        predicted_step_s=0.5,
+        predicted_comm_s=0.05,
+    )
+    with TimeSeriesStore(db, compact_every_s=None) as store:
+        feed = RunFeed(store, steps_total=100)
+        log = EventLog()
+        log.listeners.append(feed.event)
+        log.add(RunState.TRAIN, "state", "training with deep-edge", policy="deep-edge")
+        feed.plan(plan, {"fast": 0.40, "slow": 0.45}, plan.predicted_comm_s)
+        t0 = time.time() - 20
+        # 10 steps done in 10 s: 1 step/s, 90 to go
+        store.write([Sample.of("deepedge_train_steps_done", i, t0 + i) for i in range(11)])
+        feed.step("slow", 0.47, None)
+        feed.close()
+        feed.step("fast", 0.41, 11)  # after close: dropped, no error
+        log.add(RunState.DONE, "state", "done")  # likewise
+
+    sources = Sources(db=db)
+    view = sources.training()
+    assert view["policy"] == "deep-edge" and view["steps_total"] == 100
+    assert view["steps_done"] == 10 and view["progress"] == pytest.approx(0.10)
+    assert view["eta_s"] == pytest.approx(90.0)
+    devices = {d["device"]: d for d in view["devices"]}
+    assert devices["fast"]["local_batch"] == 64 and devices["slow"]["local_batch"] == 32
+    assert devices["fast"]["wait_s"] == pytest.approx(0.05) and devices["slow"]["wait_s"] == 0
+    assert devices["slow"]["last_compute_s"] == pytest.approx(0.47)
+    assert view["comm_s"] == pytest.approx(0.05)
+
+    events = sources.events()["events"]
+    assert [e["kind"] for e in events] == ["live-plan", "state"]  # newest first, no "done"
+    assert events[1]["message"] == "training with deep-edge"
+    sources.close()
+
+
+def test_a_store_from_before_events_has_none(tmp_path) -> None:
+    db = tmp_path / "monitor.sqlite"
+    with TimeSeriesStore(db) as store:
+        store._db.execute("DROP TABLE ts_events")  # as written before events were stored
+    assert Sources(db=db).events()["events"] == []
+    assert Sources(db=db).training()["policy"] is None
