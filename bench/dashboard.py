@@ -106,20 +106,35 @@ def serve(db: Path, out: Path) -> tuple[subprocess.Popen, str]:
 
 
 def first_render(browser, url: str, loads: int = 5) -> dict[str, Any]:
+    """Per page, the median over ``loads`` fresh tabs of: the first contentful paint (the
+    page's numbers, in its server-rendered tables), its first poll done, and (pages with
+    charts) every chart drawn; seconds from navigation."""
     out = {}
     for name in PAGES:
-        times = []
+        paint, polled, charts = [], [], []
         for _ in range(loads):
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             t0 = time.perf_counter()
             page.goto(f"{url}/{name}")
             if name in ("cluster", "apps", "training", "events"):
                 page.wait_for_function("document.body.dataset.polled !== undefined")
+                polled.append(time.perf_counter() - t0)
             if name in ("cluster", "apps", "training"):
-                page.wait_for_selector(".chart .main-svg")
-            times.append(time.perf_counter() - t0)
+                page.wait_for_function(
+                    "[...document.querySelectorAll('.chart')].every("
+                    "d => d.classList.contains('js-plotly-plot'))"
+                )
+                charts.append(time.perf_counter() - t0)
+            fcp = page.evaluate(
+                "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
+            )
+            paint.append(None if fcp is None else fcp / 1e3)
             page.close()
-        out[name] = {"median_s": statistics.median(times), "max_s": max(times)}
+        out[name] = {
+            "first_paint_s": statistics.median(p for p in paint if p is not None),
+            "first_poll_s": statistics.median(polled) if polled else None,
+            "charts_s": statistics.median(charts) if charts else None,
+        }
     return out
 
 
@@ -220,18 +235,24 @@ def main() -> None:
         "",
         f"A one-hour session store ({samples} samples, {db.stat().st_size / 2**20:.1f} MiB: "
         "the recorded demo session's series at 1 Hz for an hour, with its events). Headless "
-        "Chromium; first render = navigation until the page's first poll has filled its "
-        "cells and drawn its charts; median of 5 loads.",
+        "Chromium, a fresh tab per load, median of 5 loads; times from navigation. The "
+        "numbers are in the server-rendered HTML; the chart library (4.8 MB) loads after "
+        "them.",
         "",
-        "| page | first render, median (s) | max (s) | server: HTML (ms) | server: JSON poll "
-        "(ms) | JSON size (KiB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| page | numbers shown: first paint (s) | first poll done (s) | charts drawn (s) | "
+        "server: HTML (ms) | server: full JSON (ms) | full JSON (KiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def sec(x: float | None) -> str:
+        return "–" if x is None else f"{x:.2f}"
+
     for name in PAGES:
         r, s = render[name], per_request[name]
         md.append(
-            f"| {name} | {r['median_s']:.2f} | {r['max_s']:.2f} | {s['html_ms']:.1f} | "
-            f"{s['json_ms']:.1f} | {s['json_kb']:.0f} |"
+            f"| {name} | {sec(r['first_paint_s'])} | {sec(r['first_poll_s'])} | "
+            f"{sec(r['charts_s'])} | {s['html_ms']:.1f} | {s['json_ms']:.1f} | "
+            f"{s['json_kb']:.0f} |"
         )
     md += [
         "",
@@ -240,9 +261,11 @@ def main() -> None:
         f"{100 * cpu['three_tabs_core_share']:.2f} % with 3 tabs ({', '.join(WATCHED)}) "
         "polling each second.",
         "",
-        "Targets: < 1 s to first render (worst median "
-        f"{max(r['median_s'] for r in render.values()):.2f} s); < 2 % of one core with 3 "
-        f"tabs ({100 * cpu['three_tabs_core_share']:.2f} %).",
+        "Targets: < 1 s to first render (slowest page's first paint "
+        f"{max(r['first_paint_s'] for r in render.values()):.2f} s, first poll "
+        f"{max(r['first_poll_s'] or 0 for r in render.values()):.2f} s, charts "
+        f"{max(r['charts_s'] or 0 for r in render.values()):.2f} s); < 2 % of one core with "
+        f"3 tabs ({100 * cpu['three_tabs_core_share']:.2f} %).",
     ]
     write_results(
         "dashboard",

@@ -139,6 +139,14 @@ def test_the_json_a_live_page_polls_follows_a_session_that_is_writing(tmp_path: 
         (device,) = json.loads(fetch(url)[1])["devices"]
         assert device["cpu_used_cores"] == pytest.approx(0.25)  # the newest interval's rate
         assert device["cpu_limit_cores"] == 0.25
+        # a page that has polled asks only for what is new: the newest point, and values
+        # (the rate) still computed from the sample before it
+        seen = json.loads(fetch(url)[1])
+        store.write([Sample.of("deepedge_device_cpu_seconds_total", 2.0, now + 4, device="d")])
+        (new,) = json.loads(fetch(f"{url}?since={seen['updated']}")[1])["devices"]
+        assert new["cpu_series"]["t"] == [now + 4]
+        assert new["cpu_used_cores"] == pytest.approx(0.75)
+        assert len(seen["devices"][0]["cpu_series"]["t"]) == 3
 
 
 def test_a_token_guards_every_page_and_the_dashboard_is_read_only(tmp_path: Path) -> None:

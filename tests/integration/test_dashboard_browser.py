@@ -169,5 +169,10 @@ def test_a_live_page_shows_a_new_sample_without_a_reload(browser, tmp_path: Path
                 " === '0.300'",
                 timeout=10_000,
             )
+            # the poll asked only for the new point and the chart grew by it: 2 rates now
+            page.wait_for_function(
+                "document.getElementById('chart-cluster').data?.[0]?.x.length === 2",
+                timeout=10_000,
+            )
         finally:
             page.close()

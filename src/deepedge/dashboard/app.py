@@ -44,6 +44,8 @@ PAGES = {
     "runs": "Past runs",
 }
 COOKIE = "deepedge_dashboard_token"
+INCREMENTAL = ("cluster", "apps", "training")
+"""Pages whose JSON can be asked for only what is new (``?since=``)."""
 
 
 def check_bind(host: str, token: str | None) -> str | None:
@@ -113,7 +115,7 @@ def create_app(
     def healthz() -> str:
         return "ok"
 
-    views: dict[str, Callable[[], Any]] = {
+    views: dict[str, Callable[..., Any]] = {
         "cluster": sources.cluster,
         "apps": sources.apps,
         "training": sources.training,
@@ -123,9 +125,13 @@ def create_app(
     }
 
     @app.get("/api/{page}")
-    def api(page: str) -> JSONResponse:
+    def api(page: str, since: float | None = None) -> JSONResponse:
+        """A page's data; ``since`` (the ``updated`` of the last poll): only the series
+        points after it, for the pages with series (the page appends them)."""
         if page not in views:
             return JSONResponse({"error": f"no page {page!r}"}, status_code=404)
+        if since is not None and page in INCREMENTAL:
+            return JSONResponse(views[page](since))
         return JSONResponse(views[page]())
 
     def render(page: str) -> HTMLResponse:
@@ -134,6 +140,7 @@ def create_app(
             pages=PAGES,
             data=views[page](),
             control=allow_control,
+            charts=page in INCREMENTAL,
         )
         return HTMLResponse(html)
 

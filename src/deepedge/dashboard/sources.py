@@ -35,6 +35,9 @@ from deepedge.monitor.store import TimeSeriesStore
 __all__ = ["Sources"]
 
 QUANTILES = ("0.5", "0.95", "0.99")
+MARGIN_S = 30.0
+"""How far before ``since`` an incremental poll reads: rates need the sample before the
+new ones, and the ETA the last 30 s of steps."""
 
 
 def _finite(x: float) -> float | None:
@@ -92,31 +95,39 @@ class Sources:
             self._store.close()
             self._store = None
 
-    def _recent(self, metric: str, now: float | None) -> list[Sample]:
+    def _recent(self, metric: str, since: float | None) -> list[Sample]:
+        """The chart window's samples; after ``since`` (a page polling for what is new):
+        those, and :data:`MARGIN_S` before them, which rates and the ETA still need."""
         store = self.store()
         if store is None:
             return []
-        end = time.time() if now is None else now
+        if since is not None:
+            return store.query(metric, start=since - MARGIN_S)
+        end = time.time()
         samples = store.query(metric, start=end - self.window_s, end=end)
-        if samples or now is not None:
+        if samples:
             return samples
         # a recorded session: show its last window instead of an empty "now"
         last = store.last_ts()
         return [] if last is None else store.query(metric, start=last - self.window_s, end=last)
 
     # ------------------------------------------------------------------ cluster
-    def cluster(self, now: float | None = None) -> dict[str, Any]:
+    def cluster(self, since: float | None = None) -> dict[str, Any]:
         """Per device: CPU cores in use and its limit, memory and its limit (MB), share of
-        the last interval spent throttled; and the CPU series for the chart."""
-        cpu = _by(self._recent("deepedge_device_cpu_seconds_total", now), "device")
-        limit = _by(self._recent("deepedge_device_cpu_limit_cores", now), "device")
-        mem = _by(self._recent("deepedge_device_memory_used_bytes", now), "device")
-        mem_limit = _by(self._recent("deepedge_device_memory_limit_bytes", now), "device")
-        throttled = _by(self._recent("deepedge_device_cpu_throttled_seconds_total", now), "device")
+        the last interval spent throttled; and the CPU series for the chart (its points
+        after ``since`` only, when given)."""
+        cpu = _by(self._recent("deepedge_device_cpu_seconds_total", since), "device")
+        limit = _by(self._recent("deepedge_device_cpu_limit_cores", since), "device")
+        mem = _by(self._recent("deepedge_device_memory_used_bytes", since), "device")
+        mem_limit = _by(self._recent("deepedge_device_memory_limit_bytes", since), "device")
+        throttled = _by(
+            self._recent("deepedge_device_cpu_throttled_seconds_total", since), "device"
+        )
         devices = []
         for name in sorted(set(cpu) | set(limit)):
             used = _rates(cpu.get(name, []))
             thr = _rates(throttled.get(name, []))
+            shown = _after(used, since)
             devices.append(
                 {
                     "device": name,
@@ -126,24 +137,25 @@ class Sources:
                     "memory_limit_mb": _mb(_last(mem_limit.get(name))),
                     "throttled_share": _finite(thr[-1][1]) if thr else None,
                     "cpu_series": {
-                        "t": [t for t, _ in used],
-                        "cores": [_finite(v) for _, v in used],
+                        "t": [t for t, _ in shown],
+                        "cores": [_finite(v) for _, v in shown],
                     },
                 }
             )
         return {"devices": devices, "updated": self._updated()}
 
     # ------------------------------------------------------------------ LC apps
-    def apps(self, now: float | None = None) -> dict[str, Any]:
+    def apps(self, since: float | None = None) -> dict[str, Any]:
         """Per LC app: its deadline, p50/p95/p99 series (ms) and the times its p95 was over
-        the deadline (violated windows), with the latest values."""
-        latency = _by(self._recent("deepedge_app_latency_seconds", now), "app")
-        deadline = _by(self._recent("deepedge_app_deadline_seconds", now), "app")
-        requests = _by(self._recent("deepedge_app_requests_total", now), "app")
-        misses = _by(self._recent("deepedge_app_deadline_misses_total", now), "app")
+        the deadline (violated windows), with the latest values; after ``since`` (when
+        given) the series and violations are the new ones only."""
+        latency = _by(self._recent("deepedge_app_latency_seconds", since), "app")
+        deadline = _by(self._recent("deepedge_app_deadline_seconds", since), "app")
+        requests = _by(self._recent("deepedge_app_requests_total", since), "app")
+        misses = _by(self._recent("deepedge_app_deadline_misses_total", since), "app")
         apps = []
         for name in sorted(set(latency) | set(deadline)):
-            by_q = _by(latency.get(name, []), "quantile")
+            by_q = {q: _after(v, since) for q, v in _by(latency.get(name, []), "quantile").items()}
             dl = _last(deadline.get(name))
             dl_ms = None if dl is None else 1e3 * dl
             series = {
@@ -170,16 +182,16 @@ class Sources:
         return {"apps": apps, "updated": self._updated()}
 
     # ------------------------------------------------------------------ training
-    def training(self, now: float | None = None) -> dict[str, Any]:
+    def training(self, since: float | None = None) -> dict[str, Any]:
         """The running (or last) plan and its progress: steps done of the total, the ETA
         at the recent step rate, each device's share, predicted and last compute time per
         step, and the compute series."""
         from deepedge.control.feed import LIVE_PLAN
 
         store = self.store()
-        done = self._recent("deepedge_train_steps_done", now)
-        total = _last(self._recent("deepedge_train_steps_total", now))
-        compute = _by(self._recent("deepedge_train_compute_seconds", now), "device")
+        done = self._recent("deepedge_train_steps_done", since)
+        total = _last(self._recent("deepedge_train_steps_total", since))
+        compute = _by(self._recent("deepedge_train_compute_seconds", since), "device")
         plans = [] if store is None else store.events(kinds=[LIVE_PLAN])
         plan = plans[-1].data if plans else None
         if total is None and plan is not None:
@@ -196,6 +208,7 @@ class Sources:
         slowest = max(predicted.values(), default=0.0)
         for name in sorted(set(batches) | set(compute)):
             series = compute.get(name, [])
+            shown = _after(series, since)
             devices.append(
                 {
                     "device": name,
@@ -204,8 +217,8 @@ class Sources:
                     "wait_s": slowest - predicted[name] if name in predicted else None,
                     "last_compute_s": _last(series),
                     "series": {
-                        "t": [x.ts for x in series],
-                        "s": [_finite(x.value) for x in series],
+                        "t": [x.ts for x in shown],
+                        "s": [_finite(x.value) for x in shown],
                     },
                 }
             )
@@ -296,6 +309,13 @@ class Sources:
                 }
             )
         return out
+
+
+def _after(points: list[Any], since: float | None) -> list[Any]:
+    """The points (samples, or (t, value) pairs) newer than ``since``; all without it."""
+    if since is None:
+        return points
+    return [p for p in points if (p.ts if isinstance(p, Sample) else p[0]) > since]
 
 
 def _last(samples: list[Sample] | None) -> float | None:

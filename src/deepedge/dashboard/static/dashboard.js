@@ -106,17 +106,86 @@ const lists = {
   },
 };
 
+const WINDOW_S = 600; // the history the charts keep, as the server's first answer has
+const INCREMENTAL = new Set(["cluster", "apps", "training"]);
+let state = null; // the page's data, its series grown by each poll's new points
+
+function isSeries(v) {
+  return v && typeof v === "object" && Array.isArray(v.t);
+}
+
+function appendSeries(old, fresh) {
+  for (const k of Object.keys(fresh)) old[k] = (old[k] || []).concat(fresh[k]);
+  const t = old.t;
+  if (!t.length) return;
+  let i = 0;
+  while (i < t.length && t[i] < t[t.length - 1] - WINDOW_S) i++;
+  if (i) for (const k of Object.keys(old)) old[k] = old[k].slice(i);
+}
+
+// Merge an incremental answer into the state; false when its lists changed shape (a
+// device or app came or went), and the page then asks for everything again.
+function merge(old, fresh) {
+  for (const [k, v] of Object.entries(fresh)) {
+    if (Array.isArray(v) && v.length && typeof v[0] === "object") {
+      if (!Array.isArray(old[k]) || old[k].length !== v.length) return false;
+      for (let i = 0; i < v.length; i++) {
+        const name = (x) => x.device ?? x.app;
+        if (name(old[k][i]) !== name(v[i]) || !merge(old[k][i], v[i])) return false;
+      }
+    } else if (isSeries(v)) {
+      if (!isSeries(old[k])) return false;
+      appendSeries(old[k], v);
+    } else if (k === "violated_t") {
+      old[k] = (old[k] || []).concat(v);
+    } else if (v && typeof v === "object" && !Array.isArray(v)) {
+      if (!old[k] || typeof old[k] !== "object" || !merge(old[k], v)) return false;
+    } else {
+      old[k] = v;
+    }
+  }
+  return true;
+}
+
+function afterMerge(data) {
+  for (const a of data.apps || []) {
+    const last = a.series.p95.t[a.series.p95.t.length - 1] ?? 0;
+    a.violated_t = a.violated_t.filter((t) => t >= last - WINDOW_S);
+    a.violated_windows = a.violated_t.length;
+  }
+}
+
+function draw() {
+  if (state && charts[page] && window.Plotly) charts[page](state);
+}
+window.dashboardDraw = draw;
+
+async function fetchData(since) {
+  const query = since === undefined ? "" : `?since=${since}`;
+  const response = await fetch(`/api/${page}${query}`, { cache: "no-store" });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return response.json();
+}
+
+let polling = false; // a slow answer must not let two polls merge the same points
+
 async function poll() {
+  if (polling) return;
+  polling = true;
   try {
-    const response = await fetch(`/api/${page}`, { cache: "no-store" });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const data = await response.json();
-    fillCells(data);
-    if (lists[page]) lists[page](data);
-    if (charts[page] && window.Plotly) charts[page](data);
+    const incremental = state && INCREMENTAL.has(page) && state.updated != null;
+    const data = await fetchData(incremental ? state.updated : undefined);
+    if (!incremental) state = data;
+    else if (!merge(state, data)) state = await fetchData();
+    afterMerge(state);
+    fillCells(state);
+    if (lists[page]) lists[page](state);
+    draw();
     document.body.dataset.polled = String(Date.now());
   } catch (err) {
     document.getElementById("status").textContent = `not updating: ${err.message}`;
+  } finally {
+    polling = false;
   }
 }
 
