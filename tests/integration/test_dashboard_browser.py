@@ -105,11 +105,13 @@ def test_every_page_renders_its_numbers_and_charts(browser, recorded) -> None:
             assert cells[0] == app["app"]
             assert cells[1] == f"{app['deadline_ms']:.0f}"
             assert cells[3] == f"{app['latest_ms']['p95']:.1f}"
-        assert page.locator(".app-chart.js-plotly-plot").count() == 5  # plotly drew each
+        page.wait_for_function(  # plotly (loaded after the numbers) drew each app's chart
+            "document.querySelectorAll('.app-chart.js-plotly-plot').length === 5"
+        )
 
         page.goto(f"http://127.0.0.1:{recorded.port}/training")
         page.wait_for_function("document.body.dataset.polled !== undefined")
-        assert page.locator("#chart-gantt.js-plotly-plot").count() == 1  # the plan's Gantt
+        page.wait_for_selector("#chart-gantt.js-plotly-plot")  # the plan's Gantt is drawn
         data = api(recorded, "training")
         cells = page.locator("#progress tbody td").all_inner_texts()
         assert cells[:3] == [

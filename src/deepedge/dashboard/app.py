@@ -140,7 +140,6 @@ def create_app(
             pages=PAGES,
             data=views[page](),
             control=allow_control,
-            charts=page in INCREMENTAL,
         )
         return HTMLResponse(html)
 
