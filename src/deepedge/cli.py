@@ -1348,6 +1348,8 @@ def serve(
     cloud_threshold: Annotated[
         float, typer.Option(help="MEANet: send to the cloud above this entropy")
     ] = 0.6,
+    dashboard: DashboardOption = False,
+    dashboard_port: DashboardPortOption = 8050,
 ) -> None:
     """Serve CHECKPOINT on CLUSTER's devices under a p95 SLO, replaying a request trace.
 
@@ -1375,6 +1377,7 @@ def serve(
         serve as run_serve,
     )
     from deepedge.serving.live import ServeView
+    from deepedge.serving.service import LIVE_DB
 
     spec = _load_cluster(cluster)
     checkpoint = _serve_checkpoint(checkpoint)
@@ -1406,7 +1409,11 @@ def serve(
         def on_tick(name: str, row: dict) -> None:
             live.update(view.render(name, row))
 
-        report = run_serve(spec, checkpoint, replay, options, out, status=status, on_tick=on_tick)
+        live_db = out / LIVE_DB  # serve writes each interval there as it goes
+        with _live_dashboard(dashboard, dashboard_port, db=live_db, kb=kb, runs=[]):
+            report = run_serve(
+                spec, checkpoint, replay, options, out, status=status, on_tick=on_tick
+            )
     console.print(view.summary(report.summary_rows()))
     console.print(f"report {report.files['report']}; plot {report.files['plot']}")
 

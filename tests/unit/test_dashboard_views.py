@@ -59,3 +59,43 @@ def test_a_store_from_before_events_has_none(tmp_path) -> None:
         store._db.execute("DROP TABLE ts_events")  # as written before events were stored
     assert Sources(db=db).events()["events"] == []
     assert Sources(db=db).training()["policy"] is None
+
+
+def test_serving_follows_each_policys_ticks_and_polls_only_what_is_new(tmp_path) -> None:
+    from deepedge.serving.run import tick_samples
+
+    db = tmp_path / "serving.sqlite"
+    t0 = time.time() - 30
+
+    def row(i: int) -> dict:
+        return {
+            "trace_rps": 10.0 + i,
+            "observed_rps": 9.0 + i,
+            "forecast_rps": 11.0 + i,
+            "capacity_rps": 20.0,
+            "cost_per_hour": 0.01 * (i + 1),
+            "p95_ms": None if i == 0 else 40.0 + i,
+            "ready": 2,
+            "starting": i % 2,
+        }
+
+    with TimeSeriesStore(db) as store:
+        for i in range(5):
+            store.write(tick_samples("barista", row(i), t0 + i))
+        store.write(tick_samples("reactive", row(0), t0 + 1))
+    sources = Sources(db=db)
+    view = sources.serving()
+    barista, reactive = view["policies"]
+    assert (barista["policy"], reactive["policy"]) == ("barista", "reactive")
+    assert barista["latest_rps"] == {
+        "trace": 14.0,
+        "observed": 13.0,
+        "forecast": 15.0,
+        "capacity": 20.0,
+    }
+    assert barista["p95_ms"] == pytest.approx(44.0) and reactive["p95_ms"] is None
+    assert (barista["ready"], barista["starting"], barista["cost_per_hour"]) == (2, 0, 0.05)
+    assert barista["series"]["trace"]["rps"] == [10.0, 11.0, 12.0, 13.0, 14.0]
+    newer = sources.serving(since=t0 + 3)["policies"][0]["series"]["trace"]
+    assert newer == {"t": [t0 + 4], "rps": [14.0]}
+    sources.close()

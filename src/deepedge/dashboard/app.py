@@ -40,11 +40,12 @@ PAGES = {
     "apps": "LC apps",
     "training": "Training",
     "events": "Events",
+    "serving": "Serving",
     "kb": "Knowledge base",
     "runs": "Past runs",
 }
 COOKIE = "deepedge_dashboard_token"
-INCREMENTAL = ("cluster", "apps", "training")
+INCREMENTAL = ("cluster", "apps", "training", "serving")
 """Pages whose JSON can be asked for only what is new (``?since=``)."""
 
 
@@ -120,6 +121,7 @@ def create_app(
         "apps": sources.apps,
         "training": sources.training,
         "events": sources.events,
+        "serving": sources.serving,
         "kb": sources.knowledge,
         "runs": lambda: {"runs": sources.past_runs()},
     }

@@ -234,6 +234,37 @@ class Sources:
             "updated": self._updated(),
         }
 
+    # ------------------------------------------------------------------ serving
+    def serving(self, since: float | None = None) -> dict[str, Any]:
+        """Per serving policy replayed (``deepedge serve``): the trace's, observed,
+        forecast and ready-capacity rates over time, and the latest cost per hour, p95
+        and replicas."""
+        rates = _by(self._recent("deepedge_serving_rate_rps", since), "policy")
+        cost = _by(self._recent("deepedge_serving_cost_per_hour", since), "policy")
+        p95 = _by(self._recent("deepedge_serving_p95_seconds", since), "policy")
+        replicas = _by(self._recent("deepedge_serving_replicas", since), "policy")
+        policies = []
+        for name in sorted(set(rates) | set(cost)):
+            by_series = _by(rates.get(name, []), "series")
+            by_state = _by(replicas.get(name, []), "state")
+            last_p95 = _last(p95.get(name))
+            policies.append(
+                {
+                    "policy": name,
+                    "latest_rps": {k: _last(v) for k, v in by_series.items()},
+                    "cost_per_hour": _last(cost.get(name)),
+                    "p95_ms": None if last_p95 is None else 1e3 * last_p95,
+                    "ready": _last(by_state.get("ready")),
+                    "starting": _last(by_state.get("starting")),
+                    "series": {
+                        k: {"t": [x.ts for x in pts], "rps": [_finite(x.value) for x in pts]}
+                        for k, v in sorted(by_series.items())
+                        for pts in [_after(v, since)]
+                    },
+                }
+            )
+        return {"policies": policies, "updated": self._updated()}
+
     def events(self, limit: int = 500) -> dict[str, Any]:
         """The run's events, newest first (the last ``limit``)."""
         store = self.store()

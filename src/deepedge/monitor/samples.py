@@ -144,6 +144,16 @@ _ALL = [
         "seconds",
         "Compute time of a device's last training step, label device.",
     ),
+    # a serving replay (deepedge serve), labels policy and series
+    _m(
+        "deepedge_serving_rate_rps",
+        "gauge",
+        "",
+        "Request rate of one series (trace, observed, forecast, capacity) under a policy.",
+    ),
+    _m("deepedge_serving_cost_per_hour", "gauge", "", "Replicas' price per hour under a policy."),
+    _m("deepedge_serving_p95_seconds", "gauge", "seconds", "Requests' p95 in the last interval."),
+    _m("deepedge_serving_replicas", "gauge", "", "Replicas ready or starting, label state."),
     # latency-critical apps, label app
     _m("deepedge_app_requests_total", "counter", "", "Completed LC requests (ok or failed)."),
     _m(

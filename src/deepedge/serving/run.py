@@ -32,6 +32,7 @@ from deepedge.apps.loadgen import LoadGenerator, LoadTarget
 from deepedge.apps.stats import RequestRecord, latency_summary
 from deepedge.cluster.api import ClusterBackend
 from deepedge.errors import SpecError
+from deepedge.monitor.samples import Sample
 from deepedge.serving.costs import CostCatalog, Flavour
 from deepedge.serving.frontend import FrontendProcess
 from deepedge.serving.latency import LatencyModel, LatencyPoint, fit_latency_models
@@ -39,7 +40,14 @@ from deepedge.serving.policies import Decision, Observation, Policy, ServingProb
 from deepedge.serving.pool import ReplicaPool
 from deepedge.serving.trace import RateTrace
 
-__all__ = ["LatencyMeasurement", "ReplayTrace", "ServeResult", "ServingSession"]
+__all__ = [
+    "SERIES",
+    "LatencyMeasurement",
+    "ReplayTrace",
+    "ServeResult",
+    "ServingSession",
+    "tick_samples",
+]
 
 _TICK_S = 0.1
 _BOOT_TIMEOUT_S = 180.0
@@ -125,6 +133,30 @@ class ServeResult:
     timeline: list[dict[str, Any]]
     records: list[RequestRecord] = field(repr=False)
     actions: list[tuple[float, str]] = field(default_factory=list)
+
+
+SERIES = ("trace", "observed", "forecast", "capacity")
+"""The rates of a tick row that the live dashboard charts."""
+
+
+def tick_samples(policy: str, row: dict[str, Any], now: float) -> list[Sample]:
+    """One decision interval's row (:meth:`ServingSession.replay`'s ``on_tick``) as monitor
+    samples, so a dashboard reading the store follows the replay live."""
+    rates = [
+        Sample.of("deepedge_serving_rate_rps", row[f"{name}_rps"], now, policy=policy, series=name)
+        for name in SERIES
+        if row.get(f"{name}_rps") is not None
+    ]
+    p95 = row.get("p95_ms")
+    return [
+        *rates,
+        Sample.of("deepedge_serving_cost_per_hour", row["cost_per_hour"], now, policy=policy),
+        Sample.of("deepedge_serving_p95_seconds", math.nan if p95 is None else p95 / 1e3, now,
+                  policy=policy),
+        Sample.of("deepedge_serving_replicas", row["ready"], now, policy=policy, state="ready"),
+        Sample.of("deepedge_serving_replicas", row["starting"], now, policy=policy,
+                  state="starting"),
+    ]  # fmt: skip
 
 
 class ServingSession:

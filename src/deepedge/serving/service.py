@@ -24,6 +24,7 @@ from deepedge.apps.loadgen import image_payloads
 from deepedge.cluster import make_backend
 from deepedge.cluster.api import ClusterBackend
 from deepedge.errors import DataError, SpecError
+from deepedge.monitor.store import TimeSeriesStore
 from deepedge.serving.costs import CostCatalog, Flavour
 from deepedge.serving.forecast import SeasonalAutoReg
 from deepedge.serving.kb import load_latency_models, save_latency_models
@@ -36,13 +37,16 @@ from deepedge.serving.policies import (
     ServingProblem,
     StaticPeak,
 )
-from deepedge.serving.run import ReplayTrace, ServeResult, ServingSession
+from deepedge.serving.run import ReplayTrace, ServeResult, ServingSession, tick_samples
 from deepedge.spec import ClusterSpec
 
 if TYPE_CHECKING:
     from deepedge.serving.model import ServedModel
 
-__all__ = ["CloudOffload", "ServeOptions", "ServeReport", "make_policy", "serve"]
+LIVE_DB = "serving.sqlite"
+"""Where ``serve`` writes each decision interval as it happens (in ``out``)."""
+
+__all__ = ["LIVE_DB", "CloudOffload", "ServeOptions", "ServeReport", "make_policy", "serve"]
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,14 @@ def serve(
                 options.slo_ms,
             )
             results: dict[str, ServeResult] = {}
+            # each interval's row, live, for the dashboard (deepedge serve --dashboard)
+            live = stack.enter_context(TimeSeriesStore(out / LIVE_DB))
+
+            def tick(name: str, row: dict[str, Any]) -> None:
+                live.write(tick_samples(name, row, time.time()))
+                if on_tick is not None:
+                    on_tick(name, row)
+
             for name in options.policies:
                 status(
                     f"replaying {len(trace.window)} h of {trace.name} ({trace.duration_s:.0f} s)"
@@ -225,7 +237,7 @@ def serve(
                     problem,
                     interval_s=options.interval_s,
                     seed=options.seed,
-                    on_tick=(lambda row, n=name: on_tick(n, row)) if on_tick else None,
+                    on_tick=lambda row, n=name: tick(n, row),
                 )
                 s = results[name].summary
                 status(

@@ -61,6 +61,17 @@ const charts = {
       Plotly.react(div, traces, { ...LAYOUT, title: { text: "compute per step (s)" } });
     }
   },
+  serving(data) {
+    data.policies.forEach((p, i) => {
+      const div = document.getElementById(`chart-serving-${i}`);
+      if (!div) return;
+      const traces = Object.entries(p.series).map(([name, s]) => ({
+        name, x: times(s.t), y: s.rps, mode: "lines",
+        line: name === "capacity" ? { dash: "dot" } : {},
+      }));
+      Plotly.react(div, traces, { ...LAYOUT, title: { text: `${p.policy}: requests per second` } });
+    });
+  },
   apps(data) {
     data.apps.forEach((a, i) => {
       const div = document.getElementById(`chart-app-${i}`);
@@ -107,7 +118,7 @@ const lists = {
 };
 
 const WINDOW_S = 600; // the history the charts keep, as the server's first answer has
-const INCREMENTAL = new Set(["cluster", "apps", "training"]);
+const INCREMENTAL = new Set(["cluster", "apps", "training", "serving"]);
 let state = null; // the page's data, its series grown by each poll's new points
 
 function isSeries(v) {
@@ -130,7 +141,7 @@ function merge(old, fresh) {
     if (Array.isArray(v) && v.length && typeof v[0] === "object") {
       if (!Array.isArray(old[k]) || old[k].length !== v.length) return false;
       for (let i = 0; i < v.length; i++) {
-        const name = (x) => x.device ?? x.app;
+        const name = (x) => x.device ?? x.app ?? x.policy;
         if (name(old[k][i]) !== name(v[i]) || !merge(old[k][i], v[i])) return false;
       }
     } else if (isSeries(v)) {
