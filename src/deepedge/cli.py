@@ -28,7 +28,7 @@ from deepedge.errors import EXIT_FAILURE, EXIT_USAGE, CheckpointError, DeepEdgeE
 from deepedge.meanet.cli import meanet_app
 
 if TYPE_CHECKING:
-    from deepedge.spec import DeviceSpec
+    pass
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -1011,8 +1011,9 @@ def cluster_add(
     content: its comments and formatting are not kept.
     """
     from deepedge.catalog import resolve_device
+    from deepedge.cluster.specfile import add_to_spec_file, new_device
 
-    device = _new_device(
+    device = new_device(
         name=name,
         kind=kind,
         cpu_cores=cpu_cores,
@@ -1020,100 +1021,13 @@ def cluster_add(
         reserved_mb=reserved_mb,
         link_mbps=link_mbps,
     )
-    count = _add_to_spec_file(spec, device)
+    count = add_to_spec_file(spec, device)
     d = resolve_device(device)
     console.print(
         f"[green]added[/] device {escape(repr(d.name))} ({escape(d.kind)}, {d.cpu_cores:g} host "
         f"cores, {d.memory_mb} MB) to {escape(str(spec))}, now {count} devices; a running "
         "`deepedge train` or `deepedge demo` on this spec picks it up at a step boundary"
     )
-
-
-def _new_device(**fields: str | float | None) -> DeviceSpec:
-    """The device `cluster add`'s options describe; a bad value names its option, an
-    unknown kind without capacities lists the catalog."""
-    from pydantic import ValidationError
-
-    from deepedge.catalog import CATALOG
-    from deepedge.spec import DeviceSpec
-
-    try:
-        device = DeviceSpec.model_validate({k: v for k, v in fields.items() if v is not None})
-    except ValidationError as err:
-        e = err.errors(include_url=False)[0]
-        where = f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r}: " if e["loc"] else ""
-        raise UsageError(
-            f"bad new device: {where}{e['msg'].removeprefix('Value error, ')}",
-            hint="see `deepedge cluster add --help`",
-        ) from None
-    if device.kind not in CATALOG and (device.cpu_cores is None or device.memory_mb is None):
-        raise UsageError(
-            f"unknown device kind {device.kind!r}",
-            hint=f"use one of {', '.join(sorted(CATALOG))} (`deepedge catalog`), or give "
-            "--cpu-cores and --memory-mb for a board of your own",
-        )
-    return device
-
-
-def _add_to_spec_file(path: Path, device: DeviceSpec) -> int:
-    """Append ``device`` to the cluster spec at ``path`` and replace the file atomically.
-
-    The new content is validated as the spec loader would (schema, then the catalog and
-    memory checks) before anything is written; the file is written to a temporary file
-    beside it, read back and compared, then renamed over it (``os.replace``): a job that
-    polls the spec sees the old file or the new one, never a mix. The file keeps its
-    permissions; a symlink is followed, not replaced. Returns the number of devices now.
-    """
-    import contextlib
-    import tempfile
-
-    import yaml_rs
-
-    from deepedge.spec import ClusterSpec, parse_spec, read_spec_file
-    from deepedge.validation import require_usable
-
-    data = read_spec_file(path, expect="cluster spec")
-    original = parse_spec(ClusterSpec, data, source=str(path))
-    taken = [d.name for d in original.devices]
-    if device.name in taken:
-        raise UsageError(
-            f"{path} already has a device named {device.name!r}",
-            hint="pick another --name",
-        )
-    new = {**data, "devices": [*data["devices"], device.model_dump(exclude_none=True)]}
-    require_usable(parse_spec(ClusterSpec, new, source=str(path)), source=str(path))
-    as_json = path.suffix.lower() == ".json"
-    text = json.dumps(new, indent=2) if as_json else yaml_rs.dumps(new)
-    text = text if text.endswith("\n") else text + "\n"
-    target = Path(os.path.realpath(path))
-    tmp: Path | None = None
-    try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
-        )
-        tmp = Path(tmp_name)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        st = target.stat()
-        os.chmod(tmp, st.st_mode & 0o7777)
-        with contextlib.suppress(OSError):  # root editing a user's file leaves it theirs
-            os.chown(tmp, st.st_uid, st.st_gid)
-        if read_spec_file(tmp, expect="cluster spec") != new:  # the dump must round-trip
-            raise DeepEdgeError(
-                f"{path} cannot be rewritten faithfully with the new device",
-                hint="add the device to the file by hand; `deepedge validate` checks it",
-            )
-        os.replace(tmp, target)
-    except OSError as err:
-        raise DeepEdgeError(
-            f"cannot write {path}: {err.strerror}", hint="check the folder's permissions"
-        ) from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-    return len(new["devices"])
 
 
 @cluster_app.command("info")
@@ -1216,6 +1130,10 @@ def dashboard(
     allow_control: Annotated[
         bool, typer.Option(help="let the page act on the cluster (read-only without it)")
     ] = False,
+    spec: Annotated[
+        Path | None,
+        typer.Option(help="the cluster spec a running job watches (--allow-control adds to it)"),
+    ] = None,
 ) -> None:
     """Serve the browser dashboard over recorded files, read-only: the cluster's devices,
     LC apps' latency against their deadlines, the knowledge base and past runs."""
@@ -1223,12 +1141,12 @@ def dashboard(
 
     if not 0 <= port < 65536:
         raise UsageError(f"--port must be in 0..65535, got {port}")
-    for path in [db, *(run or [])]:
+    for path in [db, spec, *(run or [])]:
         if path is not None and not path.exists():
             raise UsageError(f"{path} does not exist", hint="give a file a session wrote")
     sources = Sources(db=db, kb=_kb_path(kb), runs=list(run or []))
     server = DashboardServer(
-        sources, host=host, port=port, token=token, allow_control=allow_control
+        sources, host=host, port=port, token=token, allow_control=allow_control, spec=spec
     )
     console.print(f"dashboard at {server.url} (Ctrl-C stops it)")
     if server.token and token is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import deepedge
 from deepedge.dashboard import DashboardServer, Sources, check_bind
 from deepedge.monitor.samples import Sample
 from deepedge.monitor.store import TimeSeriesStore
@@ -189,3 +190,51 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
         result = run_cli("dashboard", *args)
         lines = result.err.strip().splitlines()
         assert result.code != 0 and len(lines) == 1 and says in lines[0], result.err
+
+
+def test_with_allow_control_the_page_adds_a_device_to_the_watched_spec(tmp_path: Path) -> None:
+    from deepedge.spec import ClusterSpec, load_spec
+
+    spec = tmp_path / "cluster.yaml"
+    shutil.copy(Path(deepedge.__file__).parent / "examples" / "small-cluster.yaml", spec)
+    before = [d.name for d in load_spec(ClusterSpec, spec).devices]
+    with DashboardServer(Sources(), port=0, allow_control=True, spec=spec) as server:
+        url = f"http://127.0.0.1:{server.port}/api/control/devices"
+        as_json = {"Content-Type": "application/json"}
+        as_form = {"Content-Type": "application/x-www-form-urlencoded"}
+        from_elsewhere = {**as_json, "Origin": "http://evil.example"}
+
+        def post(body: bytes, headers: dict) -> tuple[int, dict]:
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, json.load(response)
+            except urllib.error.HTTPError as err:
+                return err.code, json.load(err)
+
+        status, answer = post(b'{"name": "joiner-1", "kind": "rpi4"}', as_json)
+        assert status == 200 and answer["added"] == "joiner-1"
+        after = [d.name for d in load_spec(ClusterSpec, spec).devices]
+        assert after == [*before, "joiner-1"] and answer["devices"] == len(after)
+        # refused, and the spec left as it was: a taken name, a form post (what another
+        # site's page could send), another origin, a body that is not an object
+        for body, headers, code, says in (
+            (b'{"name": "joiner-1", "kind": "rpi4"}', as_json, 400, "already has"),
+            (b"name=x&kind=rpi4", as_form, 415, "JSON"),
+            (b'{"name": "x", "kind": "rpi4"}', from_elsewhere, 403, "cross-origin"),
+            (b"[1, 2]", as_json, 400, "JSON object"),
+            (b'{"name": "y", "kind": "no-such-board"}', as_json, 400, "unknown device kind"),
+        ):  # fmt: skip
+            status, answer = post(body, headers)
+            assert (status, says in answer["error"]) == (code, True), answer
+        assert [d.name for d in load_spec(ClusterSpec, spec).devices] == after
+    with DashboardServer(Sources(), port=0, allow_control=True) as server:  # no --spec
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/api/control/devices",
+            data=b'{"name": "z", "kind": "rpi4"}',
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=10)
+        assert err.value.code == 409

@@ -178,3 +178,28 @@ def test_a_live_page_shows_a_new_sample_without_a_reload(browser, tmp_path: Path
             )
         finally:
             page.close()
+
+
+def test_the_control_form_adds_a_device_only_with_allow_control(browser, tmp_path) -> None:
+    import deepedge
+    from deepedge.spec import ClusterSpec, load_spec
+
+    spec = tmp_path / "cluster.yaml"
+    shutil.copy(Path(deepedge.__file__).parent / "examples" / "small-cluster.yaml", spec)
+    page = browser.new_page()
+    try:
+        with DashboardServer(Sources(), port=0, spec=spec) as server:  # read-only
+            page.goto(f"http://127.0.0.1:{server.port}/cluster")
+            assert page.locator("#add-device").count() == 0
+        with DashboardServer(Sources(), port=0, spec=spec, allow_control=True) as server:
+            page.goto(f"http://127.0.0.1:{server.port}/cluster")
+            page.fill("#add-device input[name=name]", "joiner-2")
+            page.select_option("#add-device select[name=kind]", "jetson-nano")
+            page.click("#add-device button")
+            page.wait_for_function(
+                "document.getElementById('control-result').textContent.startsWith('added')"
+            )
+        added = load_spec(ClusterSpec, spec).devices[-1]
+        assert (added.name, added.kind) == ("joiner-2", "jetson-nano")
+    finally:
+        page.close()

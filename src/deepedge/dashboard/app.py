@@ -12,6 +12,8 @@ Security (see :func:`check_bind`):
   otherwise;
 * the app is read-only: any method but GET and HEAD is refused with 403 unless it was
   created with ``allow_control`` (nothing on the page can change the cluster without it).
+  Its one action then adds a device to the cluster spec a running job watches
+  (``POST /api/control/devices``, JSON only, same origin only).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from deepedge.catalog import CATALOG
 from deepedge.dashboard.sources import Sources
-from deepedge.errors import UsageError
+from deepedge.errors import DeepEdgeError, UsageError
 
 __all__ = ["PAGES", "check_bind", "create_app"]
 
@@ -45,6 +48,8 @@ PAGES = {
     "runs": "Past runs",
 }
 COOKIE = "deepedge_dashboard_token"
+KINDS = sorted(CATALOG)
+DEVICE_FIELDS = ("name", "kind", "cpu_cores", "memory_mb", "reserved_mb", "link_mbps")
 INCREMENTAL = ("cluster", "apps", "training", "serving")
 """Pages whose JSON can be asked for only what is new (``?since=``)."""
 
@@ -70,10 +75,15 @@ def _plotly_js() -> Path:
 
 
 def create_app(
-    sources: Sources, *, token: str | None = None, allow_control: bool = False
+    sources: Sources,
+    *,
+    token: str | None = None,
+    allow_control: bool = False,
+    spec: Path | None = None,
 ) -> FastAPI:
     """The dashboard over ``sources``; see the module doc for ``token`` and
-    ``allow_control``."""
+    ``allow_control``. ``spec``: the cluster spec file a running job watches, which the
+    control adds devices to."""
     app = FastAPI(title="deepedge dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Environment(
         loader=PackageLoader("deepedge.dashboard", "templates"),
@@ -126,6 +136,40 @@ def create_app(
         "runs": lambda: {"runs": sources.past_runs()},
     }
 
+    @app.get("/api/control")
+    def control_state() -> dict[str, Any]:
+        return {"enabled": allow_control, "spec": str(spec) if spec else None, "kinds": KINDS}
+
+    @app.post("/api/control/devices")
+    async def add_device(request: Request) -> JSONResponse:
+        """Add a device to the watched cluster spec: a running job brings it in. JSON
+        only: a page of another site cannot send that without a preflight this app never
+        answers, so a browser on this machine cannot be made to post it."""
+        from deepedge.cluster.specfile import add_to_spec_file, new_device
+
+        origin = request.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+            return JSONResponse({"error": "cross-origin control is refused"}, status_code=403)
+        if request.headers.get("content-type", "").split(";")[0] != "application/json":
+            return JSONResponse({"error": "send the device as JSON"}, status_code=415)
+        if spec is None:
+            return JSONResponse(
+                {"error": "no cluster spec to add to: start the dashboard with --spec"},
+                status_code=409,
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "the body is not a JSON object"}, status_code=400)
+        try:
+            device = new_device(**{k: body.get(k) for k in DEVICE_FIELDS})
+            count = add_to_spec_file(spec, device)
+        except DeepEdgeError as err:
+            return JSONResponse({"error": err.one_line()}, status_code=400)
+        return JSONResponse({"added": device.name, "devices": count, "spec": str(spec)})
+
     @app.get("/api/{page}")
     def api(page: str, since: float | None = None) -> JSONResponse:
         """A page's data; ``since`` (the ``updated`` of the last poll): only the series
@@ -142,6 +186,8 @@ def create_app(
             pages=PAGES,
             data=views[page](),
             control=allow_control,
+            spec=spec,
+            kinds=KINDS,
         )
         return HTMLResponse(html)
 

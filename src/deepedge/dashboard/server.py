@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -30,11 +31,12 @@ class DashboardServer:
         port: int = 8050,
         token: str | None = None,
         allow_control: bool = False,
+        spec: Path | None = None,
     ) -> None:
         self.sources = sources
         self.host = host
         self.token = check_bind(host, token)
-        app = create_app(sources, token=self.token, allow_control=allow_control)
+        app = create_app(sources, token=self.token, allow_control=allow_control, spec=spec)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -215,3 +215,21 @@ if (document.querySelector("[data-k]") || charts[page] || lists[page]) {
   poll();
   setInterval(poll, POLL_MS);
 }
+
+// --allow-control: the cluster page's form adds a device to the watched spec (JSON POST)
+const form = document.getElementById("add-device");
+if (form) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const fields = Object.fromEntries(new FormData(form));
+    const out = document.getElementById("control-result");
+    const response = await fetch("/api/control/devices", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(fields),
+    });
+    const answer = await response.json();
+    out.textContent = response.ok
+      ? `added ${answer.added}: ${answer.devices} devices in the spec`
+      : `refused: ${answer.error}`;
+  });
+}
