@@ -37,20 +37,11 @@ import psutil
 
 from _common import machine, write_results
 from deepedge.dashboard import PAGES
+from deepedge.dashboard.browser import launch_chromium
 from deepedge.monitor import Sample, TimeSeriesStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION = ROOT / "tests" / "data" / "dashboard-session"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WATCHED = ("cluster", "apps", "training")
 
 
@@ -221,7 +212,7 @@ def main() -> None:
     print(f"one-hour store: {samples} samples, {db.stat().st_size / 2**20:.1f} MiB "
           f"({time.monotonic() - t0:.0f} s)")  # fmt: skip
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch_chromium(p)
         server, url = serve(db, args.workdir / "dashboard.out")
         try:
             render = first_render(browser, url)

@@ -23,21 +23,11 @@ from pathlib import Path
 import pytest
 
 from deepedge.dashboard import PAGES, DashboardServer, Sources
+from deepedge.dashboard.browser import CHROMIUM, launch_chromium
 from deepedge.monitor.samples import Sample
 from deepedge.monitor.store import TimeSeriesStore
 
 SESSION = Path(__file__).parent.parent / "data" / "dashboard-session"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# as the machine notes say: without these, Chromium keeps dialling out on a closed network
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _browser_or_skip():
@@ -59,7 +49,7 @@ def _browser_or_skip():
 def browser() -> Iterator[object]:
     sync_playwright = _browser_or_skip()
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        b = launch_chromium(p)
         yield b
         b.close()
 
