@@ -238,3 +238,21 @@ def test_with_allow_control_the_page_adds_a_device_to_the_watched_spec(tmp_path:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=10)
         assert err.value.code == 409
+
+
+def test_a_past_run_serves_the_plots_its_report_lists_and_nothing_else(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "timeline.png").write_bytes(b"PNG, not really")
+    (tmp_path / "secret.txt").write_text("not for the dashboard")
+    plots = {"timeline": str(run / "timeline.png"), "outside": str(tmp_path / "secret.txt")}
+    (run / "report.json").write_text(json.dumps({"plots": plots}))
+    with DashboardServer(Sources(runs=[run, SESSION]), port=0) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        assert fetch(base + "/runs/0/plots/timeline") == (200, "PNG, not really")
+        for path in ("/runs/0/plots/outside", "/runs/0/plots/nope", "/runs/9/plots/timeline"):
+            assert fetch(base + path)[0] == 404, path
+        # the recorded demo's plots moved with its folder: found beside its report
+        with urllib.request.urlopen(base + "/runs/1/plots/step_timeline", timeout=10) as r:
+            assert r.read() == (SESSION / "step_timeline.png").read_bytes()
+        assert '<img src="/runs/1/plots/lc_latency"' in fetch(base + "/runs")[1]

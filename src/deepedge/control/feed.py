@@ -50,7 +50,7 @@ class RunFeed:
         self._closed = False
 
     def event(self, event: Event) -> None:
-        """An :class:`~deepedge.events.EventLog` listener."""
+        """An :class:`~deepedge.control.events.EventLog` listener."""
         self._write_events(
             [StoredEvent(event.t, event.kind, event.state.value, event.message, event.data)]
         )

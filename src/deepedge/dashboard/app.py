@@ -2,8 +2,9 @@
 
 Each page is rendered on the server with its numbers in tables, so it is readable with
 JavaScript off; with it on, ``dashboard.js`` polls the page's ``/api/...`` JSON every
-second (live within the 2 s the issue asks), fills the same cells and draws the series
-with plotly.js, which is served from the ``plotly`` package (no CDN at run time).
+second (live within 2 s), asking only for what is new after the first answer, fills
+the same cells and draws the series with plotly.js, which is served from the ``plotly``
+package (no CDN at run time).
 
 Security (see :func:`check_bind`):
 
@@ -169,6 +170,13 @@ def create_app(
         except DeepEdgeError as err:
             return JSONResponse({"error": err.one_line()}, status_code=400)
         return JSONResponse({"added": device.name, "devices": count, "spec": str(spec)})
+
+    @app.get("/runs/{index}/plots/{name}")
+    def run_plot(index: int, name: str) -> Response:
+        path = sources.run_plot(index, name)
+        if path is None:
+            return PlainTextResponse(f"run {index} lists no plot {name!r}", status_code=404)
+        return FileResponse(path)
 
     @app.get("/api/{page}")
     def api(page: str, since: float | None = None) -> JSONResponse:

@@ -222,9 +222,11 @@ class Sources:
                     },
                 }
             )
+        global_batch = sum(batches.values()) if batches else None
         return {
             "policy": (plan or {}).get("policy"),
             "steps_done": steps,
+            "samples_done": steps * global_batch if steps is not None and global_batch else None,
             "steps_total": total,
             "progress": steps / total if steps is not None and total else None,
             "eta_s": eta,
@@ -318,6 +320,26 @@ class Sources:
         }
 
     # ------------------------------------------------------------------ past runs
+    def run_plot(self, index: int, name: str) -> Path | None:
+        """The plot ``name`` of run ``index``'s report, if the report lists it and it lies
+        inside the run's folder (nothing else on disk is ever served)."""
+        if not 0 <= index < len(self.runs):
+            return None
+        run = self.runs[index]
+        folder = (run if run.is_dir() else run.parent).resolve()
+        try:
+            listed = json.loads((folder / "report.json").read_text()).get("plots", {})
+        except (OSError, ValueError):
+            return None
+        if not isinstance(listed, dict) or name not in listed:
+            return None
+        path = Path(listed[name])
+        for candidate in (path, folder / path.name):  # as written, or moved with its folder
+            resolved = candidate.resolve()
+            if resolved.is_file() and resolved.is_relative_to(folder):
+                return resolved
+        return None
+
     def past_runs(self) -> list[dict[str, Any]]:
         """Each run folder's report: accuracy before and after, makespan by policy."""
         out = []
@@ -331,6 +353,7 @@ class Sources:
             out.append(
                 {
                     "run": str(run),
+                    "index": len(out),
                     "job": report.get("job", {}).get("name"),
                     "accuracy_before": report.get("accuracy_before"),
                     "accuracy_after": report.get("accuracy_after"),
