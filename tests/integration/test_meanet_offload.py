@@ -53,7 +53,12 @@ def replica(
          "--name", name, "--ready-file", str(ready), "--warmup", "2", *extra],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    return proc, wait_ready(ready, proc, timeout_s=120)
+    try:
+        return proc, wait_ready(ready, proc, timeout_s=120)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 @pytest.fixture(scope="module")
