@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,9 +26,6 @@ from rich.table import Table
 
 from deepedge.errors import EXIT_FAILURE, EXIT_USAGE, CheckpointError, DeepEdgeError, UsageError
 from deepedge.meanet.cli import meanet_app
-
-if TYPE_CHECKING:
-    pass
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -127,7 +124,7 @@ DashboardOption = Annotated[
     typer.Option("--dashboard", help="serve this session live in the browser dashboard"),
 ]
 DashboardPortOption = Annotated[
-    int, typer.Option(help="the dashboard's port on 127.0.0.1 (0: any free one)")
+    int, typer.Option(min=0, max=65535, help="the dashboard's port on 127.0.0.1 (0: any free one)")
 ]
 
 
@@ -1145,6 +1142,8 @@ def dashboard(
         if path is not None and not path.exists():
             raise UsageError(f"{path} does not exist", hint="give a file a session wrote")
     sources = Sources(db=db, kb=_kb_path(kb), runs=list(run or []))
+    sources.store()  # a --db or --kb that cannot be read: one line now, not at each poll
+    sources.knowledge()
     server = DashboardServer(
         sources, host=host, port=port, token=token, allow_control=allow_control, spec=spec
     )
@@ -1318,6 +1317,11 @@ def serve(
         if cloud_device
         else None,
     )
+    if cloud_device is None and (main_threshold, cloud_threshold) != (0.3, 0.6):
+        raise UsageError(
+            "--main-threshold and --cloud-threshold set MEANet's exits with its cloud",
+            hint="add --cloud-device DEVICE (without it the edge exits at 0.3)",
+        )
     view = ServeView(replay, slo_ms)
     with Live(console=console, refresh_per_second=2, transient=True) as live:
 

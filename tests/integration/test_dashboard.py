@@ -21,6 +21,7 @@ import pytest
 
 import deepedge
 from deepedge.dashboard import DashboardServer, Sources, check_bind
+from deepedge.dashboard.sources import OVERLAP_S
 from deepedge.monitor.samples import Sample
 from deepedge.monitor.store import TimeSeriesStore
 from tests.cli import run_cli
@@ -145,7 +146,9 @@ def test_the_json_a_live_page_polls_follows_a_session_that_is_writing(tmp_path: 
         seen = json.loads(fetch(url)[1])
         store.write([Sample.of("deepedge_device_cpu_seconds_total", 2.0, now + 4, device="d")])
         (new,) = json.loads(fetch(f"{url}?since={seen['updated']}")[1])["devices"]
-        assert new["cpu_series"]["t"] == [now + 4]
+        # the newest point, and the few seconds before (a late row) for the page to dedup
+        assert new["cpu_series"]["t"][-1] == now + 4
+        assert min(new["cpu_series"]["t"]) > seen["updated"] - OVERLAP_S
         assert new["cpu_used_cores"] == pytest.approx(0.75)
         assert len(seen["devices"][0]["cpu_series"]["t"]) == 3
 
@@ -179,6 +182,11 @@ def test_a_token_guards_every_page_and_the_dashboard_is_read_only(tmp_path: Path
     with DashboardServer(sources, port=0, allow_control=True) as server:
         status, _ = fetch(f"http://127.0.0.1:{server.port}/api/runs", method="POST")
         assert status != 403  # allowed through (no action lives at this path)
+        # a loopback dashboard answers only to loopback names: a page whose own name was
+        # made to resolve to 127.0.0.1 (DNS rebinding) gets nothing
+        base = f"http://127.0.0.1:{server.port}"
+        assert fetch(base + "/api/runs", headers={"Host": "evil.example:80"})[0] == 403
+        assert fetch(base + "/api/runs", headers={"Host": f"localhost:{server.port}"})[0] == 200
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:
@@ -186,6 +194,7 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
         (["--db", str(tmp_path / "missing.sqlite")], "does not exist"),
         (["--port", "70000"], "--port"),
         (["--host", "0.0.0.0", "--token", "short"], "16 characters"),
+        (["--db", str(SESSION / "report.json")], "report.json"),  # not a monitor store
     ):
         result = run_cli("dashboard", *args)
         lines = result.err.strip().splitlines()
@@ -245,9 +254,16 @@ def test_a_past_run_serves_the_plots_its_report_lists_and_nothing_else(tmp_path:
     run.mkdir()
     (run / "timeline.png").write_bytes(b"PNG, not really")
     (tmp_path / "secret.txt").write_text("not for the dashboard")
-    plots = {"timeline": str(run / "timeline.png"), "outside": str(tmp_path / "secret.txt")}
-    (run / "report.json").write_text(json.dumps({"plots": plots}))
-    with DashboardServer(Sources(runs=[run, SESSION]), port=0) as server:
+    plots = {
+        "timeline": str(run / "timeline.png"),
+        "outside": str(tmp_path / "secret.txt"),
+        "lc_latency": None,  # what a demo without LC apps writes
+    }
+    (run / "report.json").write_text(json.dumps({"plots": plots, "job": "not a dict"}))
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "report.json").write_text("[1, 2]")  # JSON, but not a report
+    with DashboardServer(Sources(runs=[run, SESSION, odd]), port=0) as server:
         base = f"http://127.0.0.1:{server.port}"
         assert fetch(base + "/runs/0/plots/timeline") == (200, "PNG, not really")
         for path in ("/runs/0/plots/outside", "/runs/0/plots/nope", "/runs/9/plots/timeline"):
@@ -255,4 +271,6 @@ def test_a_past_run_serves_the_plots_its_report_lists_and_nothing_else(tmp_path:
         # the recorded demo's plots moved with its folder: found beside its report
         with urllib.request.urlopen(base + "/runs/1/plots/step_timeline", timeout=10) as r:
             assert r.read() == (SESSION / "step_timeline.png").read_bytes()
-        assert '<img src="/runs/1/plots/lc_latency"' in fetch(base + "/runs")[1]
+        status, html = fetch(base + "/runs")
+        assert status == 200 and '<img src="/runs/1/plots/lc_latency"' in html
+        assert "/runs/0/plots/lc_latency" not in html and "no readable report" in html

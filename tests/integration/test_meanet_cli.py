@@ -74,6 +74,7 @@ def test_serve_refuses_a_bad_cloud_exit_in_one_line_before_booting(
         "cannot read images",
     )
     one_line_error(serve(edge, "--cloud-device", "cloud-1", "--cloud-threshold", "2"), "[0, 1]")
+    one_line_error(serve(edge, "--main-threshold", "0.5"), "--cloud-device")
     (out / "meanet-cloud.ckpt").unlink()
     one_line_error(serve(edge, "--cloud-device", "cloud-1"), "meanet-cloud.ckpt")
     assert not (tmp_path / "s").exists()  # nothing booted, nothing written

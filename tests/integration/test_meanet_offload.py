@@ -178,3 +178,30 @@ def test_a_cloud_that_is_gone_is_a_one_line_error(trained: Path, tmp_path: Path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and not out.exists()
     assert len(lines) == 1 and "did not answer" in lines[0], proc.stderr
+
+
+def test_a_replica_whose_cloud_is_gone_answers_at_the_edge(trained: Path) -> None:
+    from deepedge.data import ArrayDataset
+
+    models = load_models(trained)
+    x, y = load_data(models.config)[1].to_tensors()
+    rule, offline = rule_with_every_exit(trained)
+    edge_only = route(exit_outputs(models.edge, None, x, y), rule)  # no cloud: its answer
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens here once closed
+    edge, port = replica(
+        trained / "meanet-edge.ckpt", "edge-alone", trained, "--cloud", f"127.0.0.1:{dead}",
+        "--main-threshold", str(rule.main_threshold),
+        "--cloud-threshold", str(rule.cloud_threshold),
+    )  # fmt: skip
+    try:
+        i = offline.exit.tolist().index(2)  # an input the rule sends to the cloud
+        payload = ArrayDataset.load(trained / "test.npz").images[i].tobytes()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(HEADER.pack(len(payload)) + payload)
+            label, _ = REPLY.unpack(sock.recv(REPLY.size, socket.MSG_WAITALL))
+        assert label == int(edge_only.prediction[i])
+    finally:
+        edge.terminate()
+        assert edge.wait(timeout=30) == 0

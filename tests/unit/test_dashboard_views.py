@@ -96,6 +96,6 @@ def test_serving_follows_each_policys_ticks_and_polls_only_what_is_new(tmp_path)
     assert barista["p95_ms"] == pytest.approx(44.0) and reactive["p95_ms"] is None
     assert (barista["ready"], barista["starting"], barista["cost_per_hour"]) == (2, 0, 0.05)
     assert barista["series"]["trace"]["rps"] == [10.0, 11.0, 12.0, 13.0, 14.0]
-    newer = sources.serving(since=t0 + 3)["policies"][0]["series"]["trace"]
-    assert newer == {"t": [t0 + 4], "rps": [14.0]}
+    newer = sources.serving(since=t0 + 8)["policies"][0]["series"]["trace"]
+    assert newer == {"t": [t0 + 4], "rps": [14.0]}  # with OVERLAP_S (5 s) before since
     sources.close()

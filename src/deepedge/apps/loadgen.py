@@ -498,7 +498,8 @@ def image_payloads(path: str | Path, payload_bytes: int) -> list[bytes]:
     try:
         with np.load(path, allow_pickle=False) as z:
             images = z["images"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:
+        # TypeError: a bare .npy array, which is not a data set file
         raise ValueError(f"cannot read images from {path}: {exc}") from None
     flat = images.reshape(len(images), -1)
     if images.dtype != np.uint8 or flat.shape[1] != payload_bytes or len(flat) == 0:

@@ -132,15 +132,16 @@ class DelayRelay:
         deadline, so a long transfer is delayed once (as on a real link), and a half-close
         (EOF) reaches the other side after the same delay.
         """
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        # bounded: a sender faster than the far side waits, as on a real link
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=64)
 
         async def read() -> None:
             try:
                 while chunk := await reader.read(_CHUNK):
-                    queue.put_nowait((time.monotonic() + self.one_way_s, chunk))
+                    await queue.put((time.monotonic() + self.one_way_s, chunk))
             except OSError:
                 pass
-            queue.put_nowait((time.monotonic() + self.one_way_s, b""))
+            await queue.put((time.monotonic() + self.one_way_s, b""))
 
         reading = asyncio.ensure_future(read())
         try:

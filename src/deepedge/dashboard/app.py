@@ -105,6 +105,10 @@ def create_app(
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
         if request.url.path == "/healthz":
             return await call_next(request)
+        if token is None and _hostname(request.headers.get("host")) not in LOOPBACK_NAMES:
+            # without a token only loopback is served, and only under loopback names: a
+            # page whose own name was made to resolve to 127.0.0.1 (DNS rebinding) is not
+            return PlainTextResponse("403: unknown host for a loopback dashboard", 403)
         if token is not None:
             given = _token_of(request)
             if given is None or not hmac.compare_digest(given.encode(), token.encode()):
@@ -122,6 +126,11 @@ def create_app(
         if token is not None and request.query_params.get("token") == token:
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
         return response
+
+    @app.exception_handler(DeepEdgeError)
+    async def one_line(request: Request, err: DeepEdgeError) -> PlainTextResponse:
+        """A file that went bad under a running dashboard: its one line, not a traceback."""
+        return PlainTextResponse(f"500: {err.one_line()}", status_code=500)
 
     @app.get("/healthz", response_class=PlainTextResponse)
     def healthz() -> str:
@@ -210,6 +219,18 @@ def create_app(
         return render(page)
 
     return app
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _hostname(host: str | None) -> str:
+    """The name in a ``Host`` header, without its port (``[::1]:8050`` → ``::1``)."""
+    if not host:
+        return ""
+    if host.startswith("["):
+        return host[1 : host.find("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _token_of(request: Request) -> str | None:

@@ -35,6 +35,8 @@ from deepedge.monitor.store import TimeSeriesStore
 __all__ = ["Sources"]
 
 QUANTILES = ("0.5", "0.95", "0.99")
+OVERLAP_S = 5.0
+"""How far before ``since`` an incremental poll's series start (see :func:`_after`)."""
 MARGIN_S = 30.0
 """How far before ``since`` an incremental poll reads: rates need the sample before the
 new ones, and the ETA the last 30 s of steps."""
@@ -116,6 +118,7 @@ class Sources:
         """Per device: CPU cores in use and its limit, memory and its limit (MB), share of
         the last interval spent throttled; and the CPU series for the chart (its points
         after ``since`` only, when given)."""
+        updated = self._updated()  # before the reads: a row written meanwhile comes next time
         cpu = _by(self._recent("deepedge_device_cpu_seconds_total", since), "device")
         limit = _by(self._recent("deepedge_device_cpu_limit_cores", since), "device")
         mem = _by(self._recent("deepedge_device_memory_used_bytes", since), "device")
@@ -142,13 +145,14 @@ class Sources:
                     },
                 }
             )
-        return {"devices": devices, "updated": self._updated()}
+        return {"devices": devices, "updated": updated}
 
     # ------------------------------------------------------------------ LC apps
     def apps(self, since: float | None = None) -> dict[str, Any]:
         """Per LC app: its deadline, p50/p95/p99 series (ms) and the times its p95 was over
         the deadline (violated windows), with the latest values; after ``since`` (when
         given) the series and violations are the new ones only."""
+        updated = self._updated()  # before the reads: a row written meanwhile comes next time
         latency = _by(self._recent("deepedge_app_latency_seconds", since), "app")
         deadline = _by(self._recent("deepedge_app_deadline_seconds", since), "app")
         requests = _by(self._recent("deepedge_app_requests_total", since), "app")
@@ -179,13 +183,14 @@ class Sources:
                     "deadline_misses": _last(misses.get(name)),
                 }
             )
-        return {"apps": apps, "updated": self._updated()}
+        return {"apps": apps, "updated": updated}
 
     # ------------------------------------------------------------------ training
     def training(self, since: float | None = None) -> dict[str, Any]:
         """The running (or last) plan and its progress: steps done of the total, the ETA
         at the recent step rate, each device's share, predicted and last compute time per
         step, and the compute series."""
+        updated = self._updated()  # before the reads: a row written meanwhile comes next time
         from deepedge.control.feed import LIVE_PLAN
 
         store = self.store()
@@ -233,7 +238,7 @@ class Sources:
             "comm_s": (plan or {}).get("comm_s"),
             "predicted_step_s": (plan or {}).get("step_s"),
             "devices": devices,
-            "updated": self._updated(),
+            "updated": updated,
         }
 
     # ------------------------------------------------------------------ serving
@@ -241,6 +246,7 @@ class Sources:
         """Per serving policy replayed (``deepedge serve``): the trace's, observed,
         forecast and ready-capacity rates over time, and the latest cost per hour, p95
         and replicas."""
+        updated = self._updated()  # before the reads: a row written meanwhile comes next time
         rates = _by(self._recent("deepedge_serving_rate_rps", since), "policy")
         cost = _by(self._recent("deepedge_serving_cost_per_hour", since), "policy")
         p95 = _by(self._recent("deepedge_serving_p95_seconds", since), "policy")
@@ -265,10 +271,11 @@ class Sources:
                     },
                 }
             )
-        return {"policies": policies, "updated": self._updated()}
+        return {"policies": policies, "updated": updated}
 
     def events(self, limit: int = 500) -> dict[str, Any]:
         """The run's events, newest first (the last ``limit``)."""
+        updated = self._updated()  # before the reads: a row written meanwhile comes next time
         store = self.store()
         events = [] if store is None else store.events()[-limit:]
         return {
@@ -276,7 +283,7 @@ class Sources:
                 {"t": e.ts, "state": e.state, "kind": e.kind, "message": e.message}
                 for e in reversed(events)
             ],
-            "updated": self._updated(),
+            "updated": updated,
         }
 
     def _updated(self) -> float | None:
@@ -289,7 +296,7 @@ class Sources:
         if self.kb is None or not self.kb.is_file():
             return {"profiles": [], "models": [], "path": str(self.kb) if self.kb else None}
         try:
-            db = sqlite3.connect(f"file:{self.kb}?mode=ro", uri=True)
+            db = sqlite3.connect(f"{self.kb.resolve().as_uri()}?mode=ro", uri=True)
             try:
                 profiles = db.execute(
                     """SELECT p.id, p.device_name, p.device_kind, p.load, p.stale_reason,
@@ -325,13 +332,9 @@ class Sources:
         inside the run's folder (nothing else on disk is ever served)."""
         if not 0 <= index < len(self.runs):
             return None
-        run = self.runs[index]
-        folder = (run if run.is_dir() else run.parent).resolve()
-        try:
-            listed = json.loads((folder / "report.json").read_text()).get("plots", {})
-        except (OSError, ValueError):
-            return None
-        if not isinstance(listed, dict) or name not in listed:
+        folder = _folder(self.runs[index]).resolve()
+        listed = _plots(_report(self.runs[index]))
+        if name not in listed:
             return None
         path = Path(listed[name])
         for candidate in (path, folder / path.name):  # as written, or moved with its folder
@@ -342,34 +345,67 @@ class Sources:
 
     def past_runs(self) -> list[dict[str, Any]]:
         """Each run folder's report: accuracy before and after, makespan by policy."""
-        out = []
+        out: list[dict[str, Any]] = []
         for run in self.runs:
-            path = run / "report.json" if run.is_dir() else run
-            try:
-                report = json.loads(path.read_text())
-            except (OSError, ValueError):
+            report = _report(run)
+            if report is None:
+                path = run / "report.json" if run.is_dir() else run
                 out.append({"run": str(run), "error": f"no readable report at {path}"})
                 continue
+            job = report.get("job")
+            makespans = report.get("makespan_s")
             out.append(
                 {
                     "run": str(run),
                     "index": len(out),
-                    "job": report.get("job", {}).get("name"),
-                    "accuracy_before": report.get("accuracy_before"),
-                    "accuracy_after": report.get("accuracy_after"),
-                    "makespan_s": report.get("makespan_s", {}),
-                    "lower_bound_s": report.get("lower_bound_s"),
-                    "plots": report.get("plots", {}),
+                    "job": job.get("name") if isinstance(job, dict) else None,
+                    "accuracy_before": _number(report.get("accuracy_before")),
+                    "accuracy_after": _number(report.get("accuracy_after")),
+                    "makespan_s": {
+                        str(k): v
+                        for k, v in (makespans.items() if isinstance(makespans, dict) else [])
+                        if _number(v) is not None
+                    },
+                    "lower_bound_s": _number(report.get("lower_bound_s")),
+                    "plots": _plots(report),
                 }
             )
         return out
 
 
+def _folder(run: Path) -> Path:
+    return run if run.is_dir() else run.parent
+
+
+def _report(run: Path) -> dict[str, Any] | None:
+    """A run's report.json (``run`` is its folder or the file), None when unreadable."""
+    try:
+        report = json.loads((run / "report.json" if run.is_dir() else run).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _plots(report: dict[str, Any] | None) -> dict[str, str]:
+    """The plots a report lists by name (a run without LC apps lists some as null)."""
+    plots = (report or {}).get("plots")
+    if not isinstance(plots, dict):
+        return {}
+    return {str(k): v for k, v in plots.items() if isinstance(v, str)}
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return value if ok and math.isfinite(value) else None
+
+
 def _after(points: list[Any], since: float | None) -> list[Any]:
-    """The points (samples, or (t, value) pairs) newer than ``since``; all without it."""
+    """The points (samples, or (t, value) pairs) a poll after ``since`` gets (all without
+    it): :data:`OVERLAP_S` before it too, as a sample may be written late with an older
+    time (the run feed batches its steps); the page keeps only what it lacks."""
     if since is None:
         return points
-    return [p for p in points if (p.ts if isinstance(p, Sample) else p[0]) > since]
+    return [p for p in points if (p.ts if isinstance(p, Sample) else p[0]) > since - OVERLAP_S]
 
 
 def _last(samples: list[Sample] | None) -> float | None:

@@ -15,6 +15,7 @@ an uplink of 20 Mbit/s and a 40 ms round trip to a regional cloud.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,4 +76,8 @@ def cloud_behind_wan(
             yield f"{host}:{relay.port}"
     finally:
         signal_group(proc, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=30)

@@ -44,10 +44,8 @@ def parse_address(text: str) -> tuple[str, int]:
 class CloudClient:
     """Connections to the cloud model's server, one request on each at a time (as the
     serving front end keeps them), so that a replica can wait on several cloud answers at
-    once while it goes on serving the edge's inputs.
-
-    A connection that breaks is replaced once per request; a cloud that still does not
-    answer is a :class:`~deepedge.errors.ClusterError` naming it.
+    once while it goes on serving the edge's inputs. A cloud that does not answer is a
+    :class:`~deepedge.errors.ClusterError` naming it (see :meth:`classify`).
     """
 
     def __init__(self, host: str, port: int, *, timeout_s: float = 30.0) -> None:
@@ -56,24 +54,29 @@ class CloudClient:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def classify(self, payload: bytes) -> tuple[int, float, float]:
-        """(class, round trip in s, the cloud's own service time in s) for one image."""
+        """(class, round trip in s, the cloud's own service time in s) for one image.
+
+        A pooled connection that turns out broken (the cloud restarted) is retried once
+        on a new one, and the other pooled ones are dropped with it; a timeout is not
+        retried (the cloud is slow, not gone: sending the image again would add load).
+        """
         for attempt in (1, 2):
             t0 = time.perf_counter()
             writer = None
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    reader, writer = (
-                        self._idle.pop()
-                        if self._idle
-                        else await asyncio.open_connection(*self.address)
-                    )
+                    if attempt == 1 and self._idle:
+                        reader, writer = self._idle.pop()
+                    else:
+                        reader, writer = await asyncio.open_connection(*self.address)
                     writer.write(HEADER.pack(len(payload)) + payload)
                     await writer.drain()
                     reply = await reader.readexactly(REPLY.size)
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 if writer is not None:
                     writer.close()
-                if attempt == 2:
+                self.close()
+                if attempt == 2 or isinstance(exc, TimeoutError):
                     raise ClusterError(
                         f"the cloud at {self.address[0]}:{self.address[1]} did not answer: "
                         f"{exc or type(exc).__name__}",

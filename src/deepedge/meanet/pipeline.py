@@ -198,7 +198,7 @@ def model_from_checkpoint(
         channels = int(weights["main.stem.0.weight" if is_edge else "stem.0.weight"].shape[1])
     except (KeyError, TypeError, AttributeError) as exc:
         raise DataError(
-            f"{path} is not a MEANet checkpoint (missing {exc})",
+            f"{path} is not a MEANet checkpoint ({type(exc).__name__}: {exc})",
             hint="train it with deepedge meanet train",
         ) from exc
     edge, cloud = _build(cfg, channels, len(names))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from deepedge.apps.loadgen import image_payloads
 from deepedge.cluster import make_backend
 from deepedge.cluster.api import ClusterBackend
-from deepedge.errors import DataError, SpecError
+from deepedge.errors import DataError, MonitorError, SpecError
 from deepedge.monitor.store import TimeSeriesStore
 from deepedge.serving.costs import CostCatalog, Flavour
 from deepedge.serving.forecast import SeasonalAutoReg
@@ -217,11 +217,19 @@ def serve(
                 options.slo_ms,
             )
             results: dict[str, ServeResult] = {}
-            # each interval's row, live, for the dashboard (deepedge serve --dashboard)
-            live = stack.enter_context(TimeSeriesStore(out / LIVE_DB))
+            # each interval's row, live, for the dashboard (deepedge serve --dashboard);
+            # this serve's alone: an earlier one's would mix with it under the same policy
+            for stale in (LIVE_DB, f"{LIVE_DB}-wal", f"{LIVE_DB}-shm"):
+                (out / stale).unlink(missing_ok=True)
+            live: list[TimeSeriesStore] = [stack.enter_context(TimeSeriesStore(out / LIVE_DB))]
 
             def tick(name: str, row: dict[str, Any]) -> None:
-                live.write(tick_samples(name, row, time.time()))
+                if live:  # emptied once a write failed (a full disk): the replay goes on
+                    try:
+                        live[0].write(tick_samples(name, row, time.time()))
+                    except MonitorError as err:
+                        status(f"[yellow]warning[/]: no live serving data: {err.one_line()}")
+                        live.clear()
                 if on_tick is not None:
                     on_tick(name, row)
 

@@ -126,7 +126,12 @@ function isSeries(v) {
 }
 
 function appendSeries(old, fresh) {
-  for (const k of Object.keys(fresh)) old[k] = (old[k] || []).concat(fresh[k]);
+  // an answer overlaps the last one by a few seconds (late rows): keep only what is newer
+  const held = old.t.length ? old.t[old.t.length - 1] : -Infinity;
+  const from = fresh.t.findIndex((x) => x > held);
+  if (from >= 0) {
+    for (const k of Object.keys(fresh)) old[k] = (old[k] || []).concat(fresh[k].slice(from));
+  }
   const t = old.t;
   if (!t.length) return;
   let i = 0;
@@ -148,7 +153,8 @@ function merge(old, fresh) {
       if (!isSeries(old[k])) return false;
       appendSeries(old[k], v);
     } else if (k === "violated_t") {
-      old[k] = (old[k] || []).concat(v);
+      const held = old[k]?.length ? old[k][old[k].length - 1] : -Infinity;
+      old[k] = (old[k] || []).concat(v.filter((t) => t > held));
     } else if (v && typeof v === "object" && !Array.isArray(v)) {
       if (!old[k] || typeof old[k] !== "object" || !merge(old[k], v)) return false;
     } else {
@@ -227,7 +233,8 @@ if (form) {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify(fields),
     });
-    const answer = await response.json();
+    const json = (response.headers.get("content-type") || "").includes("json");
+    const answer = json ? await response.json() : { error: await response.text() };
     out.textContent = response.ok
       ? `added ${answer.added}: ${answer.devices} devices in the spec`
       : `refused: ${answer.error}`;
