@@ -99,3 +99,16 @@ def test_serving_follows_each_policys_ticks_and_polls_only_what_is_new(tmp_path)
     newer = sources.serving(since=t0 + 8)["policies"][0]["series"]["trace"]
     assert newer == {"t": [t0 + 4], "rps": [14.0]}  # with OVERLAP_S (5 s) before since
     sources.close()
+
+
+def test_a_poll_with_nothing_new_keeps_the_latest_values(tmp_path) -> None:
+    db = tmp_path / "monitor.sqlite"
+    t = time.time() - 20
+    with TimeSeriesStore(db) as store:
+        for q, v in (("0.5", 0.002), ("0.95", 0.009), ("0.99", 0.02)):
+            store.write([Sample.of("deepedge_app_latency_seconds", v, t, app="cam", quantile=q)])
+    sources = Sources(db=db)
+    (app,) = sources.apps(since=t + 10)["apps"]  # nothing after t + 10 - OVERLAP_S
+    assert app["series"]["p95"]["t"] == []
+    assert app["latest_ms"] == pytest.approx({"p50": 2.0, "p95": 9.0, "p99": 20.0})
+    sources.close()

@@ -113,19 +113,21 @@ class Sources:
         last = store.last_ts()
         return [] if last is None else store.query(metric, start=last - self.window_s, end=last)
 
+    def _grouped(self, metric: str, label: str, since: float | None) -> dict[str, list[Sample]]:
+        """:meth:`_recent` samples of ``metric`` by the value of ``label``."""
+        return _by(self._recent(metric, since), label)
+
     # ------------------------------------------------------------------ cluster
     def cluster(self, since: float | None = None) -> dict[str, Any]:
         """Per device: CPU cores in use and its limit, memory and its limit (MB), share of
         the last interval spent throttled; and the CPU series for the chart (its points
         after ``since`` only, when given)."""
         updated = self._updated()  # before the reads: a row written meanwhile comes next time
-        cpu = _by(self._recent("deepedge_device_cpu_seconds_total", since), "device")
-        limit = _by(self._recent("deepedge_device_cpu_limit_cores", since), "device")
-        mem = _by(self._recent("deepedge_device_memory_used_bytes", since), "device")
-        mem_limit = _by(self._recent("deepedge_device_memory_limit_bytes", since), "device")
-        throttled = _by(
-            self._recent("deepedge_device_cpu_throttled_seconds_total", since), "device"
-        )
+        cpu = self._grouped("deepedge_device_cpu_seconds_total", "device", since)
+        limit = self._grouped("deepedge_device_cpu_limit_cores", "device", since)
+        mem = self._grouped("deepedge_device_memory_used_bytes", "device", since)
+        mem_limit = self._grouped("deepedge_device_memory_limit_bytes", "device", since)
+        throttled = self._grouped("deepedge_device_cpu_throttled_seconds_total", "device", since)
         devices = []
         for name in sorted(set(cpu) | set(limit)):
             used = _rates(cpu.get(name, []))
@@ -153,29 +155,31 @@ class Sources:
         the deadline (violated windows), with the latest values; after ``since`` (when
         given) the series and violations are the new ones only."""
         updated = self._updated()  # before the reads: a row written meanwhile comes next time
-        latency = _by(self._recent("deepedge_app_latency_seconds", since), "app")
-        deadline = _by(self._recent("deepedge_app_deadline_seconds", since), "app")
-        requests = _by(self._recent("deepedge_app_requests_total", since), "app")
-        misses = _by(self._recent("deepedge_app_deadline_misses_total", since), "app")
+        latency = self._grouped("deepedge_app_latency_seconds", "app", since)
+        deadline = self._grouped("deepedge_app_deadline_seconds", "app", since)
+        requests = self._grouped("deepedge_app_requests_total", "app", since)
+        misses = self._grouped("deepedge_app_deadline_misses_total", "app", since)
         apps = []
         for name in sorted(set(latency) | set(deadline)):
-            by_q = {q: _after(v, since) for q, v in _by(latency.get(name, []), "quantile").items()}
+            by_q = _by(latency.get(name, []), "quantile")
+            shown = {q: _after(by_q.get(q, []), since) for q in QUANTILES}
             dl = _last(deadline.get(name))
             dl_ms = None if dl is None else 1e3 * dl
             series = {
-                f"p{round(float(q) * 100)}": {
-                    "t": [s.ts for s in by_q.get(q, [])],
-                    "ms": [_finite(1e3 * s.value) for s in by_q.get(q, [])],
+                _quantile_key(q): {
+                    "t": [s.ts for s in shown[q]],
+                    "ms": [_finite(1e3 * s.value) for s in shown[q]],
                 }
                 for q in QUANTILES
             }
-            p95 = by_q.get("0.95", [])
+            latest = {_quantile_key(q): _last(by_q.get(q)) for q in QUANTILES}
+            p95 = shown["0.95"]
             violated = [s.ts for s in p95 if dl is not None and s.value > dl]
             apps.append(
                 {
                     "app": name,
                     "deadline_ms": dl_ms,
-                    "latest_ms": {k: (v["ms"][-1] if v["ms"] else None) for k, v in series.items()},
+                    "latest_ms": {k: None if v is None else 1e3 * v for k, v in latest.items()},
                     "series": series,
                     "violated_t": violated,
                     "violated_windows": len(violated),
@@ -190,20 +194,20 @@ class Sources:
         """The running (or last) plan and its progress: steps done of the total, the ETA
         at the recent step rate, each device's share, predicted and last compute time per
         step, and the compute series."""
-        updated = self._updated()  # before the reads: a row written meanwhile comes next time
         from deepedge.control.feed import LIVE_PLAN
 
+        updated = self._updated()  # before the reads: a row written meanwhile comes next time
         store = self.store()
         done = self._recent("deepedge_train_steps_done", since)
         total = _last(self._recent("deepedge_train_steps_total", since))
-        compute = _by(self._recent("deepedge_train_compute_seconds", since), "device")
+        compute = self._grouped("deepedge_train_compute_seconds", "device", since)
         plans = [] if store is None else store.events(kinds=[LIVE_PLAN])
         plan = plans[-1].data if plans else None
         if total is None and plan is not None:
             total = plan.get("steps_total")
         steps = _last(done)
         eta = None
-        recent = [s for s in done if s.ts >= done[-1].ts - 30] if done else []
+        recent = [s for s in done if s.ts >= done[-1].ts - MARGIN_S] if done else []
         if len(recent) >= 2 and steps is not None and total is not None:
             rate = (recent[-1].value - recent[0].value) / (recent[-1].ts - recent[0].ts or 1)
             eta = (total - steps) / rate if rate > 0 else None
@@ -247,10 +251,10 @@ class Sources:
         forecast and ready-capacity rates over time, and the latest cost per hour, p95
         and replicas."""
         updated = self._updated()  # before the reads: a row written meanwhile comes next time
-        rates = _by(self._recent("deepedge_serving_rate_rps", since), "policy")
-        cost = _by(self._recent("deepedge_serving_cost_per_hour", since), "policy")
-        p95 = _by(self._recent("deepedge_serving_p95_seconds", since), "policy")
-        replicas = _by(self._recent("deepedge_serving_replicas", since), "policy")
+        rates = self._grouped("deepedge_serving_rate_rps", "policy", since)
+        cost = self._grouped("deepedge_serving_cost_per_hour", "policy", since)
+        p95 = self._grouped("deepedge_serving_p95_seconds", "policy", since)
+        replicas = self._grouped("deepedge_serving_replicas", "policy", since)
         policies = []
         for name in sorted(set(rates) | set(cost)):
             by_series = _by(rates.get(name, []), "series")
@@ -395,8 +399,9 @@ def _plots(report: dict[str, Any] | None) -> dict[str, str]:
 
 
 def _number(value: Any) -> float | None:
+    """A report's number as :func:`_finite` gives it; anything that is not one, None."""
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return value if ok and math.isfinite(value) else None
+    return _finite(value) if ok else None
 
 
 def _after(points: list[Any], since: float | None) -> list[Any]:
@@ -406,6 +411,11 @@ def _after(points: list[Any], since: float | None) -> list[Any]:
     if since is None:
         return points
     return [p for p in points if (p.ts if isinstance(p, Sample) else p[0]) > since - OVERLAP_S]
+
+
+def _quantile_key(q: str) -> str:
+    """``"0.95"`` → ``"p95"``."""
+    return f"p{round(float(q) * 100)}"
 
 
 def _last(samples: list[Sample] | None) -> float | None:

@@ -53,6 +53,16 @@ class ExitRule:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
 
+    # The rule itself, for a batch of stored outputs (:func:`route`) and for one input at a
+    # time as deployed (:class:`deepedge.meanet.offload.EdgeCloudClassifier`) alike.
+    def exits_at_main(self, settles: torch.Tensor, main_entropy: torch.Tensor) -> torch.Tensor:
+        """Whether each input leaves at the main block: an easy top-1, certain enough."""
+        return settles & (main_entropy < self.main_threshold)
+
+    def goes_to_cloud(self, edge_entropy: torch.Tensor) -> torch.Tensor:
+        """Whether each input that ran the extension is too uncertain for the edge."""
+        return edge_entropy > self.cloud_threshold
+
 
 @dataclass(frozen=True)
 class ExitOutputs:
@@ -159,11 +169,11 @@ def exit_outputs(
 
 def route(outputs: ExitOutputs, rule: ExitRule) -> Routing:
     """Apply ``rule`` to stored outputs."""
-    at_main = outputs.main_settles & (outputs.main_entropy < rule.main_threshold)
+    at_main = rule.exits_at_main(outputs.main_settles, outputs.main_entropy)
     prediction = torch.where(at_main, outputs.main_top, outputs.edge_top)
     exit_ = torch.where(at_main, 0, 1)
     if outputs.cloud is not None:
-        to_cloud = ~at_main & (outputs.edge_entropy > rule.cloud_threshold)
+        to_cloud = ~at_main & rule.goes_to_cloud(outputs.edge_entropy)
         prediction = torch.where(to_cloud, outputs.cloud.argmax(1), prediction)
         exit_[to_cloud] = 2
     return Routing(exit_, prediction)

@@ -126,12 +126,12 @@ class EdgeCloudClassifier:
         features = self.edge.main_features(x)
         main = self.edge.main.head(self.edge.main.pool(features))
         probs = torch.softmax(main, 1)
-        top = int(probs.argmax(1))
-        if top not in self._hard and float(normalised_entropy(probs)) < self.rule.main_threshold:
-            return Decision(top, "main")
+        top = probs.argmax(1)
+        if self.rule.exits_at_main(~torch.isin(top, self._hard), normalised_entropy(probs)):
+            return Decision(int(top), "main")
         dist = edge_distribution(main, self.edge.extension_logits(x, features), self._hard)
         label = int(dist.argmax(1))
-        if self.cloud is None or float(normalised_entropy(dist)) <= self.rule.cloud_threshold:
+        if self.cloud is None or not self.rule.goes_to_cloud(normalised_entropy(dist)):
             return Decision(label, "extension")
         return Decision(label, "cloud")
 
