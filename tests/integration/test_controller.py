@@ -72,11 +72,12 @@ def test_a_run_goes_through_its_states_and_logs_its_decisions(tmp_path, backend)
     assert report["state"] == "done" and len(report["events"]) == len(ctl.events)
     assert_nothing_left(built[0], pids)
 
-    # what a dashboard reading the session's store saw while the run went on: every event
-    # up to the last one before the store closed, the plan followed, the steps done
+    # what a dashboard reading the session's store saw: every event, the run's end
+    # (logged after the session closed the store) included, the plan followed, the steps
     store = TimeSeriesStore.open_readonly(tmp_path / "run" / "monitor.sqlite")
     stored = store.events()
-    logged = [(e.kind, e.message) for e in ctl.events if e.state is not RunState.DONE]
+    logged = [(e.kind, e.message) for e in ctl.events]
+    assert logged[-1] == ("state", "done")
     assert [(e.kind, e.message) for e in stored if e.kind != LIVE_PLAN] == logged
     live, *rebalanced = [e for e in stored if e.kind == LIVE_PLAN]  # a straggler may rebalance
     assert {e.data["policy"] for e in [live, *rebalanced]} == {"proportional"}

@@ -1,8 +1,10 @@
 """The dashboard over a recorded session, served by its real server on loopback.
 
-``tests/data/dashboard-session`` is a recording: the monitor store and report.json of a
-``deepedge demo --quick`` run (2026-12-01; 42 s, 5 boards, 5 LC apps, three policies
-trained one after the other, with the run controller's events and progress).
+``tests/data/dashboard-session`` is a recording of a ``deepedge demo --quick`` run on an
+empty knowledge base (2026-12-01; 5 boards, 5 LC apps; interference profiling, then
+144 s of session: profiling, three policies trained one after the other, learning): its
+monitor store with the run controller's events and progress up to "done", its
+knowledge base, report.json and plots.
 """
 
 from __future__ import annotations
@@ -104,8 +106,9 @@ def test_every_page_shows_the_recorded_numbers(recorded: DashboardServer) -> Non
     assert status == 200
     (progress,) = cells(html, "progress")
     (live_plan, *_) = store.events(kinds=["live-plan"])[::-1]
-    assert progress[0] == live_plan.data["policy"] == "equal"  # the last plan followed
-    assert progress[1] == f"{latest('deepedge_train_steps_done'):.0f}" == progress[2]
+    assert progress[0] == store.events()[-1].state  # the run's state as last logged
+    assert progress[1] == live_plan.data["policy"] == "equal"  # the last plan followed
+    assert progress[2] == f"{latest('deepedge_train_steps_done'):.0f}" == progress[3]
     trained = {row[0]: row for row in cells(html, "train-devices")}
     assert {d: int(r[1]) for d, r in trained.items()} == live_plan.data["local_batches"]
 
@@ -274,3 +277,54 @@ def test_a_past_run_serves_the_plots_its_report_lists_and_nothing_else(tmp_path:
         status, html = fetch(base + "/runs")
         assert status == 200 and '<img src="/runs/1/plots/lc_latency"' in html
         assert "/runs/0/plots/lc_latency" not in html and "no readable report" in html
+
+
+def test_the_knowledge_base_page_shows_its_profiles_and_draws_its_plots(tmp_path: Path) -> None:
+    from deepedge.interference import InterferenceModel, load_books, observations, train_resident
+    from deepedge.profile.kb import KnowledgeBase, ProfileKey
+    from deepedge.spec import JobSpec, load_spec
+    from tests.unit.test_cli_interference import EXAMPLES, fill
+
+    kb = tmp_path / "kb.sqlite"
+    fill(kb)  # 40 co-location runs of an app, a stressor and the demo job on orin-1
+    job = load_spec(JobSpec, EXAMPLES / "demo-job.yaml")
+    with KnowledgeBase(kb) as base:
+        key = ProfileKey.build("jetson-nano", {"cores": 4}, "sig", [["cnn_inference", 20.0]])
+        pid = base.open_profile(key, device_name="nano-1")
+        base.add_point(pid, 32, [0.30, 0.31], None)
+        base.add_point(pid, 8, [0.10, 0.12, 0.11], None)
+        base.add_point(pid, 32, [0.29], None)  # one median over both points at 32
+        books = load_books(base, job)
+        obs = observations(base.interference_runs(), books)
+        InterferenceModel.fit(obs, books, resident=train_resident(job)).save(base)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    with DashboardServer(Sources(kb=kb), port=0) as server:
+        base_url = f"http://127.0.0.1:{server.port}"
+        status, html = fetch(base_url + "/kb")
+        assert status == 200
+        (profile,) = cells(html, "profiles")
+        assert profile[1] == "nano-1" and profile[4] == "3" and profile[5] == "8: 0.110, 32: 0.300"
+        (model,) = cells(html, "models")
+        assert model[0] == "interference"
+        names = re.findall(r'<img src="/kb/plots/([^"]+)\.png"', html)
+        assert names == ["step-times", "interference-oof", "sensitivity-orin-nano"]
+        for name in names:
+            with urllib.request.urlopen(f"{base_url}/kb/plots/{name}.png", timeout=30) as r:
+                png = r.read()
+                assert r.headers["content-type"] == "image/png"
+            assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+        assert fetch(base_url + "/kb/plots/nope.png")[0] == 404
+        # read-only: the file is as it was and nothing was made beside it
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+        # a run recorded after the fit: the model's out-of-fold predictions no longer
+        # line up with the stored runs, and the page says so instead of drawing them
+        with KnowledgeBase(kb) as base:
+            run = base.interference_runs()[0]
+            base.add_interference(run.device, "later", run.scenario, run.result)
+        status, html = fetch(base_url + "/kb")
+        names = re.findall(r'<img src="/kb/plots/([^"]+)\.png"', html)
+        assert names == ["step-times", "sensitivity-orin-nano"]
+        assert "refit it" in html
+        assert fetch(base_url + "/kb/plots/interference-oof.png")[0] == 404

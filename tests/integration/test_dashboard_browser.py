@@ -56,9 +56,11 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardServer]:
-    db = tmp_path_factory.mktemp("session") / "monitor.sqlite"
-    shutil.copy(SESSION / "monitor.sqlite", db)
-    with DashboardServer(Sources(db=db, runs=[SESSION]), port=0) as server:
+    folder = tmp_path_factory.mktemp("session")
+    for name in ("monitor.sqlite", "kb.sqlite"):
+        shutil.copy(SESSION / name, folder / name)
+    sources = Sources(db=folder / "monitor.sqlite", kb=folder / "kb.sqlite", runs=[SESSION])
+    with DashboardServer(sources, port=0) as server:
         yield server
 
 
@@ -80,6 +82,13 @@ def test_every_page_renders_its_numbers_and_charts(browser, recorded) -> None:
                 page.wait_for_function("document.body.dataset.polled !== undefined")
             if name in ("cluster", "apps", "training"):
                 page.wait_for_selector(".chart .main-svg")  # plotly drew
+            if name == "kb":  # the plots drawn of the recorded knowledge base arrived
+                page.wait_for_function(
+                    "[...document.querySelectorAll('#kb-plots img')]"
+                    ".every((img) => img.complete && img.naturalWidth > 0)"
+                )
+                shown = page.locator("#kb-plots img").count()
+                assert shown == len(api(recorded, "kb")["plots"]) >= 3
             if shots:
                 Path(shots).mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(Path(shots) / f"dashboard-{name}.png"), full_page=True)
@@ -104,7 +113,8 @@ def test_every_page_renders_its_numbers_and_charts(browser, recorded) -> None:
         page.wait_for_selector("#chart-gantt.js-plotly-plot")  # the plan's Gantt is drawn
         data = api(recorded, "training")
         cells = page.locator("#progress tbody td").all_inner_texts()
-        assert cells[:3] == [
+        assert cells[:4] == [
+            data["state"],
             data["policy"],
             f"{data['steps_done']:.0f}",
             f"{data['steps_total']:.0f}",

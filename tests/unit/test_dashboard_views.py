@@ -32,24 +32,30 @@ def test_training_progress_eta_and_plan_come_from_the_feed(tmp_path) -> None:
         # 10 steps done in 10 s: 1 step/s, 90 to go
         store.write([Sample.of("deepedge_train_steps_done", i, t0 + i) for i in range(11)])
         feed.step("slow", 0.47, None)
+        feed.flush()
+
+        sources = Sources(db=db)
+        view = sources.training()  # while the run goes on
+        assert view["state"] == "train" and view["policy"] == "deep-edge"
+        assert view["steps_total"] == 100
+        assert view["steps_done"] == 10 and view["progress"] == pytest.approx(0.10)
+        assert view["eta_s"] == pytest.approx(90.0)
+        devices = {d["device"]: d for d in view["devices"]}
+        assert devices["fast"]["local_batch"] == 64 and devices["slow"]["local_batch"] == 32
+        assert devices["fast"]["wait_s"] == pytest.approx(0.05) and devices["slow"]["wait_s"] == 0
+        assert devices["slow"]["last_compute_s"] == pytest.approx(0.47)
+        assert view["comm_s"] == pytest.approx(0.05)
+
         feed.close()
         feed.step("fast", 0.41, 11)  # after close: dropped, no error
-        log.add(RunState.DONE, "state", "done")  # likewise
-
-    sources = Sources(db=db)
+    # the session closed its store; the run's end is still appended
+    log.add(RunState.DONE, "state", "done")
     view = sources.training()
-    assert view["policy"] == "deep-edge" and view["steps_total"] == 100
-    assert view["steps_done"] == 10 and view["progress"] == pytest.approx(0.10)
-    assert view["eta_s"] == pytest.approx(90.0)
-    devices = {d["device"]: d for d in view["devices"]}
-    assert devices["fast"]["local_batch"] == 64 and devices["slow"]["local_batch"] == 32
-    assert devices["fast"]["wait_s"] == pytest.approx(0.05) and devices["slow"]["wait_s"] == 0
-    assert devices["slow"]["last_compute_s"] == pytest.approx(0.47)
-    assert view["comm_s"] == pytest.approx(0.05)
+    assert view["state"] == "done" and view["eta_s"] is None and view["steps_done"] == 10
 
     events = sources.events()["events"]
-    assert [e["kind"] for e in events] == ["live-plan", "state"]  # newest first, no "done"
-    assert events[1]["message"] == "training with deep-edge"
+    assert [e["kind"] for e in events] == ["state", "live-plan", "state"]  # newest first
+    assert [events[0]["message"], events[2]["message"]] == ["done", "training with deep-edge"]
     sources.close()
 
 

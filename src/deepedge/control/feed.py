@@ -10,8 +10,9 @@ depends on anyone watching.
 
 Step samples are batched (one transaction a second at most: a step every few hundred
 milliseconds on every device must not cost the controller a commit each); events are
-written at once. Once the store is closed (the session has stopped) writes are dropped:
-the report keeps every event.
+written at once. Once the session's store is closed (the session has stopped), step
+samples are dropped, and an event (the run's end: done or failed) is appended by opening
+the file for that one write, so a watcher sees how the run ended.
 """
 
 from __future__ import annotations
@@ -48,12 +49,23 @@ class RunFeed:
         self._lock = threading.Lock()
         self._flushed = 0.0
         self._closed = False
+        self._broken = False  # a write failed: nothing more is tried
 
     def event(self, event: Event) -> None:
         """An :class:`~deepedge.control.events.EventLog` listener."""
-        self._write_events(
-            [StoredEvent(event.t, event.kind, event.state.value, event.message, event.data)]
-        )
+        stored = StoredEvent(event.t, event.kind, event.state.value, event.message, event.data)
+        with self._lock:
+            if not self._closed:
+                self._guarded(lambda: self.store.write_events([stored]))
+            elif not self._broken and self.store.path.is_file():
+                self._guarded(lambda: self._append_after_close(stored))
+
+    def _append_after_close(self, event: StoredEvent) -> None:
+        store = TimeSeriesStore(self.store.path, compact_every_s=None)
+        try:
+            store.write_events([event])
+        finally:
+            store.close()
 
     def plan(self, plan: Plan, compute_s: dict[str, float], comm_s: float | None) -> None:
         """The plan now followed: each device's share and predicted compute per step."""
@@ -65,9 +77,10 @@ class RunFeed:
             "step_s": plan.predicted_step_s,
             "steps_total": self.steps_total,
         }
-        self._write_events(
-            [StoredEvent(time.time(), LIVE_PLAN, "train", f"following {plan.policy}", data)]
-        )
+        live = StoredEvent(time.time(), LIVE_PLAN, "train", f"following {plan.policy}", data)
+        with self._lock:
+            if not self._closed:
+                self._guarded(lambda: self.store.write_events([live]))
 
     def step(self, device: str, compute_s: float | None, steps_done: int | None) -> None:
         """A device finished a step (``steps_done``: global steps, from rank 0's view)."""
@@ -94,15 +107,11 @@ class RunFeed:
                 self._guarded(lambda: self.store.write(samples))
 
     def close(self) -> None:
-        """Write what is buffered; later writes are dropped."""
+        """Write what is buffered; later step samples and plans are dropped, later events
+        appended on their own (the session is about to close the store)."""
         self.flush()
         with self._lock:
             self._closed = True
-
-    def _write_events(self, events: list[StoredEvent]) -> None:
-        with self._lock:
-            if not self._closed:
-                self._guarded(lambda: self.store.write_events(events))
 
     def _guarded(self, write: Any) -> None:
         try:
@@ -110,6 +119,6 @@ class RunFeed:
         except MonitorError as err:
             # the store is gone (closed, full disk): watchers stop seeing the run live;
             # the run itself and its report (which keeps every event) go on
-            if not self._closed:
+            if not self._broken:
                 log.warning("live feed stopped: %s", err.one_line())
-            self._closed = True
+            self._closed = self._broken = True

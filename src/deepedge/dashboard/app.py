@@ -187,6 +187,13 @@ def create_app(
             return PlainTextResponse(f"run {index} lists no plot {name!r}", status_code=404)
         return FileResponse(path)
 
+    @app.get("/kb/plots/{name}.png")
+    def kb_plot(name: str) -> Response:
+        png = sources.kb_plot(name)
+        if png is None:
+            return PlainTextResponse(f"the knowledge base has no plot {name!r}", status_code=404)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
     @app.get("/api/{page}")
     def api(page: str, since: float | None = None) -> JSONResponse:
         """A page's data; ``since`` (the ``updated`` of the last poll): only the series

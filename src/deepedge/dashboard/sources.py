@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepedge.errors import DataError
+from deepedge.dashboard.kbplots import KnowledgePlots, read_kb, step_medians
 from deepedge.monitor.samples import Sample
 from deepedge.monitor.store import TimeSeriesStore
 
@@ -75,6 +74,7 @@ class Sources:
     _store: TimeSeriesStore | None = field(default=None, init=False, repr=False)
     _wal_at_open: bool = field(default=False, init=False, repr=False)
     _opening: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _kb_plots: KnowledgePlots | None = field(default=None, init=False, repr=False)
 
     def store(self) -> TimeSeriesStore | None:
         """The monitor store, opened read-only on first use (a session creates it after
@@ -191,9 +191,9 @@ class Sources:
 
     # ------------------------------------------------------------------ training
     def training(self, since: float | None = None) -> dict[str, Any]:
-        """The running (or last) plan and its progress: steps done of the total, the ETA
-        at the recent step rate, each device's share, predicted and last compute time per
-        step, and the compute series."""
+        """The running (or last) plan and its progress: the run's state, steps done of
+        the total, the ETA at the recent step rate (while it runs), each device's share,
+        predicted and last compute time per step, and the compute series."""
         from deepedge.control.feed import LIVE_PLAN
 
         updated = self._updated()  # before the reads: a row written meanwhile comes next time
@@ -201,14 +201,17 @@ class Sources:
         done = self._recent("deepedge_train_steps_done", since)
         total = _last(self._recent("deepedge_train_steps_total", since))
         compute = self._grouped("deepedge_train_compute_seconds", "device", since)
-        plans = [] if store is None else store.events(kinds=[LIVE_PLAN])
+        events = [] if store is None else store.events()
+        plans = [e for e in events if e.kind == LIVE_PLAN]
         plan = plans[-1].data if plans else None
+        state = events[-1].state if events else None  # train, adapt ... done or failed
         if total is None and plan is not None:
             total = plan.get("steps_total")
         steps = _last(done)
         eta = None
         recent = [s for s in done if s.ts >= done[-1].ts - MARGIN_S] if done else []
-        if len(recent) >= 2 and steps is not None and total is not None:
+        running = state not in ("done", "failed")
+        if running and len(recent) >= 2 and steps is not None and total is not None:
             rate = (recent[-1].value - recent[0].value) / (recent[-1].ts - recent[0].ts or 1)
             eta = (total - steps) / rate if rate > 0 else None
         devices = []
@@ -233,6 +236,7 @@ class Sources:
             )
         global_batch = sum(batches.values()) if batches else None
         return {
+            "state": state,
             "policy": (plan or {}).get("policy"),
             "steps_done": steps,
             "samples_done": steps * global_batch if steps is not None and global_batch else None,
@@ -296,39 +300,53 @@ class Sources:
 
     # ------------------------------------------------------------------ knowledge base
     def knowledge(self) -> dict[str, Any]:
-        """The knowledge base's step-time profiles and stored models (interference)."""
+        """The knowledge base's step-time profiles, stored models (interference) and the
+        plots drawn of them (:meth:`kb_plot`)."""
         if self.kb is None or not self.kb.is_file():
-            return {"profiles": [], "models": [], "path": str(self.kb) if self.kb else None}
-        try:
-            db = sqlite3.connect(f"{self.kb.resolve().as_uri()}?mode=ro", uri=True)
-            try:
-                profiles = db.execute(
-                    """SELECT p.id, p.device_name, p.device_kind, p.load, p.stale_reason,
-                              COUNT(x.id)
-                       FROM kb_profiles AS p LEFT JOIN kb_points AS x ON x.profile_id = p.id
-                       GROUP BY p.id ORDER BY p.id"""
-                ).fetchall()
-                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-                models = (
-                    db.execute("SELECT name, meta FROM kb_models ORDER BY name").fetchall()
-                    if "kb_models" in tables  # a knowledge base from before interference
-                    else []
-                )
-            finally:
-                db.close()
-        except sqlite3.Error as exc:
-            raise DataError(
-                f"{self.kb} is not a readable knowledge base ({exc})",
-                hint="pass the file deepedge writes with --kb (default ~/.deepedge/kb.sqlite)",
-            ) from None
+            path = str(self.kb) if self.kb else None
+            return {"profiles": [], "models": [], "plots": [], "notes": [], "path": path}
+        with read_kb(self.kb) as (db, tables):
+            profiles = db.execute(
+                """SELECT p.id, p.device_name, p.device_kind, p.load, p.stale_reason,
+                          COUNT(x.id)
+                   FROM kb_profiles AS p LEFT JOIN kb_points AS x ON x.profile_id = p.id
+                   GROUP BY p.id ORDER BY p.id"""
+            ).fetchall()
+            medians = step_medians(db)
+            models = (
+                db.execute("SELECT name, meta FROM kb_models ORDER BY name").fetchall()
+                if "kb_models" in tables  # a knowledge base from before interference
+                else []
+            )
         return {
             "path": str(self.kb),
             "profiles": [
-                {"id": i, "device": d, "kind": k, "load": load, "stale": stale, "points": n}
+                {
+                    "id": i,
+                    "device": d,
+                    "kind": k,
+                    "load": load,
+                    "stale": stale,
+                    "points": n,
+                    "median_step_s": {str(b): t for b, t in medians.get(i, [])},
+                }
                 for i, d, k, load, stale, n in profiles
             ],
             "models": [{"name": n, "meta": _json_or_text(m)} for n, m in models],
+            **self._plots_of_kb().listing(),
         }
+
+    def kb_plot(self, name: str) -> bytes | None:
+        """The knowledge base's plot ``name`` (PNG), one :meth:`knowledge` lists."""
+        if self.kb is None or not self.kb.is_file():
+            return None
+        return self._plots_of_kb().png(name)
+
+    def _plots_of_kb(self) -> KnowledgePlots:
+        assert self.kb is not None
+        if self._kb_plots is None:
+            self._kb_plots = KnowledgePlots(self.kb)
+        return self._kb_plots
 
     # ------------------------------------------------------------------ past runs
     def run_plot(self, index: int, name: str) -> Path | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from deepedge.knowledge import KnowledgeBaseCore, SoftwareVersions, canonical_json
 
-__all__ = ["InterferenceRow", "InterferenceStore", "UsageRow"]
+__all__ = ["InterferenceRow", "InterferenceStore", "UsageRow", "read_interference_runs"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,26 @@ class InterferenceRow:
     scenario: dict[str, Any]
     result: dict[str, Any]
     measured_at: float
+
+
+def read_interference_runs(
+    conn: sqlite3.Connection, *, campaign: str | None = None, device: str | None = None
+) -> list[InterferenceRow]:
+    """:meth:`InterferenceStore.interference_runs` on a connection of the caller's (the
+    dashboard reads the file read-only)."""
+    where, args = ["stale_reason IS NULL"], []
+    for column, value in (("campaign", campaign), ("device", device)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    rows = conn.execute(
+        "SELECT device, campaign, scenario, result, measured_at FROM kb_interference "
+        f"WHERE {' AND '.join(where)} ORDER BY id",
+        args,
+    ).fetchall()
+    return [
+        InterferenceRow(d, c, json.loads(sc), json.loads(r), float(at)) for d, c, sc, r, at in rows
+    ]
 
 
 class InterferenceStore(KnowledgeBaseCore):
@@ -119,21 +139,8 @@ class InterferenceStore(KnowledgeBaseCore):
         self, *, campaign: str | None = None, device: str | None = None
     ) -> list[InterferenceRow]:
         """Fresh co-location runs, oldest first, optionally of one campaign or device key."""
-        where, args = ["stale_reason IS NULL"], []
-        for column, value in (("campaign", campaign), ("device", device)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT device, campaign, scenario, result, measured_at FROM kb_interference "
-                f"WHERE {' AND '.join(where)} ORDER BY id",
-                args,
-            ).fetchall()
-        return [
-            InterferenceRow(d, c, json.loads(sc), json.loads(r), float(at))
-            for d, c, sc, r, at in rows
-        ]
+            return read_interference_runs(conn, campaign=campaign, device=device)
 
     def invalidate_interference(
         self, device: str | None = None, *, campaign_prefix: str | None = None

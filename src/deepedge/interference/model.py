@@ -337,7 +337,13 @@ class InterferenceModel:
                 f"knowledge base {kb.path} has no fitted interference model",
                 hint="run `deepedge interference profile` then `deepedge interference fit`",
             )
-        data = pickle.loads(stored[0])
+        return cls.from_blob(stored[0])
+
+    @classmethod
+    def from_blob(cls, blob: bytes) -> InterferenceModel:
+        """The model :meth:`save` stored as ``blob`` (for readers that open the knowledge
+        base themselves, read-only); raises as :meth:`load` does."""
+        data = pickle.loads(blob)
         if data.get("format") != _FORMAT:
             raise NoInterferenceModel(
                 "the stored interference model has an unknown format",

@@ -45,6 +45,7 @@ from typing import Any, Literal, TextIO
 
 from deepedge.errors import MonitorError
 from deepedge.monitor.samples import Labels, Sample
+from deepedge.sqlite_readonly import readonly_uri
 
 __all__ = ["StoredEvent", "TimeSeriesStore", "export_monitor_window"]
 
@@ -660,14 +661,9 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
     head = _read_header(path)
     has_wal = Path(f"{path}-wal").exists()
     _check_size(path, head, has_wal)
-    uri = f"{path.absolute().as_uri()}?mode=ro"
-    if head[18] == 2 and not has_wal:
-        # A WAL-mode file with no -wal beside it holds all its committed data itself;
-        # mode=ro alone would create -wal and -shm files here and leave them behind.
-        uri += "&immutable=1"
     try:
         db = sqlite3.connect(
-            uri,
+            readonly_uri(path),
             uri=True,
             timeout=_BUSY_TIMEOUT_S,
             isolation_level=None,
