@@ -308,3 +308,35 @@ def test_a_killed_worker_is_reported_with_its_exit_code(cluster, tmp_path):
         s.close()  # idempotent
         with pytest.raises(ClusterError, match="not running"):
             s.set(0.5)
+
+
+def test_launched_workers_start_side_by_side_and_one_never_awaited_is_stopped(cluster, tmp_path):
+    device = cluster.devices["mini"]
+    make = [
+        StressorProcess("cpu", device, host=cluster.coordinator_address, workdir=tmp_path / str(i))
+        for i in range(3)
+    ]
+    device.set_cpu_limit(None)
+    try:
+        for s in make:
+            s.launch(timeout_s=60)  # returns at once: the three start together
+        assert all(s.pid is not None and not gone(s.pid) for s in make)
+        with pytest.raises(ClusterError, match="not launched"):
+            StressorProcess(
+                "cpu", device, host=cluster.coordinator_address, workdir=tmp_path / "x"
+            ).await_started()
+        first, second, never = make
+        first.await_started()
+        second.await_started()
+        assert first.startup_s is not None and second.startup_s is not None
+        assert first.read().intensity == 0.0  # each answers on its own connection
+        second.set(0.5)
+        assert second.read().intensity == 0.5
+        pid = never.pid
+        never.close()  # launched, never awaited: stopped, its listener closed
+        wait_for(lambda: gone(pid), "the worker closed before its hello was awaited")
+    finally:
+        device.set_cpu_limit(device.spec.cpu_cores)
+        for s in make:
+            s.close()
+    assert not list(device.pids())

@@ -208,18 +208,32 @@ class InterferenceLab:
         try:
             for handle in self.cluster.devices.values():
                 handle.set_cpu_limit(None)  # boot at full speed; the quota returns below
-            for name, handle in self.cluster.devices.items():
-                self.status(f"booting interference lab on {name} ({handle.spec.kind})")
-                self._start_apps(name, handle, logs)
-                self._start_stressors(name, handle)
+            devices = self.cluster.devices
+            self.status(f"booting interference lab on {', '.join(devices)} (side by side)")
+            # Every resident of every device is spawned first, then each is waited for:
+            # their start-up (interpreters importing torch) is the wait, and one device
+            # after another took 5 × as long on the demo cluster.
+            spawned = {n: self._spawn_apps(n, handle, logs) for n, handle in devices.items()}
+            for name, handle in devices.items():
+                self._launch_stressors(name, handle)
+            for name, servers in spawned.items():
+                self._apps[name] = {
+                    kind: _AppServer(app, wait_ready(ready, proc, timeout_s=120), address, proc)
+                    for kind, (app, proc, ready, address) in servers.items()
+                }
+            for name in devices:
+                self._await_stressors(name)
             for handle in self.cluster.devices.values():
                 handle.set_cpu_limit(handle.spec.cpu_cores)
         except BaseException:
             self.close()
             raise
 
-    def _start_apps(self, name: str, handle: Any, logs: Path) -> None:
-        servers: dict[str, tuple[AppSpec, Any, Path]] = {}
+    def _spawn_apps(
+        self, name: str, handle: Any, logs: Path
+    ) -> dict[str, tuple[AppSpec, Any, Path, str]]:
+        """Start ``name``'s LC app servers; returns without waiting for them."""
+        servers: dict[str, tuple[AppSpec, Any, Path, str]] = {}
         for kind in self.app_kinds:
             # named per device: one load generator serves the devices run side by side
             app = AppSpec(
@@ -235,45 +249,52 @@ class InterferenceLab:
                 server_command(app, ready, host=handle.address, parent_pid=os.getpid()),
                 log_path=logs / f"{app.name}.log",
             )
-            servers[kind] = (app, proc, ready)
-        self._apps[name] = {
-            kind: _AppServer(app, wait_ready(ready, proc, timeout_s=120), handle.address, proc)
-            for kind, (app, proc, ready) in servers.items()
-        }
+            servers[kind] = (app, proc, ready, handle.address)
+        return servers
 
-    def _start_stressors(self, name: str, handle: Any) -> None:
+    def _launch_stressors(self, name: str, handle: Any) -> None:
+        """Spawn ``name``'s stressors and its training co-runner (see :meth:`_await_stressors`)."""
         workers: dict[str, StressorProcess] = {}
         for kind in self.stressor_kinds:
             options: dict[str, Any] = {}
             if kind == "memcap":
                 options["max_mb"] = self.memcap_mb(name)
-            worker = StressorProcess(
+            workers[kind] = StressorProcess(
                 kind,
                 handle,
                 host=self.cluster.coordinator_address,
                 workdir=self.workdir / f"stress-{name}-{kind}",
                 options=options,
             )
-            try:
-                worker.start()
-            except StressorUnavailable as err:
-                self.skipped.setdefault(name, {})[kind] = err.reason
-                self.status(f"stressor {kind} on {name} skipped: {err.reason}")
-                continue
-            workers[kind] = worker
-        self._stressors[name] = workers
-        trainer = StressorProcess(
+        self._stressors[name] = workers  # registered at once: close() stops what started
+        self._trainers[name] = StressorProcess(
             "train",
             handle,
             host=self.cluster.coordinator_address,
             workdir=self.workdir / f"train-{name}",
             options={"job": self.job.model_dump(mode="json")},
         )
-        trainer.start()
-        self._trainers[name] = trainer
+        for worker in [*workers.values(), self._trainers[name]]:
+            worker.launch()
+
+    def _await_stressors(self, name: str) -> None:
+        """Wait for ``name``'s stressors' hellos; a kind that cannot run there is skipped."""
+        workers = self._stressors[name]
+        for kind, worker in list(workers.items()):
+            try:
+                worker.await_started()
+            except StressorUnavailable as err:
+                self.skipped.setdefault(name, {})[kind] = err.reason
+                self.status(f"stressor {kind} on {name} skipped: {err.reason}")
+                del workers[kind]
+        self._trainers[name].await_started()
 
     def close(self) -> None:
         """Stop every resident and the devices. Idempotent."""
+        for handle in self.cluster.devices.values():
+            # a torch process exits in a second unthrottled, in many under a small quota
+            with contextlib.suppress(Exception):
+                handle.set_cpu_limit(None)
         for workers in self._stressors.values():
             for w in workers.values():
                 with contextlib.suppress(Exception):

@@ -344,6 +344,7 @@ class StressorProcess:
         self._lock = threading.Lock()
         self._intensity = 0.0
         self._closed = False
+        self._launched: tuple[WorkerListener, float, float] | None = None
 
     # --- life cycle
 
@@ -371,6 +372,14 @@ class StressorProcess:
         Raises :class:`StressorUnavailable` when the kind cannot run there, and
         :class:`ClusterError` (with the log's tail) when the worker dies or times out.
         """
+        self.launch(timeout_s)
+        self.await_started()
+
+    def launch(self, timeout_s: float = 120.0) -> None:
+        """Spawn the worker and return at once; :meth:`await_started` waits for its
+        hello, by ``timeout_s`` from now. Several workers launched one after the other
+        start side by side. Call both from one thread: the worker is killed when the
+        thread that spawned it ends (the device's parent-death signal is per thread)."""
         if self._worker is not None or self._closed:
             raise ClusterError(
                 f"{self.kind} stressor on {self.device_name!r} was already started",
@@ -404,10 +413,25 @@ class StressorProcess:
                 "--options",
                 json.dumps(options),
             ]
-            worker = listener.spawn(
+            self._worker = listener.spawn(
                 self.device_name, self.device, argv, env=env, log_path=self.log_path
             )
-            self._worker = worker
+        except BaseException:
+            listener.close()
+            self.close()
+            raise
+        self._launched = (listener, started, timeout_s)
+
+    def await_started(self) -> None:
+        """Wait for the hello of the worker :meth:`launch` spawned; raises as :meth:`start`."""
+        if self._launched is None or self._worker is None:
+            raise ClusterError(
+                f"{self.kind} stressor on {self.device_name!r} was not launched",
+                hint="call launch() first",
+            )
+        (listener, started, timeout_s), self._launched = self._launched, None
+        worker = self._worker
+        try:
             listener.await_hellos(
                 [worker],
                 deadline=started + timeout_s,
@@ -454,6 +478,9 @@ class StressorProcess:
         if self._closed:
             return
         self._closed = True
+        if self._launched is not None:  # launched, never awaited
+            self._launched[0].close()
+            self._launched = None
         worker = self._worker
         if worker is not None:
             with self._lock:  # not while a request is using the connection
