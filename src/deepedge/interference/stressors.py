@@ -378,8 +378,8 @@ class StressorProcess:
     def launch(self, timeout_s: float = 120.0) -> None:
         """Spawn the worker and return at once; :meth:`await_started` waits for its
         hello, by ``timeout_s`` from now. Several workers launched one after the other
-        start side by side. Call both from one thread: the worker is killed when the
-        thread that spawned it ends (the device's parent-death signal is per thread)."""
+        start side by side. Launch from a thread that outlives the worker (not a pool's):
+        the device's parent-death signal kills it when the thread that spawned it ends."""
         if self._worker is not None or self._closed:
             raise ClusterError(
                 f"{self.kind} stressor on {self.device_name!r} was already started",
