@@ -18,6 +18,7 @@ from deepedge.apps import wait_ready
 from deepedge.apps.loadgen import LoadGenerator, LoadTarget
 from deepedge.apps.server import HEADER, REPLY
 from deepedge.cluster.wan import DelayRelay
+from deepedge.launch.plan import free_port
 from deepedge.meanet import (
     ExitRule,
     MeanetConfig,
@@ -59,6 +60,17 @@ def replica(
         proc.kill()
         proc.wait()
         raise
+
+
+def edge_replica(
+    trained: Path, name: str, cloud: str, rule: ExitRule
+) -> tuple[subprocess.Popen, int]:
+    """A replica of the trained edge checkpoint applying ``rule``, its cloud at ``cloud``."""
+    return replica(
+        trained / "meanet-edge.ckpt", name, trained, "--cloud", cloud,
+        "--main-threshold", str(rule.main_threshold),
+        "--cloud-threshold", str(rule.cloud_threshold),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +129,7 @@ def test_an_edge_replica_serves_meanet_and_sends_uncertain_inputs_to_the_cloud(
     trained: Path, cloud: DelayRelay
 ) -> None:
     rule, offline = rule_with_every_exit(trained)
-    edge, port = replica(
-        trained / "meanet-edge.ckpt", "edge", trained, "--cloud", f"127.0.0.1:{cloud.port}",
-        "--main-threshold", str(rule.main_threshold),
-        "--cloud-threshold", str(rule.cloud_threshold),
-    )  # fmt: skip
+    edge, port = edge_replica(trained, "edge", f"127.0.0.1:{cloud.port}", rule)
     try:
         from deepedge.data import ArrayDataset
 
@@ -165,9 +173,7 @@ def test_an_edge_replica_serves_meanet_and_sends_uncertain_inputs_to_the_cloud(
 
 
 def test_a_cloud_that_is_gone_is_a_one_line_error(trained: Path, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
+    port = free_port()  # nothing listens there
     out = tmp_path / "r.json"
     proc = subprocess.run(
         [sys.executable, "-m", "deepedge.meanet.offload", "--models", str(trained),
@@ -187,14 +193,7 @@ def test_a_replica_whose_cloud_is_gone_answers_at_the_edge(trained: Path) -> Non
     x, y = load_data(models.config)[1].to_tensors()
     rule, offline = rule_with_every_exit(trained)
     edge_only = route(exit_outputs(models.edge, None, x, y), rule)  # no cloud: its answer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]  # nothing listens here once closed
-    edge, port = replica(
-        trained / "meanet-edge.ckpt", "edge-alone", trained, "--cloud", f"127.0.0.1:{dead}",
-        "--main-threshold", str(rule.main_threshold),
-        "--cloud-threshold", str(rule.cloud_threshold),
-    )  # fmt: skip
+    edge, port = edge_replica(trained, "edge-alone", f"127.0.0.1:{free_port()}", rule)
     try:
         i = offline.exit.tolist().index(2)  # an input the rule sends to the cloud
         payload = ArrayDataset.load(trained / "test.npz").images[i].tobytes()
