@@ -91,14 +91,13 @@ class KnowledgePlots:
             return version
         with read_kb(self.path) as (db, tables):
             curves = _step_curves(db) if "kb_points" in tables else {}
+            if curves:
+                version.plots["step-times"] = (
+                    "step-time profiles: median step time against the local batch",
+                    lambda p: _plot_steps(curves, p),
+                )
             if "kb_models" in tables:
                 _interference(db, version)
-        if curves:
-            caption = "step-time profiles: median step time against the local batch"
-            version.plots = {
-                "step-times": (caption, lambda p: _plot_steps(curves, p)),
-                **version.plots,
-            }
         return version
 
 
